@@ -1,0 +1,102 @@
+//! Tight types for what Corral knows about an agent. No IO, no protobuf, no serde: the
+//! protocol module converts wire messages into these, the API and the store convert them out.
+
+mod capabilities;
+mod config_map;
+mod description;
+mod health;
+mod report;
+mod uid;
+
+pub use capabilities::{AgentCapabilities, ServerCapabilities};
+pub use config_map::{ConfigFile, ConfigMap};
+pub use description::{AgentDescription, AttributeValue};
+pub use health::Health;
+pub use report::{AgentReport, ReplyError, ServerReply};
+pub use uid::{InstanceUid, InvalidInstanceUid};
+
+use std::fmt;
+
+/// An opaque content hash (config, components, packages), shown as lowercase hex.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ContentHash(pub Vec<u8>);
+
+impl ContentHash {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        hex::decode(s).ok().map(Self)
+    }
+}
+
+impl fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentHash({})", self.to_hex())
+    }
+}
+
+/// How the agent talks to us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Http => "http",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// The agent's report of the last remote configuration it saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteConfigStatus {
+    Unset,
+    Applied,
+    Applying,
+    Failed,
+}
+
+impl RemoteConfigStatus {
+    pub const ALL: [RemoteConfigStatus; 4] = [
+        RemoteConfigStatus::Unset,
+        RemoteConfigStatus::Applied,
+        RemoteConfigStatus::Applying,
+        RemoteConfigStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteConfigStatus::Unset => "unset",
+            RemoteConfigStatus::Applied => "applied",
+            RemoteConfigStatus::Applying => "applying",
+            RemoteConfigStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteConfigState {
+    pub hash: ContentHash,
+    pub status: RemoteConfigStatus,
+    pub error: String,
+}

@@ -1,0 +1,42 @@
+use super::{
+    AgentCapabilities, AgentDescription, ConfigMap, ContentHash, Health, RemoteConfigState,
+};
+
+/// One AgentToServer message in domain terms. Every `Option` is `None` when the agent left
+/// that part out (status compression: unchanged since its last report).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentReport {
+    pub sequence_num: u64,
+    pub capabilities: AgentCapabilities,
+    pub description: Option<AgentDescription>,
+    pub health: Option<Health>,
+    pub effective_config: Option<ConfigMap>,
+    pub remote_config_status: Option<RemoteConfigState>,
+    pub available_components_hash: Option<ContentHash>,
+    pub custom_capabilities: Option<Vec<String>>,
+    /// The agent says it is going away.
+    pub disconnect: bool,
+    /// The agent asks the server to choose its instance uid.
+    pub request_instance_uid: bool,
+}
+
+/// What the server tells an agent in one ServerToAgent message, beyond the echoed uid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerReply {
+    /// Sent on the first reply of a connection.
+    pub capabilities: Option<super::ServerCapabilities>,
+    pub report_full_state: bool,
+    pub report_available_components: bool,
+    pub new_instance_uid: Option<super::InstanceUid>,
+    pub heartbeat_interval_seconds: Option<u64>,
+    pub error: Option<ReplyError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyError {
+    BadRequest(String),
+    Unavailable {
+        message: String,
+        retry_after_nanos: u64,
+    },
+}

@@ -1,0 +1,5 @@
+//! Corral: an OpAMP fleet-management server for OpenTelemetry collectors.
+
+pub mod domain;
+pub mod protocol;
+pub mod status;

@@ -1,0 +1,347 @@
+//! Wire messages ↔ domain types.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::proto;
+use crate::domain::{
+    AgentCapabilities, AgentDescription, AgentReport, AttributeValue, ConfigFile, ConfigMap,
+    ContentHash, Health, InstanceUid, InvalidInstanceUid, RemoteConfigState, RemoteConfigStatus,
+    ReplyError, ServerReply,
+};
+
+const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
+const FLAG_REPORT_FULL_STATE: u64 = 0x1;
+const FLAG_REPORT_AVAILABLE_COMPONENTS: u64 = 0x2;
+
+/// An AgentToServer message taken apart: the uid bytes exactly as sent (to echo them), the
+/// parsed uid, and the report.
+#[derive(Debug)]
+pub struct Inbound {
+    pub raw_uid: Bytes,
+    pub uid: Result<InstanceUid, InvalidInstanceUid>,
+    pub report: AgentReport,
+}
+
+impl From<proto::AgentToServer> for Inbound {
+    fn from(msg: proto::AgentToServer) -> Self {
+        let uid = InstanceUid::from_bytes(&msg.instance_uid);
+        let report = AgentReport {
+            sequence_num: msg.sequence_num,
+            capabilities: AgentCapabilities::from_bits_retain(msg.capabilities),
+            description: msg.agent_description.map(description_from_proto),
+            health: msg.health.map(health_from_proto),
+            effective_config: msg
+                .effective_config
+                .map(|ec| config_map_from_proto(ec.config_map.unwrap_or_default())),
+            remote_config_status: msg.remote_config_status.map(|rcs| RemoteConfigState {
+                status: remote_config_status_from_proto(rcs.status),
+                hash: ContentHash(rcs.last_remote_config_hash.to_vec()),
+                error: rcs.error_message,
+            }),
+            available_components_hash: msg
+                .available_components
+                .map(|ac| ContentHash(ac.hash.to_vec())),
+            custom_capabilities: msg.custom_capabilities.map(|c| c.capabilities),
+            disconnect: msg.agent_disconnect.is_some(),
+            request_instance_uid: msg.flags & FLAG_REQUEST_INSTANCE_UID != 0,
+        };
+        Inbound {
+            raw_uid: msg.instance_uid,
+            uid,
+            report,
+        }
+    }
+}
+
+fn remote_config_status_from_proto(status: i32) -> RemoteConfigStatus {
+    match proto::RemoteConfigStatuses::try_from(status) {
+        Ok(proto::RemoteConfigStatuses::Applied) => RemoteConfigStatus::Applied,
+        Ok(proto::RemoteConfigStatuses::Applying) => RemoteConfigStatus::Applying,
+        Ok(proto::RemoteConfigStatuses::Failed) => RemoteConfigStatus::Failed,
+        Ok(proto::RemoteConfigStatuses::Unset) | Err(_) => RemoteConfigStatus::Unset,
+    }
+}
+
+fn config_map_from_proto(map: proto::AgentConfigMap) -> ConfigMap {
+    ConfigMap {
+        files: map
+            .config_map
+            .into_iter()
+            .map(|(name, f)| {
+                (
+                    name,
+                    ConfigFile {
+                        body: f.body,
+                        content_type: f.content_type,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Builds the ServerToAgent for `reply`, echoing the agent's uid bytes. An error reply carries
+/// nothing else, as the spec asks.
+pub fn reply_to_proto(raw_uid: Bytes, reply: &ServerReply) -> proto::ServerToAgent {
+    if let Some(error) = &reply.error {
+        return proto::ServerToAgent {
+            instance_uid: raw_uid,
+            error_response: Some(error_to_proto(error)),
+            ..Default::default()
+        };
+    }
+    let mut msg = proto::ServerToAgent {
+        instance_uid: raw_uid,
+        capabilities: reply.capabilities.map_or(0, |c| c.bits()),
+        ..Default::default()
+    };
+    if reply.report_full_state {
+        msg.flags |= FLAG_REPORT_FULL_STATE;
+    }
+    if reply.report_available_components {
+        msg.flags |= FLAG_REPORT_AVAILABLE_COMPONENTS;
+    }
+    if let Some(uid) = reply.new_instance_uid {
+        msg.agent_identification = Some(proto::AgentIdentification {
+            new_instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+        });
+    }
+    if let Some(secs) = reply.heartbeat_interval_seconds {
+        let opamp = proto::OpAmpConnectionSettings {
+            heartbeat_interval_seconds: secs,
+            ..Default::default()
+        };
+        msg.connection_settings = Some(proto::ConnectionSettingsOffers {
+            hash: Bytes::copy_from_slice(&heartbeat_offer_hash(secs)),
+            opamp: Some(opamp),
+            ..Default::default()
+        });
+    }
+    msg
+}
+
+/// The offer's hash only has to change when the offer does.
+fn heartbeat_offer_hash(secs: u64) -> [u8; 8] {
+    secs.to_be_bytes()
+}
+
+fn error_to_proto(error: &ReplyError) -> proto::ServerErrorResponse {
+    match error {
+        ReplyError::BadRequest(message) => proto::ServerErrorResponse {
+            r#type: proto::ServerErrorResponseType::BadRequest as i32,
+            error_message: message.clone(),
+            details: None,
+        },
+        ReplyError::Unavailable {
+            message,
+            retry_after_nanos,
+        } => proto::ServerErrorResponse {
+            r#type: proto::ServerErrorResponseType::Unavailable as i32,
+            error_message: message.clone(),
+            details: Some(proto::server_error_response::Details::RetryInfo(
+                proto::RetryInfo {
+                    retry_after_nanoseconds: *retry_after_nanos,
+                },
+            )),
+        },
+    }
+}
+
+pub fn description_from_proto(d: proto::AgentDescription) -> AgentDescription {
+    AgentDescription {
+        identifying: attributes_from_proto(d.identifying_attributes),
+        non_identifying: attributes_from_proto(d.non_identifying_attributes),
+    }
+}
+
+pub fn description_to_proto(d: &AgentDescription) -> proto::AgentDescription {
+    proto::AgentDescription {
+        identifying_attributes: attributes_to_proto(&d.identifying),
+        non_identifying_attributes: attributes_to_proto(&d.non_identifying),
+    }
+}
+
+pub fn health_from_proto(h: proto::ComponentHealth) -> Health {
+    Health {
+        healthy: h.healthy,
+        start_time_unix_nano: h.start_time_unix_nano,
+        last_error: h.last_error,
+        status: h.status,
+        status_time_unix_nano: h.status_time_unix_nano,
+        components: h
+            .component_health_map
+            .into_iter()
+            .map(|(name, c)| (name, health_from_proto(c)))
+            .collect(),
+        attributes: attributes_from_proto(h.attributes),
+    }
+}
+
+pub fn health_to_proto(h: &Health) -> proto::ComponentHealth {
+    proto::ComponentHealth {
+        healthy: h.healthy,
+        start_time_unix_nano: h.start_time_unix_nano,
+        last_error: h.last_error.clone(),
+        status: h.status.clone(),
+        status_time_unix_nano: h.status_time_unix_nano,
+        component_health_map: h
+            .components
+            .iter()
+            .map(|(name, c)| (name.clone(), health_to_proto(c)))
+            .collect(),
+        attributes: attributes_to_proto(&h.attributes),
+    }
+}
+
+/// Later duplicates of a key win, as in a map built from the list in order.
+fn attributes_from_proto(kvs: Vec<proto::KeyValue>) -> BTreeMap<String, AttributeValue> {
+    kvs.into_iter()
+        .map(|kv| (kv.key, value_from_proto(kv.value)))
+        .collect()
+}
+
+fn attributes_to_proto(attrs: &BTreeMap<String, AttributeValue>) -> Vec<proto::KeyValue> {
+    attrs
+        .iter()
+        .map(|(key, value)| proto::KeyValue {
+            key: key.clone(),
+            value: Some(value_to_proto(value)),
+        })
+        .collect()
+}
+
+fn value_from_proto(v: Option<proto::AnyValue>) -> AttributeValue {
+    use proto::any_value::Value;
+    match v.and_then(|v| v.value) {
+        None => AttributeValue::String(String::new()),
+        Some(Value::StringValue(s)) => AttributeValue::String(s),
+        Some(Value::BoolValue(b)) => AttributeValue::Bool(b),
+        Some(Value::IntValue(i)) => AttributeValue::Int(i),
+        Some(Value::DoubleValue(d)) => AttributeValue::Double(d),
+        Some(Value::BytesValue(b)) => AttributeValue::Bytes(b.to_vec()),
+        Some(Value::ArrayValue(a)) => AttributeValue::Array(
+            a.values
+                .into_iter()
+                .map(|v| value_from_proto(Some(v)))
+                .collect(),
+        ),
+        Some(Value::KvlistValue(l)) => AttributeValue::Map(attributes_from_proto(l.values)),
+    }
+}
+
+fn value_to_proto(v: &AttributeValue) -> proto::AnyValue {
+    use proto::any_value::Value;
+    let value = match v {
+        AttributeValue::String(s) => Value::StringValue(s.clone()),
+        AttributeValue::Bool(b) => Value::BoolValue(*b),
+        AttributeValue::Int(i) => Value::IntValue(*i),
+        AttributeValue::Double(d) => Value::DoubleValue(*d),
+        AttributeValue::Bytes(b) => Value::BytesValue(Bytes::copy_from_slice(b)),
+        AttributeValue::Array(values) => Value::ArrayValue(proto::ArrayValue {
+            values: values.iter().map(value_to_proto).collect(),
+        }),
+        AttributeValue::Map(map) => Value::KvlistValue(proto::KeyValueList {
+            values: attributes_to_proto(map),
+        }),
+    };
+    proto::AnyValue { value: Some(value) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ServerCapabilities;
+
+    fn kv(key: &str, value: proto::any_value::Value) -> proto::KeyValue {
+        proto::KeyValue {
+            key: key.into(),
+            value: Some(proto::AnyValue { value: Some(value) }),
+        }
+    }
+
+    #[test]
+    fn description_round_trips_through_the_domain() {
+        use proto::any_value::Value;
+        let wire = proto::AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", Value::StringValue("otelcol".into())),
+                kv("pid", Value::IntValue(42)),
+            ],
+            non_identifying_attributes: vec![kv(
+                "tags",
+                Value::ArrayValue(proto::ArrayValue {
+                    values: vec![proto::AnyValue {
+                        value: Some(Value::BoolValue(true)),
+                    }],
+                }),
+            )],
+        };
+        let domain = description_from_proto(wire);
+        assert_eq!(
+            domain.attribute("service.name"),
+            Some(&AttributeValue::String("otelcol".into()))
+        );
+        assert_eq!(description_from_proto(description_to_proto(&domain)), domain);
+    }
+
+    #[test]
+    fn inbound_reads_flags_and_bad_uids() {
+        let msg = proto::AgentToServer {
+            instance_uid: Bytes::from_static(&[1, 2, 3]),
+            flags: FLAG_REQUEST_INSTANCE_UID,
+            agent_disconnect: Some(proto::AgentDisconnect {}),
+            remote_config_status: Some(proto::RemoteConfigStatus {
+                last_remote_config_hash: Bytes::from_static(&[0xab]),
+                status: proto::RemoteConfigStatuses::Failed as i32,
+                error_message: "bad".into(),
+            }),
+            ..Default::default()
+        };
+        let inbound = Inbound::from(msg);
+        assert!(inbound.uid.is_err());
+        assert!(inbound.report.request_instance_uid);
+        assert!(inbound.report.disconnect);
+        let rcs = inbound.report.remote_config_status.unwrap();
+        assert_eq!(rcs.status, RemoteConfigStatus::Failed);
+        assert_eq!(rcs.hash.to_hex(), "ab");
+    }
+
+    #[test]
+    fn error_replies_carry_nothing_else() {
+        let reply = ServerReply {
+            capabilities: Some(ServerCapabilities::ACCEPTS_STATUS),
+            report_full_state: true,
+            error: Some(ReplyError::BadRequest("uid".into())),
+            ..Default::default()
+        };
+        let msg = reply_to_proto(Bytes::from_static(&[9; 3]), &reply);
+        assert_eq!(msg.instance_uid.as_ref(), &[9; 3]);
+        assert_eq!(msg.flags, 0);
+        assert_eq!(msg.capabilities, 0);
+        let err = msg.error_response.unwrap();
+        assert_eq!(err.r#type, proto::ServerErrorResponseType::BadRequest as i32);
+    }
+
+    #[test]
+    fn flags_and_offers_are_encoded() {
+        let uid = InstanceUid::new_v7();
+        let reply = ServerReply {
+            report_full_state: true,
+            report_available_components: true,
+            new_instance_uid: Some(uid),
+            heartbeat_interval_seconds: Some(15),
+            ..Default::default()
+        };
+        let msg = reply_to_proto(Bytes::new(), &reply);
+        assert_eq!(msg.flags, 0x3);
+        assert_eq!(
+            msg.agent_identification.unwrap().new_instance_uid.as_ref(),
+            uid.as_bytes()
+        );
+        let offer = msg.connection_settings.unwrap();
+        assert_eq!(offer.opamp.unwrap().heartbeat_interval_seconds, 15);
+        assert!(!offer.hash.is_empty());
+    }
+}
