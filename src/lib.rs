@@ -3,3 +3,5 @@
 pub mod domain;
 pub mod protocol;
 pub mod status;
+pub mod store;
+pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Tight types for what Corral knows about an agent. No IO, no protobuf, no serde: the
 //! protocol module converts wire messages into these, the API and the store convert them out.
 
+mod agent;
 mod capabilities;
 mod config_map;
 mod description;
@@ -8,6 +9,7 @@ mod health;
 mod report;
 mod uid;
 
+pub use agent::{AgentRecord, HISTORY_LIMIT, HistoryEntry};
 pub use capabilities::{AgentCapabilities, ServerCapabilities};
 pub use config_map::{ConfigFile, ConfigMap};
 pub use description::{AgentDescription, AttributeValue};

@@ -64,7 +64,7 @@ fn remote_config_status_from_proto(status: i32) -> RemoteConfigStatus {
     }
 }
 
-fn config_map_from_proto(map: proto::AgentConfigMap) -> ConfigMap {
+pub fn config_map_from_proto(map: proto::AgentConfigMap) -> ConfigMap {
     ConfigMap {
         files: map
             .config_map
@@ -75,6 +75,24 @@ fn config_map_from_proto(map: proto::AgentConfigMap) -> ConfigMap {
                     ConfigFile {
                         body: f.body,
                         content_type: f.content_type,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+pub fn config_map_to_proto(map: &ConfigMap) -> proto::AgentConfigMap {
+    proto::AgentConfigMap {
+        config_map: map
+            .files
+            .iter()
+            .map(|(name, f)| {
+                (
+                    name.clone(),
+                    proto::AgentConfigFile {
+                        body: f.body.clone(),
+                        content_type: f.content_type.clone(),
                     },
                 )
             })

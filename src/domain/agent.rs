@@ -1,0 +1,74 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    AgentCapabilities, AgentDescription, ContentHash, Health, InstanceUid, RemoteConfigState,
+    Transport,
+};
+use crate::status::{Status, Transition};
+
+/// Bound on the status changes kept per agent, in memory and in the store.
+pub const HISTORY_LIMIT: usize = 100;
+
+/// One recorded status change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub from: Option<Status>,
+    pub to: Status,
+    pub reason: String,
+}
+
+impl HistoryEntry {
+    pub fn new(at: DateTime<Utc>, t: Transition) -> Self {
+        Self {
+            at,
+            from: t.from,
+            to: t.to,
+            reason: t.reason,
+        }
+    }
+}
+
+/// Everything Corral knows about one agent: what the API shows and what the store keeps.
+/// The agent's actor is its only writer; readers get `Arc` snapshots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRecord {
+    pub uid: InstanceUid,
+    pub status: Status,
+    pub status_reason: String,
+    pub transport: Option<Transport>,
+    pub labels: BTreeMap<String, String>,
+    pub description: Arc<AgentDescription>,
+    pub capabilities: AgentCapabilities,
+    pub health: Option<Arc<Health>>,
+    pub effective_config_hash: Option<ContentHash>,
+    pub remote_config: Option<RemoteConfigState>,
+    pub last_seen: DateTime<Utc>,
+    pub connected_at: Option<DateTime<Utc>>,
+    /// Oldest first, at most [`HISTORY_LIMIT`].
+    pub history: Arc<[HistoryEntry]>,
+}
+
+impl AgentRecord {
+    /// A record for an agent heard from for the first time; the actor settles its status.
+    pub fn new(uid: InstanceUid, now: DateTime<Utc>) -> Self {
+        Self {
+            uid,
+            status: Status::Connected,
+            status_reason: String::new(),
+            transport: None,
+            labels: BTreeMap::new(),
+            description: Arc::default(),
+            capabilities: AgentCapabilities::empty(),
+            health: None,
+            effective_config_hash: None,
+            remote_config: None,
+            last_seen: now,
+            connected_at: None,
+            history: Arc::from([]),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The behaviour every [`Store`] implementation must have. Each implementation's tests call
+//! [`run`] on a fresh, empty store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+
+use super::{Store, WriteBatch};
+use crate::domain::{
+    AgentCapabilities, AgentDescription, AgentRecord, AttributeValue, ConfigFile, ConfigMap,
+    HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
+    Transport,
+};
+use crate::status::Status;
+
+/// Runs every check in order on an empty store; panics with the failing check's message.
+pub async fn run(store: &dyn Store) {
+    starts_empty(store).await;
+    round_trips_an_agent(store).await;
+    upserts_replace_the_record(store).await;
+    keeps_only_the_latest_history(store).await;
+    effective_configs_by_hash(store).await;
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid timestamp")
+}
+
+fn sample_agent(uid: InstanceUid) -> AgentRecord {
+    let mut component = Health {
+        healthy: false,
+        last_error: "connection refused".into(),
+        ..Health::default()
+    };
+    component
+        .attributes
+        .insert("endpoint".into(), AttributeValue::String("otlp:4317".into()));
+    let mut health = Health {
+        healthy: true,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        status: "StatusOK".into(),
+        ..Health::default()
+    };
+    health.components.insert("exporter:otlp".into(), component);
+    AgentRecord {
+        status: Status::Error,
+        status_reason: "exporter:otlp: connection refused".into(),
+        transport: Some(Transport::WebSocket),
+        labels: BTreeMap::from([("env".into(), "prod".into()), ("région".into(), "ça".into())]),
+        description: Arc::new(AgentDescription {
+            identifying: BTreeMap::from([
+                ("service.name".into(), AttributeValue::String("otelcol".into())),
+                ("pid".into(), AttributeValue::Int(7)),
+            ]),
+            non_identifying: BTreeMap::from([(
+                "tags".into(),
+                AttributeValue::Array(vec![AttributeValue::Bool(true), AttributeValue::Double(1.5)]),
+            )]),
+        }),
+        capabilities: AgentCapabilities::REPORTS_STATUS | AgentCapabilities::REPORTS_HEALTH,
+        health: Some(Arc::new(health)),
+        effective_config_hash: Some(crate::domain::ContentHash(vec![1, 2, 3])),
+        remote_config: Some(RemoteConfigState {
+            hash: crate::domain::ContentHash(vec![9; 32]),
+            status: RemoteConfigStatus::Failed,
+            error: "bad yaml".into(),
+        }),
+        last_seen: at(10),
+        connected_at: Some(at(5)),
+        ..AgentRecord::new(uid, at(0))
+    }
+}
+
+async fn load(store: &dyn Store) -> Vec<AgentRecord> {
+    store.load_agents().await.expect("load_agents")
+}
+
+async fn write(store: &dyn Store, batch: WriteBatch) {
+    store.write(&batch).await.expect("write");
+}
+
+async fn starts_empty(store: &dyn Store) {
+    assert!(load(store).await.is_empty(), "a new store has no agents");
+    write(store, WriteBatch::default()).await;
+}
+
+async fn round_trips_an_agent(store: &dyn Store) {
+    let uid = InstanceUid::new_v7();
+    let agent = sample_agent(uid);
+    let entry = HistoryEntry {
+        at: at(5),
+        from: None,
+        to: Status::Connected,
+        reason: "connected".into(),
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(agent.clone())],
+            history: vec![(uid, entry.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    let found = loaded.iter().find(|a| a.uid == uid).expect("agent is stored");
+    let expected = AgentRecord {
+        history: Arc::from([entry]),
+        ..agent
+    };
+    assert_eq!(found, &expected, "an agent reads back as written");
+}
+
+async fn upserts_replace_the_record(store: &dyn Store) {
+    let uid = InstanceUid::new_v7();
+    let first = sample_agent(uid);
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(first.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let second = AgentRecord {
+        status: Status::Disconnected,
+        status_reason: "websocket closed".into(),
+        labels: BTreeMap::new(),
+        health: None,
+        remote_config: None,
+        connected_at: None,
+        last_seen: at(99),
+        ..first
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(second.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    let found: Vec<_> = loaded.iter().filter(|a| a.uid == uid).collect();
+    assert_eq!(found, vec![&second], "the second write replaces the first");
+}
+
+async fn keeps_only_the_latest_history(store: &dyn Store) {
+    let uid = InstanceUid::new_v7();
+    let statuses = [Status::Connected, Status::Error];
+    let entries: Vec<_> = (0..HISTORY_LIMIT + 20)
+        .map(|i| HistoryEntry {
+            at: at(i as i64),
+            from: Some(statuses[i % 2]),
+            to: statuses[(i + 1) % 2],
+            reason: format!("change {i}"),
+        })
+        .collect();
+    let (early, late) = entries.split_at(30);
+    let agent = Arc::new(AgentRecord::new(uid, at(0)));
+    for part in [early, late] {
+        write(
+            store,
+            WriteBatch {
+                agents: vec![agent.clone()],
+                history: part.iter().map(|e| (uid, e.clone())).collect(),
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    let loaded = load(store).await;
+    let found = loaded.iter().find(|a| a.uid == uid).expect("agent is stored");
+    assert_eq!(found.history.len(), HISTORY_LIMIT, "history is bounded");
+    assert_eq!(
+        &found.history[..],
+        &entries[20..],
+        "the newest entries are kept, oldest first"
+    );
+    assert!(found.history[0].at < found.history[HISTORY_LIMIT - 1].at + Duration::seconds(1));
+}
+
+async fn effective_configs_by_hash(store: &dyn Store) {
+    let config = ConfigMap {
+        files: BTreeMap::from([(
+            String::new(),
+            ConfigFile {
+                body: Bytes::from_static(b"receivers:\n  otlp:\n"),
+                content_type: "text/yaml".into(),
+            },
+        )]),
+    };
+    let hash = config.hash();
+    assert_eq!(store.effective_config(&hash).await.expect("read"), None);
+    for _ in 0..2 {
+        write(
+            store,
+            WriteBatch {
+                effective_configs: vec![(hash.clone(), config.clone())],
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        store.effective_config(&hash).await.expect("read"),
+        Some(config),
+        "an effective config reads back by its hash, written twice without error"
+    );
+}

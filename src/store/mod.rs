@@ -1,0 +1,61 @@
+//! Persistence. [`Store`] is what the rest of the server sees; [`SqliteStore`] is the embedded
+//! default. A PostgreSQL implementation will sit beside it and pass the same
+//! [`conformance`] suite.
+//!
+//! Actors never wait for the store: they put changes into a [`WriteBuffer`], which coalesces
+//! them per agent and is flushed in batches by one task.
+
+pub mod conformance;
+mod sqlite;
+mod writer;
+
+use async_trait::async_trait;
+
+use crate::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
+
+pub use sqlite::SqliteStore;
+pub use writer::{FLUSH_INTERVAL, WriteBuffer, run_flusher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row for agent {uid}: {detail}")]
+    Corrupt { uid: String, detail: String },
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Changes to write together, in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    /// Latest state of each changed agent (its history is written from `history`, not here).
+    pub agents: Vec<std::sync::Arc<AgentRecord>>,
+    /// New status changes, oldest first.
+    pub history: Vec<(InstanceUid, HistoryEntry)>,
+    /// Effective configurations by hash, written once each.
+    pub effective_configs: Vec<(ContentHash, ConfigMap)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty() && self.history.is_empty() && self.effective_configs.is_empty()
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every known agent, each with its most recent history (oldest first, at most
+    /// [`crate::domain::HISTORY_LIMIT`] entries).
+    async fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Writes a batch atomically. Agents are upserted; history beyond the limit is pruned.
+    async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+
+    async fn effective_config(&self, hash: &ContentHash) -> Result<Option<ConfigMap>, StoreError>;
+}

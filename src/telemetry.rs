@@ -1,0 +1,190 @@
+//! Logging set-up and the Prometheus metrics every part of the server reports into.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::domain::Transport;
+use crate::status::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Every metric the server exports. Cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    pub agents: Family<StatusLabel, Gauge>,
+    pub connections: Family<TransportLabel, Gauge>,
+    pub messages_in: Family<TransportLabel, Counter>,
+    pub messages_out: Family<TransportLabel, Counter>,
+    pub decode_errors: Family<KindLabel, Counter>,
+    pub rejected_requests: Family<KindLabel, Counter>,
+    pub queue_overflows: Family<KindLabel, Counter>,
+    pub store_flushes: Counter,
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("corral");
+        let m = Metrics {
+            agents: Family::default(),
+            connections: Family::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            decode_errors: Family::default(),
+            rejected_requests: Family::default(),
+            queue_overflows: Family::default(),
+            store_flushes: Counter::default(),
+            store_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("agents", "Known agents by status", m.agents.clone());
+        registry.register(
+            "connections",
+            "Open agent connections by transport (HTTP: agents polling)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "AgentToServer messages received",
+            m.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "ServerToAgent messages sent",
+            m.messages_out.clone(),
+        );
+        registry.register(
+            "decode_errors",
+            "Inbound messages that could not be decoded, by kind",
+            m.decode_errors.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "OpAMP requests refused before decoding (size, content type, path, method)",
+            m.rejected_requests.clone(),
+        );
+        registry.register(
+            "queue_overflows",
+            "Messages dropped because a bounded queue was full, by queue",
+            m.queue_overflows.clone(),
+        );
+        registry.register(
+            "store_flushes",
+            "Batches written to the store",
+            m.store_flushes.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store writes that failed (retried)",
+            m.store_errors.clone(),
+        );
+        for status in Status::ALL {
+            let _ = m.agents.get_or_create(&StatusLabel {
+                status: status.as_str(),
+            });
+        }
+        for transport in Transport::ALL {
+            let _ = m.connections.get_or_create(&TransportLabel {
+                transport: transport.as_str(),
+            });
+        }
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn agents_with(&self, status: Status) -> i64 {
+        self.agents
+            .get_or_create(&StatusLabel {
+                status: status.as_str(),
+            })
+            .get()
+    }
+
+    pub fn move_agent(&self, from: Option<Status>, to: Option<Status>) {
+        if let Some(from) = from {
+            self.agents
+                .get_or_create(&StatusLabel {
+                    status: from.as_str(),
+                })
+                .dec();
+        }
+        if let Some(to) = to {
+            self.agents
+                .get_or_create(&StatusLabel {
+                    status: to.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn connections(&self, transport: Transport) -> Gauge {
+        self.connections
+            .get_or_create(&TransportLabel {
+                transport: transport.as_str(),
+            })
+            .clone()
+    }
+
+    pub fn message_in(&self, transport: Transport) {
+        self.messages_in
+            .get_or_create(&TransportLabel {
+                transport: transport.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn message_out(&self, transport: Transport) {
+        self.messages_out
+            .get_or_create(&TransportLabel {
+                transport: transport.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn decode_error(&self, kind: &'static str) {
+        self.decode_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn rejected(&self, kind: &'static str) {
+        self.rejected_requests.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn overflow(&self, kind: &'static str) {
+        self.queue_overflows.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
