@@ -5,3 +5,5 @@ pub mod protocol;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod agent;
+pub mod fleet;

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -69,6 +70,19 @@ impl AgentRecord {
             last_seen: now,
             connected_at: None,
             history: Arc::from([]),
+        }
+    }
+}
+
+impl AgentRecord {
+    /// The agent's label `key`: set by an admin, else the attribute the agent reports.
+    pub fn label(&self, key: &str) -> Option<Cow<'_, str>> {
+        if let Some(v) = self.labels.get(key) {
+            return Some(Cow::Borrowed(v));
+        }
+        match self.description.attribute(key)? {
+            super::AttributeValue::String(s) => Some(Cow::Borrowed(s)),
+            other => Some(Cow::Owned(other.to_string())),
         }
     }
 }

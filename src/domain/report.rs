@@ -20,6 +20,19 @@ pub struct AgentReport {
     pub request_instance_uid: bool,
 }
 
+impl AgentReport {
+    /// Carries no state at all: a heartbeat or an idle poll.
+    pub fn is_heartbeat(&self) -> bool {
+        self.description.is_none()
+            && self.health.is_none()
+            && self.effective_config.is_none()
+            && self.remote_config_status.is_none()
+            && self.available_components_hash.is_none()
+            && self.custom_capabilities.is_none()
+            && !self.disconnect
+    }
+}
+
 /// What the server tells an agent in one ServerToAgent message, beyond the echoed uid.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerReply {

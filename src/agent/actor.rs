@@ -1,0 +1,427 @@
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{
+    AgentContext, Command, ConnId, DEFAULT_HEARTBEAT, FullStateTracker, LinkState, Liveness,
+    Outgoing, SERVER_CAPABILITIES, Source,
+};
+use crate::domain::{
+    AgentCapabilities as Caps, AgentRecord, AgentReport, HISTORY_LIMIT, HistoryEntry,
+    RemoteConfigStatus, ServerReply, Transport,
+};
+use crate::protocol;
+use crate::status::{ConfigProgress, Connection, Observation, Status, StatusMachine, derive};
+
+/// WebSocket close codes the actor uses.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+pub(super) struct AgentActor {
+    record: Arc<AgentRecord>,
+    machine: StatusMachine,
+    ctx: Arc<AgentContext>,
+    view: watch::Sender<Arc<AgentRecord>>,
+    link: Arc<LinkState>,
+    /// The WebSocket the agent is attached to.
+    ws: Option<(ConnId, mpsc::Sender<Outgoing>)>,
+    /// The transport the agent is live on, as counted in the connections gauge.
+    live: Option<Transport>,
+    full_state: FullStateTracker,
+    liveness: Liveness,
+    last_heard: Option<Instant>,
+    /// When the agent last sent a bare heartbeat, to learn its interval.
+    last_heartbeat: Option<Instant>,
+    /// The sequence number of the agent's goodbye, to ignore messages it had queued before.
+    said_goodbye_at: Option<u64>,
+    /// When silence means the agent is gone.
+    deadline: Option<Instant>,
+    /// Connection settings were offered on the current connection.
+    offered_settings: bool,
+    /// The record has never been written.
+    unsaved: bool,
+}
+
+impl AgentActor {
+    pub(super) fn new(
+        record: Arc<AgentRecord>,
+        is_new: bool,
+        ctx: Arc<AgentContext>,
+        view: watch::Sender<Arc<AgentRecord>>,
+        link: Arc<LinkState>,
+    ) -> Self {
+        let machine = if is_new {
+            StatusMachine::default()
+        } else {
+            StatusMachine::resume(record.status, record.status_reason.clone())
+        };
+        if !is_new {
+            ctx.metrics.move_agent(None, Some(record.status));
+        }
+        let mut actor = Self {
+            record,
+            machine,
+            liveness: Liveness::new(DEFAULT_HEARTBEAT),
+            ctx,
+            view,
+            link,
+            ws: None,
+            live: None,
+            full_state: FullStateTracker::default(),
+            last_heard: None,
+            last_heartbeat: None,
+            said_goodbye_at: None,
+            deadline: None,
+            offered_settings: false,
+            unsaved: is_new,
+        };
+        if !is_new && actor.record.status != Status::Disconnected {
+            // Known before a restart: it is not connected to this process yet.
+            let mut rec = (*actor.record).clone();
+            actor.settle(&mut rec, Connection::Lost("server restarted".into()));
+            actor.publish(rec, true);
+        }
+        actor
+    }
+
+    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        let cancel = self.ctx.cancel.clone();
+        let mut silence = pin!(tokio::time::sleep_until(Instant::now()));
+        loop {
+            let deadline = self.deadline;
+            if let Some(at) = deadline {
+                silence.as_mut().reset(at);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = inbox.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                _ = &mut silence, if deadline.is_some() => self.on_silence(),
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Report {
+                raw_uid,
+                report,
+                source,
+                assigned,
+            } => self.on_report(raw_uid, report, source, assigned),
+            Command::ConnectionClosed { conn, reason } => {
+                if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    self.go_offline(None, reason);
+                }
+            }
+            Command::SetLabels { labels, done } => {
+                let mut rec = (*self.record).clone();
+                rec.labels = labels;
+                self.publish(rec, true);
+                let _ = done.send(self.record.clone());
+            }
+        }
+    }
+
+    fn on_report(&mut self, raw_uid: Bytes, report: AgentReport, source: Source, assigned: bool) {
+        let now = Utc::now();
+        let instant = Instant::now();
+        let transport = match &source {
+            Source::WebSocket { .. } => Transport::WebSocket,
+            Source::Http { .. } => Transport::Http,
+        };
+        self.ctx.metrics.message_in(transport);
+        if self.is_late_after_goodbye(&report) {
+            // Sent before the goodbye, delivered after it: answer, but the agent stays gone.
+            let message = protocol::reply_to_proto(raw_uid, &ServerReply::default());
+            self.reply(source, message);
+            return;
+        }
+        self.said_goodbye_at = report.disconnect.then_some(report.sequence_num);
+        let mut rec = (*self.record).clone();
+        let mut persist = self.unsaved;
+
+        if self.attach(&source, transport) {
+            self.full_state.reconnected();
+            self.liveness.forget_gaps();
+            self.last_heartbeat = None;
+            self.offered_settings = false;
+            rec.connected_at = Some(now);
+            persist = true;
+        }
+        if report.is_heartbeat() {
+            if let Some(prev) = self.last_heartbeat {
+                self.liveness.record_gap(instant - prev);
+            }
+            self.last_heartbeat = Some(instant);
+        }
+        self.last_heard = Some(instant);
+        rec.last_seen = now;
+        if rec.transport != Some(transport) {
+            rec.transport = Some(transport);
+            persist = true;
+        }
+
+        let is_full = report.description.is_some();
+        persist |= self.merge(&mut rec, &report);
+        let report_full_state =
+            self.full_state
+                .observe(report.sequence_num, is_full, missing_state(&rec));
+        self.link
+            .last_seq
+            .store(report.sequence_num, Ordering::Release);
+
+        let accepts_settings = rec
+            .capabilities
+            .contains(Caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
+        self.liveness
+            .set_offered(accepts_settings.then_some(self.ctx.heartbeat_interval));
+        let watched = transport == Transport::Http || rec.capabilities.contains(Caps::REPORTS_HEARTBEAT);
+        self.deadline = (watched && !report.disconnect).then(|| instant + self.liveness.grace());
+
+        let heartbeat_interval_seconds = (accepts_settings && !self.offered_settings)
+            .then(|| self.ctx.heartbeat_interval.as_secs());
+        self.offered_settings |= accepts_settings;
+        let reply = ServerReply {
+            capabilities: Some(SERVER_CAPABILITIES),
+            report_full_state,
+            new_instance_uid: assigned.then_some(rec.uid),
+            heartbeat_interval_seconds,
+            ..ServerReply::default()
+        };
+        let message = protocol::reply_to_proto(raw_uid, &reply);
+
+        let connection = if report.disconnect {
+            Connection::Lost("agent disconnected".into())
+        } else {
+            Connection::Live
+        };
+        persist |= self.settle(&mut rec, connection);
+        self.publish(rec, persist);
+
+        self.reply(source, message);
+        if report.disconnect {
+            self.detach();
+        }
+    }
+
+    fn reply(&mut self, source: Source, message: crate::protocol::proto::ServerToAgent) {
+        match source {
+            Source::Http { reply } => {
+                // The poll's request may have gone away; its agent will poll again.
+                if reply.send(message).is_ok() {
+                    self.ctx.metrics.message_out(Transport::Http);
+                }
+            }
+            Source::WebSocket { outbound, .. } => self.push(&outbound, message),
+        }
+    }
+
+    /// A message numbered before the agent's goodbye, not a full report of a restarted agent.
+    fn is_late_after_goodbye(&self, report: &AgentReport) -> bool {
+        self.said_goodbye_at
+            .is_some_and(|bye| report.sequence_num <= bye && report.description.is_none())
+            && self.live.is_none()
+    }
+
+    /// Merges a possibly compressed report into the last full state. Returns whether anything
+    /// the store keeps changed.
+    fn merge(&self, rec: &mut AgentRecord, report: &AgentReport) -> bool {
+        let mut changed = false;
+        if rec.capabilities != report.capabilities {
+            rec.capabilities = report.capabilities;
+            changed = true;
+        }
+        if let Some(description) = &report.description
+            && *rec.description != *description
+        {
+            rec.description = Arc::new(description.clone());
+            changed = true;
+        }
+        if let Some(health) = &report.health
+            && rec.health.as_deref() != Some(health)
+        {
+            rec.health = Some(Arc::new(health.clone()));
+            changed = true;
+        }
+        if let Some(config) = &report.effective_config {
+            let hash = config.hash();
+            if rec.effective_config_hash.as_ref() != Some(&hash) {
+                self.ctx.writes.effective_config(hash.clone(), config.clone());
+                rec.effective_config_hash = Some(hash);
+                changed = true;
+            }
+        }
+        if let Some(status) = &report.remote_config_status
+            && rec.remote_config.as_ref() != Some(status)
+        {
+            rec.remote_config = Some(status.clone());
+            changed = true;
+        }
+        changed
+    }
+
+    /// Binds the agent to the connection a report came on. Returns whether this starts a
+    /// new connection (WebSocket) or polling session (HTTP).
+    fn attach(&mut self, source: &Source, transport: Transport) -> bool {
+        match source {
+            Source::WebSocket { conn, outbound } => {
+                match self.ws.take() {
+                    Some((current, tx)) if current == *conn => {
+                        self.ws = Some((current, tx));
+                        return false;
+                    }
+                    Some((_, old)) => {
+                        // The router saw the same agent continue on a new connection.
+                        let _ = old.try_send(Outgoing::Close {
+                            code: CLOSE_NORMAL,
+                            reason: "replaced by a newer connection".into(),
+                        });
+                    }
+                    None => {}
+                }
+                self.ws = Some((*conn, outbound.clone()));
+                self.link.ws_conn.store(*conn, Ordering::Release);
+                self.set_live(Some(transport));
+                true
+            }
+            Source::Http { .. } => {
+                if let Some((_, old)) = self.ws.take() {
+                    let _ = old.try_send(Outgoing::Close {
+                        code: CLOSE_NORMAL,
+                        reason: "agent moved to plain HTTP".into(),
+                    });
+                    self.link.ws_conn.store(0, Ordering::Release);
+                }
+                if self.live == Some(Transport::Http) {
+                    return false;
+                }
+                self.set_live(Some(transport));
+                true
+            }
+        }
+    }
+
+    fn set_live(&mut self, live: Option<Transport>) {
+        if self.live == live {
+            return;
+        }
+        if let Some(old) = self.live {
+            self.ctx.metrics.connections(old).dec();
+        }
+        if let Some(new) = live {
+            self.ctx.metrics.connections(new).inc();
+        }
+        self.live = live;
+    }
+
+    /// Forgets the agent's connection (without closing it).
+    fn detach(&mut self) {
+        self.ws = None;
+        self.link.ws_conn.store(0, Ordering::Release);
+        self.set_live(None);
+        self.deadline = None;
+    }
+
+    /// Marks the agent Disconnected, closing its WebSocket with `close` if it has one.
+    fn go_offline(&mut self, close: Option<u16>, reason: String) {
+        if let (Some(code), Some((_, tx))) = (close, &self.ws) {
+            let _ = tx.try_send(Outgoing::Close {
+                code,
+                reason: reason.clone(),
+            });
+        }
+        self.detach();
+        let mut rec = (*self.record).clone();
+        self.settle(&mut rec, Connection::Lost(reason));
+        self.publish(rec, true);
+    }
+
+    fn on_silence(&mut self) {
+        let expected = self.liveness.expected_interval().as_secs_f64();
+        let silent = self
+            .last_heard
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let reason = format!("no message for {silent:.0}s (expected every {expected:.0}s)");
+        tracing::info!(uid = %self.record.uid, %reason, "agent went silent");
+        self.go_offline(Some(CLOSE_GOING_AWAY), reason);
+    }
+
+    fn push(&mut self, outbound: &mpsc::Sender<Outgoing>, message: crate::protocol::proto::ServerToAgent) {
+        match outbound.try_send(Outgoing::Message(message)) {
+            Ok(()) => self.ctx.metrics.message_out(Transport::WebSocket),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.ctx.metrics.overflow("websocket_outbound");
+                tracing::warn!(uid = %self.record.uid, "agent is not reading its replies; closing");
+                // The queue is full, so the close goes through the connection's own check.
+                self.go_offline(
+                    Some(CLOSE_TRY_AGAIN_LATER),
+                    "connection could not keep up with replies".into(),
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Derives the status from the record's facts and moves there, recording each
+    /// transition. Returns whether status or reason changed.
+    fn settle(&mut self, rec: &mut AgentRecord, connection: Connection) -> bool {
+        let config = match &rec.remote_config {
+            Some(rc) if rc.status == RemoteConfigStatus::Applying => ConfigProgress::Applying,
+            Some(rc) if rc.status == RemoteConfigStatus::Failed => {
+                ConfigProgress::Failed(rc.error.clone())
+            }
+            _ => ConfigProgress::Settled,
+        };
+        let observation = Observation {
+            connection,
+            config,
+            health_problem: rec.health.as_deref().and_then(|h| h.problem()),
+        };
+        let (target, reason) = derive(&observation);
+        let transitions = self.machine.settle(target, reason);
+        let now = Utc::now();
+        let changed = !transitions.is_empty() || rec.status_reason != self.machine.reason();
+        if !transitions.is_empty() {
+            let mut history: Vec<HistoryEntry> = rec.history.to_vec();
+            for t in transitions {
+                self.ctx.metrics.move_agent(t.from, Some(t.to));
+                tracing::debug!(uid = %rec.uid, from = ?t.from, to = %t.to, reason = %t.reason, "status change");
+                let entry = HistoryEntry::new(now, t);
+                self.ctx.writes.history(rec.uid, entry.clone());
+                history.push(entry);
+            }
+            let excess = history.len().saturating_sub(HISTORY_LIMIT);
+            history.drain(..excess);
+            rec.history = Arc::from(history);
+        }
+        rec.status = self.machine.status().unwrap_or(Status::Connected);
+        rec.status_reason = self.machine.reason().to_string();
+        changed
+    }
+
+    fn publish(&mut self, rec: AgentRecord, persist: bool) {
+        self.record = Arc::new(rec);
+        self.view.send_replace(self.record.clone());
+        if persist {
+            self.ctx.writes.agent(self.record.clone());
+            self.unsaved = false;
+        }
+    }
+}
+
+/// Whether the merged state lacks something the agent's capabilities promise.
+fn missing_state(rec: &AgentRecord) -> bool {
+    let caps = rec.capabilities;
+    (rec.description.identifying.is_empty() && rec.description.non_identifying.is_empty())
+        || (caps.contains(Caps::REPORTS_HEALTH) && rec.health.is_none())
+        || (caps.contains(Caps::REPORTS_EFFECTIVE_CONFIG) && rec.effective_config_hash.is_none())
+}

@@ -1,0 +1,175 @@
+//! One actor per agent. The actor task alone owns an agent's state, whichever transport the
+//! agent uses and across HTTP polls; connection tasks only move bytes to and from it.
+//! [`AgentHandle`] is the cloneable way in: a bounded mailbox and a `watch` of the agent's
+//! latest [`AgentRecord`].
+
+mod actor;
+mod liveness;
+mod sequence;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{AgentRecord, AgentReport, InstanceUid, ServerCapabilities};
+use crate::protocol::proto;
+use crate::store::WriteBuffer;
+use crate::telemetry::Metrics;
+
+pub use liveness::{GRACE_FACTOR, Liveness};
+pub use sequence::FullStateTracker;
+
+/// Commands waiting for one agent's actor.
+pub const MAILBOX_CAPACITY: usize = 16;
+/// Replies and pushes waiting for one WebSocket connection's writer.
+pub const OUTBOUND_CAPACITY: usize = 8;
+/// What agents are told to expect when they do not accept our connection settings.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// What Corral offers every agent in its replies.
+pub const SERVER_CAPABILITIES: ServerCapabilities = ServerCapabilities::ACCEPTS_STATUS
+    .union(ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG)
+    .union(ServerCapabilities::OFFERS_CONNECTION_SETTINGS);
+
+/// Identifies one WebSocket connection for as long as the process runs. Never 0.
+pub type ConnId = u64;
+
+/// Something for a WebSocket connection's writer to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    Message(proto::ServerToAgent),
+    Close { code: u16, reason: String },
+}
+
+/// Where a report came from, and so where its reply goes.
+#[derive(Debug)]
+pub enum Source {
+    WebSocket {
+        conn: ConnId,
+        outbound: mpsc::Sender<Outgoing>,
+    },
+    Http {
+        reply: oneshot::Sender<proto::ServerToAgent>,
+    },
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Report {
+        raw_uid: Bytes,
+        report: AgentReport,
+        source: Source,
+        /// The server just chose this agent's uid: tell it in the reply.
+        assigned: bool,
+    },
+    ConnectionClosed {
+        conn: ConnId,
+        reason: String,
+    },
+    SetLabels {
+        labels: std::collections::BTreeMap<String, String>,
+        done: oneshot::Sender<Arc<AgentRecord>>,
+    },
+}
+
+/// What every actor shares: settings, metrics and the store's write buffer.
+pub struct AgentContext {
+    pub heartbeat_interval: Duration,
+    pub metrics: Arc<Metrics>,
+    pub writes: Arc<WriteBuffer>,
+    pub cancel: CancellationToken,
+}
+
+/// Facts about an agent's live connection that the router reads without asking the actor.
+#[derive(Default)]
+pub struct LinkState {
+    ws_conn: AtomicU64,
+    /// `u64::MAX` until the first message.
+    last_seq: AtomicU64,
+}
+
+impl LinkState {
+    fn new() -> Self {
+        Self {
+            ws_conn: AtomicU64::new(0),
+            last_seq: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The WebSocket connection the agent is attached to, if any.
+    pub fn ws_conn(&self) -> Option<ConnId> {
+        match self.ws_conn.load(Ordering::Acquire) {
+            0 => None,
+            conn => Some(conn),
+        }
+    }
+
+    /// Whether `seq` continues the agent's numbering (so it is the same agent speaking).
+    pub fn continues(&self, seq: u64) -> bool {
+        let last = self.last_seq.load(Ordering::Acquire);
+        last != u64::MAX && last.wrapping_add(1) == seq
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentHandle {
+    mailbox: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<AgentRecord>>,
+    link: Arc<LinkState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("agent actor has stopped")]
+pub struct ActorGone;
+
+impl AgentHandle {
+    /// Starts the actor for `record` (a new agent, or one read back from the store).
+    pub fn spawn(
+        record: AgentRecord,
+        is_new: bool,
+        ctx: Arc<AgentContext>,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
+        let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
+        let record = Arc::new(record);
+        let (view_tx, view) = watch::channel(record.clone());
+        let link = Arc::new(LinkState::new());
+        let actor = actor::AgentActor::new(record, is_new, ctx, view_tx, link.clone());
+        tracker.spawn(actor.run(inbox));
+        Self {
+            mailbox,
+            view,
+            link,
+        }
+    }
+
+    pub async fn send(&self, cmd: Command) -> Result<(), ActorGone> {
+        self.mailbox.send(cmd).await.map_err(|_| ActorGone)
+    }
+
+    /// The agent's latest state.
+    pub fn snapshot(&self) -> Arc<AgentRecord> {
+        self.view.borrow().clone()
+    }
+
+    pub fn link(&self) -> &LinkState {
+        &self.link
+    }
+
+    pub async fn set_labels(
+        &self,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<AgentRecord>, ActorGone> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::SetLabels { labels, done }).await?;
+        rx.await.map_err(|_| ActorGone)
+    }
+
+    pub fn uid(&self) -> InstanceUid {
+        self.view.borrow().uid
+    }
+}

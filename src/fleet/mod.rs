@@ -1,0 +1,153 @@
+//! The registry of agents (instance uid → actor handle), routing of inbound reports to
+//! actors, and fleet-wide queries over the actors' published snapshots.
+
+mod query;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use dashmap::DashMap;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::{AgentContext, AgentHandle, Command, Source};
+use crate::domain::{AgentRecord, InstanceUid};
+use crate::protocol::Inbound;
+
+pub use query::{AgentFilter, FleetSummary, LabelSelector, Page};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DispatchError {
+    /// The message is unusable; the agent gets an error_response BadRequest.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    Unavailable,
+}
+
+pub struct Fleet {
+    agents: DashMap<InstanceUid, AgentHandle>,
+    ctx: Arc<AgentContext>,
+    tracker: TaskTracker,
+}
+
+impl Fleet {
+    pub fn new(ctx: Arc<AgentContext>, tracker: TaskTracker) -> Self {
+        Self {
+            agents: DashMap::new(),
+            ctx,
+            tracker,
+        }
+    }
+
+    /// Starts actors for agents read back from the store.
+    pub fn restore(&self, records: Vec<AgentRecord>) {
+        for record in records {
+            let uid = record.uid;
+            let handle = AgentHandle::spawn(record, false, self.ctx.clone(), &self.tracker);
+            self.agents.insert(uid, handle);
+        }
+    }
+
+    pub fn get(&self, uid: &InstanceUid) -> Option<AgentHandle> {
+        self.agents.get(uid).map(|h| h.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    fn get_or_spawn(&self, uid: InstanceUid) -> AgentHandle {
+        // The shard lock is held only while the handle is cloned out.
+        self.agents
+            .entry(uid)
+            .or_insert_with(|| {
+                AgentHandle::spawn(
+                    AgentRecord::new(uid, Utc::now()),
+                    true,
+                    self.ctx.clone(),
+                    &self.tracker,
+                )
+            })
+            .clone()
+    }
+
+    /// Routes one decoded message to its agent's actor, which replies through `source`.
+    /// Returns the uid the message was routed to: another than the one it carried when the
+    /// server assigned the agent a new uid (on request, or because a second live connection
+    /// used a uid already connected, as a cloned machine does).
+    pub async fn dispatch(
+        &self,
+        inbound: Inbound,
+        source: Source,
+    ) -> Result<InstanceUid, DispatchError> {
+        let Inbound {
+            raw_uid,
+            uid,
+            report,
+        } = inbound;
+        let uid = uid.map_err(|e| DispatchError::BadRequest(e.to_string()))?;
+        let reassign = report.request_instance_uid || self.is_clone(&uid, &source, report.sequence_num);
+        let target = if reassign {
+            let new_uid = InstanceUid::new_v7();
+            if !report.request_instance_uid {
+                tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
+            }
+            new_uid
+        } else {
+            uid
+        };
+        let handle = self.get_or_spawn(target);
+        handle
+            .send(Command::Report {
+                raw_uid,
+                report,
+                source,
+                assigned: reassign,
+            })
+            .await
+            .map_err(|_| DispatchError::Unavailable)?;
+        Ok(target)
+    }
+
+    /// A WebSocket speaking for an agent already attached to another live WebSocket is a
+    /// clone unless its sequence number continues the agent's (then it is the same agent
+    /// reconnecting before its old connection was seen to drop).
+    fn is_clone(&self, uid: &InstanceUid, source: &Source, seq: u64) -> bool {
+        let Source::WebSocket { conn, .. } = source else {
+            return false;
+        };
+        let Some(existing) = self.agents.get(uid) else {
+            return false;
+        };
+        let link = existing.link();
+        matches!(link.ws_conn(), Some(other) if other != *conn) && !link.continues(seq)
+    }
+
+    /// Tells the actors a WebSocket connection ended.
+    pub async fn connection_closed(&self, uids: &[InstanceUid], conn: u64, reason: &str) {
+        for uid in uids {
+            if let Some(handle) = self.get(uid) {
+                let _ = handle
+                    .send(Command::ConnectionClosed {
+                        conn,
+                        reason: reason.to_string(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Every agent's current snapshot, in no particular order.
+    pub fn snapshots(&self) -> Vec<Arc<AgentRecord>> {
+        self.agents.iter().map(|h| h.snapshot()).collect()
+    }
+
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        &self.ctx.metrics
+    }
+}
