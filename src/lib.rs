@@ -7,3 +7,8 @@ pub mod store;
 pub mod telemetry;
 pub mod agent;
 pub mod fleet;
+pub mod transport;
+pub mod api;
+pub mod server;
+pub mod settings;
+pub mod cli;

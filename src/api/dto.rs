@@ -1,0 +1,192 @@
+//! The JSON shapes of the admin API: the only serde types of the API, converted from domain
+//! types here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::domain::{AgentRecord, AttributeValue, Health, HistoryEntry};
+use crate::fleet::FleetSummary;
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentDto {
+    pub instance_uid: String,
+    pub status: String,
+    pub status_reason: String,
+    pub transport: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub identifying_attributes: Map<String, Value>,
+    pub non_identifying_attributes: Map<String, Value>,
+    pub capabilities: Vec<String>,
+    pub health: Option<HealthDto>,
+    pub effective_config_hash: Option<String>,
+    pub remote_config: Option<RemoteConfigDto>,
+    pub last_seen: String,
+    pub connected_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct HealthDto {
+    pub healthy: bool,
+    pub status: String,
+    pub last_error: String,
+    pub start_time_unix_nano: u64,
+    pub status_time_unix_nano: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, HealthDto>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RemoteConfigDto {
+    pub hash: String,
+    pub status: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct HistoryDto {
+    pub at: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentDetailDto {
+    #[serde(flatten)]
+    pub agent: AgentDto,
+    pub history: Vec<HistoryDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentListDto {
+    pub agents: Vec<AgentDto>,
+    pub next_cursor: Option<String>,
+    pub total: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct FleetDto {
+    pub total: i64,
+    pub by_status: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct LabelsDto {
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigFileDto {
+    pub body: String,
+    pub content_type: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct EffectiveConfigDto {
+    pub hash: String,
+    pub files: BTreeMap<String, ConfigFileDto>,
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn value(v: &AttributeValue) -> Value {
+    match v {
+        AttributeValue::String(s) => Value::String(s.clone()),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Int(i) => Value::from(*i),
+        AttributeValue::Double(d) => Value::from(*d),
+        AttributeValue::Bytes(b) => Value::String(hex::encode(b)),
+        AttributeValue::Array(values) => Value::Array(values.iter().map(value).collect()),
+        AttributeValue::Map(map) => Value::Object(attributes(map)),
+    }
+}
+
+fn attributes(map: &BTreeMap<String, AttributeValue>) -> Map<String, Value> {
+    map.iter().map(|(k, v)| (k.clone(), value(v))).collect()
+}
+
+impl From<&Health> for HealthDto {
+    fn from(h: &Health) -> Self {
+        Self {
+            healthy: h.healthy,
+            status: h.status.clone(),
+            last_error: h.last_error.clone(),
+            start_time_unix_nano: h.start_time_unix_nano,
+            status_time_unix_nano: h.status_time_unix_nano,
+            components: h
+                .components
+                .iter()
+                .map(|(k, c)| (k.clone(), HealthDto::from(c)))
+                .collect(),
+            attributes: attributes(&h.attributes),
+        }
+    }
+}
+
+impl From<&HistoryEntry> for HistoryDto {
+    fn from(e: &HistoryEntry) -> Self {
+        Self {
+            at: rfc3339(e.at),
+            from: e.from.map(|s| s.as_str().to_string()),
+            to: e.to.as_str().to_string(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+impl From<&AgentRecord> for AgentDto {
+    fn from(a: &AgentRecord) -> Self {
+        Self {
+            instance_uid: a.uid.to_string(),
+            status: a.status.as_str().to_string(),
+            status_reason: a.status_reason.clone(),
+            transport: a.transport.map(|t| t.as_str().to_string()),
+            labels: a.labels.clone(),
+            identifying_attributes: attributes(&a.description.identifying),
+            non_identifying_attributes: attributes(&a.description.non_identifying),
+            capabilities: a
+                .capabilities
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            health: a.health.as_deref().map(HealthDto::from),
+            effective_config_hash: a.effective_config_hash.as_ref().map(|h| h.to_hex()),
+            remote_config: a.remote_config.as_ref().map(|rc| RemoteConfigDto {
+                hash: rc.hash.to_hex(),
+                status: rc.status.as_str().to_string(),
+                error: rc.error.clone(),
+            }),
+            last_seen: rfc3339(a.last_seen),
+            connected_at: a.connected_at.map(rfc3339),
+        }
+    }
+}
+
+impl From<&AgentRecord> for AgentDetailDto {
+    fn from(a: &AgentRecord) -> Self {
+        Self {
+            agent: AgentDto::from(a),
+            history: a.history.iter().map(HistoryDto::from).collect(),
+        }
+    }
+}
+
+impl From<FleetSummary> for FleetDto {
+    fn from(s: FleetSummary) -> Self {
+        Self {
+            total: s.total,
+            by_status: s
+                .by_status
+                .into_iter()
+                .map(|(status, n)| (status.as_str().to_string(), n))
+                .collect(),
+        }
+    }
+}

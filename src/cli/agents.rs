@@ -1,0 +1,118 @@
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use super::ServerArg;
+use crate::api::dto::{AgentDetailDto, AgentListDto};
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// A table of agents, filtered by status and labels.
+    List {
+        /// connected, error, configuring, pending, incompatible, upgrading or disconnected
+        #[arg(long)]
+        status: Option<String>,
+        /// key=value; repeat to require several
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Most agents to show (all pages are fetched up to this)
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// One agent in full, with its status history.
+    Show {
+        uid: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    match cmd {
+        AgentsCommand::List {
+            status,
+            labels,
+            limit,
+            server,
+        } => {
+            let mut agents = Vec::new();
+            let mut total = 0;
+            let mut cursor: Option<String> = None;
+            while agents.len() < limit {
+                let mut query: Vec<(&str, String)> = vec![(
+                    "limit",
+                    (limit - agents.len()).min(crate::api::MAX_PAGE).to_string(),
+                )];
+                if let Some(s) = &status {
+                    query.push(("status", s.clone()));
+                }
+                for l in &labels {
+                    query.push(("label", l.clone()));
+                }
+                if let Some(c) = &cursor {
+                    query.push(("cursor", c.clone()));
+                }
+                let url = format!("{}/api/v1/agents", server.server.trim_end_matches('/'));
+                let page: AgentListDto = get_json(client.get(&url).query(&query)).await?;
+                total = page.total;
+                agents.extend(page.agents);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+                "INSTANCE UID",
+                "STATUS",
+                "TRANSPORT",
+                "SERVICE",
+                "VERSION",
+                "HOST",
+                "LAST SEEN",
+                "REASON",
+            ]);
+            for a in &agents {
+                let attr = |k: &str| {
+                    a.identifying_attributes
+                        .get(k)
+                        .or_else(|| a.non_identifying_attributes.get(k))
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .unwrap_or_default()
+                };
+                table.add_row([
+                    a.instance_uid.clone(),
+                    a.status.clone(),
+                    a.transport.clone().unwrap_or_default(),
+                    attr("service.name"),
+                    attr("service.version"),
+                    attr("host.name"),
+                    a.last_seen.clone(),
+                    a.status_reason.clone(),
+                ]);
+            }
+            println!("{table}");
+            println!("{} of {} agents", agents.len(), total);
+        }
+        AgentsCommand::Show { uid, server } => {
+            let url = format!("{}/api/v1/agents/{uid}", server.server.trim_end_matches('/'));
+            let agent: AgentDetailDto = get_json(client.get(&url)).await?;
+            println!("{}", serde_json::to_string_pretty(&agent)?);
+        }
+    }
+    Ok(())
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    let response = req.send().await.context("cannot reach the Corral API")?;
+    let status = response.status();
+    if !status.is_success() {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body["error"].as_str().unwrap_or("no details").to_string();
+        bail!("{status}: {message}");
+    }
+    response.json().await.context("unexpected response from the Corral API")
+}

@@ -1,0 +1,109 @@
+//! The `corral` command: `serve`, and admin commands that talk to the REST API.
+
+mod agents;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{DEFAULT_API_LISTEN, Partial};
+
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about = "OpAMP fleet management for OpenTelemetry collectors")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// List and inspect agents.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML file with any of: opamp_listen, api_listen, data_dir, heartbeat_interval,
+    /// max_message_size. Flags and environment variables win over it.
+    #[arg(long, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the OpAMP endpoint (WebSocket and HTTP) [default: 0.0.0.0:4320]
+    #[arg(long, env = "CORRAL_OPAMP_LISTEN")]
+    opamp_listen: Option<SocketAddr>,
+    /// Address of the admin API [default: 127.0.0.1:4321]
+    #[arg(long, env = "CORRAL_API_LISTEN")]
+    api_listen: Option<SocketAddr>,
+    /// Where the embedded store keeps its data [default: ./corral-data]
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Heartbeat interval offered to agents, in seconds [default: 30]
+    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<u64>,
+    /// Largest inbound OpAMP message, in bytes, after decompression [default: 4194304]
+    #[arg(long, env = "CORRAL_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+}
+
+/// Where admin commands find the API.
+#[derive(Debug, clap::Args)]
+pub struct ServerArg {
+    /// Base URL of the Corral API.
+    #[arg(long, env = "CORRAL_SERVER", default_value_t = format!("http://{DEFAULT_API_LISTEN}"))]
+    pub server: String,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Agents(cmd) => agents::run(cmd).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    crate::telemetry::init_logging();
+    let file = match &args.config {
+        Some(path) => Partial::from_file(path)?,
+        None => Partial::default(),
+    };
+    let given = Partial {
+        opamp_listen: args.opamp_listen,
+        api_listen: args.api_listen,
+        data_dir: args.data_dir,
+        heartbeat_interval: args.heartbeat_interval,
+        max_message_size: args.max_message_size,
+    };
+    let settings = given.resolve(file)?;
+    let listeners = crate::server::Listeners::bind(&settings).await?;
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    crate::server::serve(listeners, settings, shutdown).await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,108 @@
+//! Wiring: opens the store, restores the fleet, and serves the OpAMP and API listeners until
+//! the shutdown token is cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agent::AgentContext;
+use crate::api::{self, ApiState};
+use crate::fleet::Fleet;
+use crate::settings::Settings;
+use crate::store::{SqliteStore, Store, WriteBuffer, run_flusher};
+use crate::telemetry::Metrics;
+use crate::transport::{self, OpampState};
+
+/// How long actors and connections get to finish after shutdown is asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Listeners {
+    pub opamp: TcpListener,
+    pub api: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let opamp = TcpListener::bind(settings.opamp_listen)
+            .await
+            .with_context(|| format!("cannot listen for OpAMP on {}", settings.opamp_listen))?;
+        let api = TcpListener::bind(settings.api_listen)
+            .await
+            .with_context(|| format!("cannot listen for the API on {}", settings.api_listen))?;
+        Ok(Self { opamp, api })
+    }
+}
+
+/// Runs the server on the given listeners until `shutdown` is cancelled.
+pub async fn serve(
+    listeners: Listeners,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&settings.data_dir)
+            .await
+            .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+    let writes = Arc::new(WriteBuffer::default());
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(AgentContext {
+        heartbeat_interval: settings.heartbeat_interval,
+        metrics: metrics.clone(),
+        writes: writes.clone(),
+        cancel: shutdown.clone(),
+    });
+    let fleet = Arc::new(Fleet::new(ctx, tracker.clone()));
+    let known = store.load_agents().await.context("cannot load agents")?;
+    tracing::info!(agents = known.len(), "restored fleet");
+    fleet.restore(known);
+
+    let flush_stop = CancellationToken::new();
+    let flusher = tokio::spawn(run_flusher(
+        writes,
+        store.clone(),
+        metrics,
+        flush_stop.clone(),
+    ));
+
+    let opamp_addr = listeners.opamp.local_addr()?;
+    let api_addr = listeners.api.local_addr()?;
+    tracing::info!(%opamp_addr, %api_addr, data_dir = %settings.data_dir.display(), "corral serving");
+    let opamp = transport::router(OpampState::new(
+        fleet.clone(),
+        settings.max_message_size,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    let api = api::router(ApiState {
+        fleet: fleet.clone(),
+        store,
+    });
+    let opamp_listener = listeners.opamp.tap_io(|tcp| {
+        // Replies are small and answer a request: never hold them back.
+        let _ = tcp.set_nodelay(true);
+    });
+    let opamp_server = axum::serve(opamp_listener, opamp)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let api_server =
+        axum::serve(listeners.api, api).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let served = tokio::try_join!(
+        async { opamp_server.await.context("OpAMP listener failed") },
+        async { api_server.await.context("API listener failed") },
+    );
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("agents did not stop within the grace period");
+    }
+    flush_stop.cancel();
+    let _ = flusher.await;
+    tracing::info!("corral stopped");
+    served.map(|_| ())
+}

@@ -1,0 +1,146 @@
+//! Server settings: parsed and validated once at start, from flags, `CORRAL_*` environment
+//! variables and an optional TOML file (in that order of precedence), then passed down.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::transport::DEFAULT_MAX_MESSAGE_SIZE;
+
+pub const DEFAULT_OPAMP_LISTEN: &str = "0.0.0.0:4320";
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:4321";
+pub const DEFAULT_DATA_DIR: &str = "./corral-data";
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
+const MAX_HEARTBEAT_SECS: u64 = 24 * 60 * 60;
+const MIN_MESSAGE_SIZE: usize = 1024;
+const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub opamp_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub max_message_size: usize,
+}
+
+/// Each setting as given, before defaults. Flags and environment fill one, the config file
+/// another; [`Partial::resolve`] merges them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partial {
+    pub opamp_listen: Option<SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub heartbeat_interval: Option<u64>,
+    pub max_message_size: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("heartbeat-interval must be between 1 and {MAX_HEARTBEAT_SECS} seconds, got {0}")]
+    Heartbeat(u64),
+    #[error("max-message-size must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes, got {0}")]
+    MessageSize(usize),
+}
+
+impl Partial {
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| SettingsError::Parse {
+            path: path.display().to_string(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// `self` wins over `file`; defaults fill the rest. Then every value is checked.
+    pub fn resolve(self, file: Partial) -> Result<Settings, SettingsError> {
+        let parse = |s: &str| s.parse().expect("default addresses are valid");
+        let settings = Settings {
+            opamp_listen: self
+                .opamp_listen
+                .or(file.opamp_listen)
+                .unwrap_or_else(|| parse(DEFAULT_OPAMP_LISTEN)),
+            api_listen: self
+                .api_listen
+                .or(file.api_listen)
+                .unwrap_or_else(|| parse(DEFAULT_API_LISTEN)),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            heartbeat_interval: Duration::from_secs(
+                self.heartbeat_interval
+                    .or(file.heartbeat_interval)
+                    .unwrap_or(DEFAULT_HEARTBEAT_SECS),
+            ),
+            max_message_size: self
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
+        };
+        let secs = settings.heartbeat_interval.as_secs();
+        if !(1..=MAX_HEARTBEAT_SECS).contains(&secs) {
+            return Err(SettingsError::Heartbeat(secs));
+        }
+        if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&settings.max_message_size) {
+            return Err(SettingsError::MessageSize(settings.max_message_size));
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = Partial::default().resolve(Partial::default()).unwrap();
+        assert_eq!(s.opamp_listen.port(), 4320);
+        assert_eq!(s.api_listen.to_string(), "127.0.0.1:4321");
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: Partial = toml::from_str("heartbeat_interval = 10\ndata_dir = \"/var/lib/corral\"").unwrap();
+        let flags = Partial {
+            heartbeat_interval: Some(5),
+            ..Partial::default()
+        };
+        let s = flags.resolve(file).unwrap();
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/corral"));
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_name() {
+        let zero = Partial {
+            heartbeat_interval: Some(0),
+            ..Partial::default()
+        };
+        let err = zero.resolve(Partial::default()).unwrap_err().to_string();
+        assert!(err.contains("heartbeat-interval"), "{err}");
+        let tiny = Partial {
+            max_message_size: Some(10),
+            ..Partial::default()
+        };
+        assert!(tiny.resolve(Partial::default()).is_err());
+        let unknown = toml::from_str::<Partial>("heartbeat = 3");
+        assert!(unknown.is_err(), "unknown keys are refused");
+    }
+}

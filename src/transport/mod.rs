@@ -1,0 +1,93 @@
+//! The OpAMP endpoint: WebSocket and plain HTTP on one path. These tasks decode, route to
+//! the agent's actor and write back what it answers; they make no decisions of their own.
+
+mod http;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::agent::ConnId;
+use crate::fleet::Fleet;
+
+pub const OPAMP_PATH: &str = "/v1/opamp";
+/// Default bound on one inbound message (after decompression).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct OpampState {
+    pub fleet: Arc<Fleet>,
+    pub max_message_size: usize,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl OpampState {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        max_message_size: usize,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            fleet,
+            max_message_size,
+            cancel,
+            tracker,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The OpAMP listener's routes: `GET` (WebSocket upgrade) and `POST` (plain HTTP) on
+/// [`OPAMP_PATH`]. Request bodies may be gzipped; responses are gzipped for clients that
+/// accept it.
+pub fn router(state: OpampState) -> Router {
+    let metrics = state.fleet.clone();
+    let not_found_metrics = state.fleet.clone();
+    Router::new()
+        .route(
+            OPAMP_PATH,
+            get(ws::upgrade)
+                .post(http::poll)
+                .fallback(move || async move {
+                    metrics.metrics().rejected("method_not_allowed");
+                    (
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use POST for plain HTTP or GET to open a WebSocket",
+                    )
+                }),
+        )
+        .fallback(move || async move {
+            not_found_metrics.metrics().rejected("not_found");
+            (
+                StatusCode::NOT_FOUND,
+                format!("no such path; the OpAMP endpoint is {OPAMP_PATH}"),
+            )
+                .into_response()
+        })
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd()
+                .compress_when(|status: StatusCode, _, _: &_, _: &_| status.is_success()),
+        )
+        .layer(RequestDecompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
+        .with_state(state)
+}

@@ -1,0 +1,204 @@
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite;
+
+use super::OpampState;
+use crate::agent::{ConnId, OUTBOUND_CAPACITY, Outgoing, Source};
+use crate::domain::{InstanceUid, ReplyError, ServerReply};
+use crate::fleet::DispatchError;
+use crate::protocol::{Inbound, decode_agent_message, encode_ws_frame, reply_to_proto, unframe_ws};
+
+/// Close codes of RFC 6455 used here.
+const GOING_AWAY: u16 = 1001;
+const PROTOCOL_ERROR: u16 = 1002;
+const UNSUPPORTED_DATA: u16 = 1003;
+const INVALID_PAYLOAD: u16 = 1007;
+const MESSAGE_TOO_BIG: u16 = 1009;
+
+/// Socket buffers per connection: small, since OpAMP messages are few and mostly tiny.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+
+pub(super) async fn upgrade(State(state): State<OpampState>, ws: WebSocketUpgrade) -> Response {
+    let max = state.max_message_size;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max.saturating_mul(2))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(serve_connection(socket, state))
+        })
+}
+
+/// Why a connection ended: a close to send (if any) and the reason the agent is disconnected.
+struct Ending {
+    close: Option<u16>,
+    reason: String,
+}
+
+impl Ending {
+    fn closed(reason: impl Into<String>) -> Self {
+        Self {
+            close: None,
+            reason: reason.into(),
+        }
+    }
+
+    fn close(code: u16, reason: impl Into<String>) -> Self {
+        Self {
+            close: Some(code),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Moves frames between one WebSocket and the actors of the agents speaking on it.
+async fn serve_connection(socket: WebSocket, state: OpampState) {
+    let conn = state.next_conn_id();
+    let metrics = state.fleet.metrics();
+    let (mut sink, mut stream) = socket.split();
+    let (outbound, mut replies) = mpsc::channel::<Outgoing>(OUTBOUND_CAPACITY);
+    // Uids the server assigned on this connection, for agents that keep using the old one.
+    let mut aliases: HashMap<InstanceUid, InstanceUid> = HashMap::new();
+    let mut agents: Vec<InstanceUid> = Vec::new();
+
+    let ending = loop {
+        tokio::select! {
+            _ = state.cancel.cancelled() => break Ending::close(GOING_AWAY, "server shutting down"),
+            out = replies.recv() => match out {
+                Some(Outgoing::Message(msg)) => {
+                    if let Err(e) = sink.send(Message::Binary(encode_ws_frame(&msg))).await {
+                        break Ending::closed(format!("websocket write failed: {e}"));
+                    }
+                }
+                Some(Outgoing::Close { code, reason }) => break Ending::close(code, reason),
+                None => break Ending::closed("websocket closed"),
+            },
+            frame = stream.next() => match frame {
+                None => break Ending::closed("websocket closed"),
+                Some(Ok(Message::Binary(bytes))) => {
+                    let inbound = match unframe_ws(bytes).and_then(decode_agent_message) {
+                        Ok(msg) => Inbound::from(msg),
+                        Err(e) => {
+                            metrics.decode_error(e.kind());
+                            let code = match e {
+                                crate::protocol::DecodeError::Malformed(_) => INVALID_PAYLOAD,
+                                _ => PROTOCOL_ERROR,
+                            };
+                            break Ending::close(code, e.to_string());
+                        }
+                    };
+                    match route(&state, inbound, conn, &outbound, &mut aliases, &mut agents).await {
+                        Ok(()) => {}
+                        Err(ending) => break ending,
+                    }
+                }
+                Some(Ok(Message::Text(_))) => {
+                    metrics.decode_error("text_frame");
+                    break Ending::close(UNSUPPORTED_DATA, "OpAMP uses binary frames");
+                }
+                Some(Ok(Message::Close(_))) => break Ending::closed("websocket closed by agent"),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Err(e)) => {
+                    if is_too_big(&e) {
+                        metrics.rejected("too_large");
+                        break Ending::close(
+                            MESSAGE_TOO_BIG,
+                            format!("message exceeds {} bytes", state.max_message_size),
+                        );
+                    }
+                    break Ending::closed(format!("websocket error: {e}"));
+                }
+            },
+        }
+    };
+
+    if let Some(code) = ending.close {
+        let frame = CloseFrame {
+            code,
+            reason: truncate_reason(&ending.reason).into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+    if !agents.is_empty() {
+        tracing::debug!(conn, reason = %ending.reason, "websocket ended");
+    }
+    state
+        .fleet
+        .connection_closed(&agents, conn, &ending.reason)
+        .await;
+}
+
+/// Hands one message to its agent's actor. An unusable uid gets an error reply and the
+/// connection stays open.
+async fn route(
+    state: &OpampState,
+    mut inbound: Inbound,
+    conn: ConnId,
+    outbound: &mpsc::Sender<Outgoing>,
+    aliases: &mut HashMap<InstanceUid, InstanceUid>,
+    agents: &mut Vec<InstanceUid>,
+) -> Result<(), Ending> {
+    let sent_uid = inbound.uid.as_ref().ok().copied();
+    if let Some(target) = sent_uid.and_then(|uid| aliases.get(&uid)) {
+        inbound.uid = Ok(*target);
+        inbound.report.request_instance_uid = false;
+    }
+    let raw_uid = inbound.raw_uid.clone();
+    let source = Source::WebSocket {
+        conn,
+        outbound: outbound.clone(),
+    };
+    match state.fleet.dispatch(inbound, source).await {
+        Ok(target) => {
+            if let Some(sent) = sent_uid
+                && sent != target
+            {
+                aliases.insert(sent, target);
+            }
+            if !agents.contains(&target) {
+                agents.push(target);
+            }
+            Ok(())
+        }
+        Err(DispatchError::BadRequest(message)) => {
+            state.fleet.metrics().decode_error("bad_instance_uid");
+            let reply = ServerReply {
+                error: Some(ReplyError::BadRequest(message)),
+                ..ServerReply::default()
+            };
+            let msg = reply_to_proto(raw_uid, &reply);
+            // Best effort: a full queue means the agent is not reading anyway.
+            let _ = outbound.try_send(Outgoing::Message(msg));
+            Ok(())
+        }
+        Err(DispatchError::Unavailable) => Err(Ending::close(GOING_AWAY, "server shutting down")),
+    }
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A close frame's reason must fit in 123 bytes.
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
