@@ -1,14 +1,14 @@
 //! Corral: an OpAMP fleet-management server for OpenTelemetry collectors.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
 pub mod domain;
+pub mod fleet;
 pub mod protocol;
+pub mod server;
+pub mod settings;
 pub mod status;
 pub mod store;
 pub mod telemetry;
-pub mod agent;
-pub mod fleet;
 pub mod transport;
-pub mod api;
-pub mod server;
-pub mod settings;
-pub mod cli;

@@ -65,7 +65,7 @@ pub async fn serve(
 
     let flush_stop = CancellationToken::new();
     let flusher = tokio::spawn(run_flusher(
-        writes,
+        writes.clone(),
         store.clone(),
         metrics,
         flush_stop.clone(),
@@ -83,6 +83,7 @@ pub async fn serve(
     let api = api::router(ApiState {
         fleet: fleet.clone(),
         store,
+        writes,
     });
     let opamp_listener = listeners.opamp.tap_io(|tcp| {
         // Replies are small and answer a request: never hold them back.
@@ -98,7 +99,10 @@ pub async fn serve(
     );
     shutdown.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("agents did not stop within the grace period");
     }
     flush_stop.cancel();

@@ -49,7 +49,9 @@ pub enum SettingsError {
     Parse { path: String, message: String },
     #[error("heartbeat-interval must be between 1 and {MAX_HEARTBEAT_SECS} seconds, got {0}")]
     Heartbeat(u64),
-    #[error("max-message-size must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes, got {0}")]
+    #[error(
+        "max-message-size must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes, got {0}"
+    )]
     MessageSize(usize),
 }
 
@@ -117,7 +119,8 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file() {
-        let file: Partial = toml::from_str("heartbeat_interval = 10\ndata_dir = \"/var/lib/corral\"").unwrap();
+        let file: Partial =
+            toml::from_str("heartbeat_interval = 10\ndata_dir = \"/var/lib/corral\"").unwrap();
         let flags = Partial {
             heartbeat_interval: Some(5),
             ..Partial::default()

@@ -163,11 +163,15 @@ impl Metrics {
     }
 
     pub fn rejected(&self, kind: &'static str) {
-        self.rejected_requests.get_or_create(&KindLabel { kind }).inc();
+        self.rejected_requests
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     pub fn overflow(&self, kind: &'static str) {
-        self.queue_overflows.get_or_create(&KindLabel { kind }).inc();
+        self.queue_overflows
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

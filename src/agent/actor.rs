@@ -131,7 +131,7 @@ impl AgentActor {
         }
     }
 
-    fn on_report(&mut self, raw_uid: Bytes, report: AgentReport, source: Source, assigned: bool) {
+    fn on_report(&mut self, raw_uid: Bytes, report: Box<AgentReport>, source: Source, assigned: bool) {
         let now = Utc::now();
         let instant = Instant::now();
         let transport = match &source {
@@ -184,7 +184,8 @@ impl AgentActor {
             .contains(Caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
         self.liveness
             .set_offered(accepts_settings.then_some(self.ctx.heartbeat_interval));
-        let watched = transport == Transport::Http || rec.capabilities.contains(Caps::REPORTS_HEARTBEAT);
+        let watched =
+            transport == Transport::Http || rec.capabilities.contains(Caps::REPORTS_HEARTBEAT);
         self.deadline = (watched && !report.disconnect).then(|| instant + self.liveness.grace());
 
         let heartbeat_interval_seconds = (accepts_settings && !self.offered_settings)
@@ -255,7 +256,9 @@ impl AgentActor {
         if let Some(config) = &report.effective_config {
             let hash = config.hash();
             if rec.effective_config_hash.as_ref() != Some(&hash) {
-                self.ctx.writes.effective_config(hash.clone(), config.clone());
+                self.ctx
+                    .writes
+                    .effective_config(hash.clone(), config.clone());
                 rec.effective_config_hash = Some(hash);
                 changed = true;
             }
@@ -347,16 +350,18 @@ impl AgentActor {
 
     fn on_silence(&mut self) {
         let expected = self.liveness.expected_interval().as_secs_f64();
-        let silent = self
-            .last_heard
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let silent = self.last_heard.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let reason = format!("no message for {silent:.0}s (expected every {expected:.0}s)");
         tracing::info!(uid = %self.record.uid, %reason, "agent went silent");
         self.go_offline(Some(CLOSE_GOING_AWAY), reason);
     }
 
-    fn push(&mut self, outbound: &mpsc::Sender<Outgoing>, message: crate::protocol::proto::ServerToAgent) {
-        match outbound.try_send(Outgoing::Message(message)) {
+    fn push(
+        &mut self,
+        outbound: &mpsc::Sender<Outgoing>,
+        message: crate::protocol::proto::ServerToAgent,
+    ) {
+        match outbound.try_send(Outgoing::Message(Box::new(message))) {
             Ok(()) => self.ctx.metrics.message_out(Transport::WebSocket),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.ctx.metrics.overflow("websocket_outbound");

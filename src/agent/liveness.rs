@@ -48,8 +48,12 @@ impl Liveness {
     }
 
     pub fn expected_interval(&self) -> Duration {
-        let learned = (self.gaps.len() >= GAPS_TRUSTED)
-            .then(|| self.gaps.iter().copied().fold(Duration::ZERO, Duration::max));
+        let learned = (self.gaps.len() >= GAPS_TRUSTED).then(|| {
+            self.gaps
+                .iter()
+                .copied()
+                .fold(Duration::ZERO, Duration::max)
+        });
         let interval = match (self.offered, learned) {
             (Some(offered), Some(learned)) => offered.max(learned),
             (Some(offered), None) => offered,
@@ -90,7 +94,11 @@ mod tests {
         }
         assert_eq!(l.expected_interval(), S(5));
         l.record_gap(S(30));
-        assert_eq!(l.expected_interval(), S(30), "a slower agent is not declared gone");
+        assert_eq!(
+            l.expected_interval(),
+            S(30),
+            "a slower agent is not declared gone"
+        );
     }
 
     #[test]

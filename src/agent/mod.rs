@@ -41,7 +41,7 @@ pub type ConnId = u64;
 /// Something for a WebSocket connection's writer to do.
 #[derive(Debug)]
 pub enum Outgoing {
-    Message(proto::ServerToAgent),
+    Message(Box<proto::ServerToAgent>),
     Close { code: u16, reason: String },
 }
 
@@ -61,7 +61,7 @@ pub enum Source {
 pub enum Command {
     Report {
         raw_uid: Bytes,
-        report: AgentReport,
+        report: Box<AgentReport>,
         source: Source,
         /// The server just chose this agent's uid: tell it in the reply.
         assigned: bool,

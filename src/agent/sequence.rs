@@ -92,7 +92,10 @@ mod tests {
     fn missing_state_is_asked_for_once_per_connection() {
         let mut t = FullStateTracker::default();
         assert!(t.observe(1, true, true));
-        assert!(!t.observe(2, true, true), "the agent answered and still lacks it");
+        assert!(
+            !t.observe(2, true, true),
+            "the agent answered and still lacks it"
+        );
         assert!(!t.observe(3, false, true));
         t.reconnected();
         assert!(t.observe(4, false, true));

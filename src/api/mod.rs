@@ -34,6 +34,7 @@ const MAX_LABEL_VALUE: usize = 256;
 pub struct ApiState {
     pub fleet: Arc<Fleet>,
     pub store: Arc<dyn Store>,
+    pub writes: Arc<crate::store::WriteBuffer>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -41,7 +42,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{uid}", get(show_agent))
         .route("/api/v1/agents/{uid}/labels", put(set_labels))
-        .route("/api/v1/agents/{uid}/effective-config", get(effective_config))
+        .route(
+            "/api/v1/agents/{uid}/effective-config",
+            get(effective_config),
+        )
         .route("/api/v1/fleet", get(fleet_summary))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -63,7 +67,9 @@ fn agent(state: &ApiState, uid: &str) -> Result<crate::agent::AgentHandle, ApiEr
 
 /// Query of `GET /api/v1/agents`: `status`, `label=key=value` (repeatable, all must match),
 /// `limit`, `cursor`.
-fn parse_list_query(query: Option<&str>) -> Result<(AgentFilter, Option<InstanceUid>, usize), ApiError> {
+fn parse_list_query(
+    query: Option<&str>,
+) -> Result<(AgentFilter, Option<InstanceUid>, usize), ApiError> {
     let mut filter = AgentFilter::default();
     let mut cursor = None;
     let mut limit = DEFAULT_PAGE;
@@ -95,7 +101,9 @@ fn parse_list_query(query: Option<&str>) -> Result<(AgentFilter, Option<Instance
             "cursor" if value.is_empty() => {}
             "cursor" => cursor = Some(parse_uid(&value)?),
             other => {
-                return Err(ApiError::BadRequest(format!("unknown query parameter {other:?}")));
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}"
+                )));
             }
         }
     }
@@ -109,7 +117,11 @@ async fn list_agents(
     let (filter, cursor, limit) = parse_list_query(query.as_deref())?;
     let page = state.fleet.list(&filter, cursor, limit);
     Ok(Json(AgentListDto {
-        agents: page.agents.iter().map(|a| AgentDto::from(a.as_ref())).collect(),
+        agents: page
+            .agents
+            .iter()
+            .map(|a| AgentDto::from(a.as_ref()))
+            .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
         total: page.total,
     }))
@@ -130,7 +142,8 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
         if !key_ok {
             return Err(ApiError::BadRequest(format!(
                 "label key {k:?} must be 1-{MAX_LABEL_KEY} characters of letters, digits, '.', '_', '-', '/'"
@@ -168,12 +181,12 @@ async fn effective_config(
         .effective_config_hash
         .clone()
         .ok_or_else(|| ApiError::NotFound("agent has not reported an effective config".into()))?;
-    // Written by the next flush; a read right after the report may miss it.
-    let config = state
-        .store
-        .effective_config(&hash)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("effective config not stored yet; retry shortly".into()))?;
+    let config = match state.writes.unwritten_config(&hash) {
+        Some(config) => config,
+        None => state.store.effective_config(&hash).await?.ok_or_else(|| {
+            ApiError::Internal(format!("effective config {} is missing", hash.to_hex()))
+        })?,
+    };
     Ok(Json(EffectiveConfigDto {
         hash: hash.to_hex(),
         files: config

@@ -98,7 +98,10 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             println!("{} of {} agents", agents.len(), total);
         }
         AgentsCommand::Show { uid, server } => {
-            let url = format!("{}/api/v1/agents/{uid}", server.server.trim_end_matches('/'));
+            let url = format!(
+                "{}/api/v1/agents/{uid}",
+                server.server.trim_end_matches('/')
+            );
             let agent: AgentDetailDto = get_json(client.get(&url)).await?;
             println!("{}", serde_json::to_string_pretty(&agent)?);
         }
@@ -106,7 +109,9 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+async fn get_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+) -> anyhow::Result<T> {
     let response = req.send().await.context("cannot reach the Corral API")?;
     let status = response.status();
     if !status.is_success() {
@@ -114,5 +119,8 @@ async fn get_json<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) 
         let message = body["error"].as_str().unwrap_or("no details").to_string();
         bail!("{status}: {message}");
     }
-    response.json().await.context("unexpected response from the Corral API")
+    response
+        .json()
+        .await
+        .context("unexpected response from the Corral API")
 }

@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::{DEFAULT_API_LISTEN, Partial};
 
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about = "OpAMP fleet management for OpenTelemetry collectors")]
+#[command(
+    name = "corral",
+    version,
+    about = "OpAMP fleet management for OpenTelemetry collectors"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

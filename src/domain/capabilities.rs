@@ -39,10 +39,19 @@ bitflags! {
 
 const AGENT_CAPABILITY_NAMES: [(AgentCapabilities, &str); 16] = [
     (AgentCapabilities::REPORTS_STATUS, "ReportsStatus"),
-    (AgentCapabilities::ACCEPTS_REMOTE_CONFIG, "AcceptsRemoteConfig"),
-    (AgentCapabilities::REPORTS_EFFECTIVE_CONFIG, "ReportsEffectiveConfig"),
+    (
+        AgentCapabilities::ACCEPTS_REMOTE_CONFIG,
+        "AcceptsRemoteConfig",
+    ),
+    (
+        AgentCapabilities::REPORTS_EFFECTIVE_CONFIG,
+        "ReportsEffectiveConfig",
+    ),
     (AgentCapabilities::ACCEPTS_PACKAGES, "AcceptsPackages"),
-    (AgentCapabilities::REPORTS_PACKAGE_STATUSES, "ReportsPackageStatuses"),
+    (
+        AgentCapabilities::REPORTS_PACKAGE_STATUSES,
+        "ReportsPackageStatuses",
+    ),
     (AgentCapabilities::REPORTS_OWN_TRACES, "ReportsOwnTraces"),
     (AgentCapabilities::REPORTS_OWN_METRICS, "ReportsOwnMetrics"),
     (AgentCapabilities::REPORTS_OWN_LOGS, "ReportsOwnLogs"),
@@ -54,9 +63,15 @@ const AGENT_CAPABILITY_NAMES: [(AgentCapabilities, &str); 16] = [
         AgentCapabilities::ACCEPTS_OTHER_CONNECTION_SETTINGS,
         "AcceptsOtherConnectionSettings",
     ),
-    (AgentCapabilities::ACCEPTS_RESTART_COMMAND, "AcceptsRestartCommand"),
+    (
+        AgentCapabilities::ACCEPTS_RESTART_COMMAND,
+        "AcceptsRestartCommand",
+    ),
     (AgentCapabilities::REPORTS_HEALTH, "ReportsHealth"),
-    (AgentCapabilities::REPORTS_REMOTE_CONFIG, "ReportsRemoteConfig"),
+    (
+        AgentCapabilities::REPORTS_REMOTE_CONFIG,
+        "ReportsRemoteConfig",
+    ),
     (AgentCapabilities::REPORTS_HEARTBEAT, "ReportsHeartbeat"),
     (
         AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS,

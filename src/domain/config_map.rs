@@ -64,8 +64,14 @@ mod tests {
 
     #[test]
     fn same_content_same_hash_whatever_the_insertion_order() {
-        let a = map(&[("a.yaml", "text/yaml", "x: 1"), ("b.yaml", "text/yaml", "y: 2")]);
-        let b = map(&[("b.yaml", "text/yaml", "y: 2"), ("a.yaml", "text/yaml", "x: 1")]);
+        let a = map(&[
+            ("a.yaml", "text/yaml", "x: 1"),
+            ("b.yaml", "text/yaml", "y: 2"),
+        ]);
+        let b = map(&[
+            ("b.yaml", "text/yaml", "y: 2"),
+            ("a.yaml", "text/yaml", "x: 1"),
+        ]);
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.hash().0.len(), 32);
     }

@@ -34,11 +34,13 @@ impl Health {
     fn first_unhealthy_component(&self) -> Option<String> {
         self.components.iter().find_map(|(name, child)| {
             let detail = child.problem()?;
-            Some(if child.components.values().any(|c| c.problem().is_some()) {
-                format!("{name}/{detail}")
-            } else {
-                format!("{name}: {detail}")
-            })
+            Some(
+                if child.components.values().any(|c| c.problem().is_some()) {
+                    format!("{name}/{detail}")
+                } else {
+                    format!("{name}: {detail}")
+                },
+            )
         })
     }
 }

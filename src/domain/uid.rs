@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn rejects_wrong_lengths() {
-        assert_eq!(InstanceUid::from_bytes(&[1; 15]), Err(InvalidInstanceUid(15)));
+        assert_eq!(
+            InstanceUid::from_bytes(&[1; 15]),
+            Err(InvalidInstanceUid(15))
+        );
         assert_eq!(InstanceUid::from_bytes(&[]), Err(InvalidInstanceUid(0)));
         assert!(InstanceUid::from_bytes(&[7; 16]).is_ok());
         assert_eq!(InstanceUid::parse("not-a-uuid"), None);

@@ -91,7 +91,8 @@ impl Fleet {
             report,
         } = inbound;
         let uid = uid.map_err(|e| DispatchError::BadRequest(e.to_string()))?;
-        let reassign = report.request_instance_uid || self.is_clone(&uid, &source, report.sequence_num);
+        let reassign =
+            report.request_instance_uid || self.is_clone(&uid, &source, report.sequence_num);
         let target = if reassign {
             let new_uid = InstanceUid::new_v7();
             if !report.request_instance_uid {
@@ -105,7 +106,7 @@ impl Fleet {
         handle
             .send(Command::Report {
                 raw_uid,
-                report,
+                report: Box::new(report),
                 source,
                 assigned: reassign,
             })

@@ -65,7 +65,11 @@ impl super::Fleet {
         }
         after.sort_unstable_by_key(|a| a.uid);
         Page {
-            next_cursor: if more { after.last().map(|a| a.uid) } else { None },
+            next_cursor: if more {
+                after.last().map(|a| a.uid)
+            } else {
+                None
+            },
             agents: after,
             total,
         }

@@ -301,7 +301,10 @@ mod tests {
             domain.attribute("service.name"),
             Some(&AttributeValue::String("otelcol".into()))
         );
-        assert_eq!(description_from_proto(description_to_proto(&domain)), domain);
+        assert_eq!(
+            description_from_proto(description_to_proto(&domain)),
+            domain
+        );
     }
 
     #[test]
@@ -339,7 +342,10 @@ mod tests {
         assert_eq!(msg.flags, 0);
         assert_eq!(msg.capabilities, 0);
         let err = msg.error_response.unwrap();
-        assert_eq!(err.r#type, proto::ServerErrorResponseType::BadRequest as i32);
+        assert_eq!(
+            err.r#type,
+            proto::ServerErrorResponseType::BadRequest as i32
+        );
     }
 
     #[test]

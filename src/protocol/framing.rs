@@ -29,7 +29,8 @@ pub fn unframe_ws(mut frame: Bytes) -> Result<Bytes, DecodeError> {
     if frame.is_empty() {
         return Err(DecodeError::MissingHeader);
     }
-    let header = prost::encoding::decode_varint(&mut frame).map_err(|_| DecodeError::MissingHeader)?;
+    let header =
+        prost::encoding::decode_varint(&mut frame).map_err(|_| DecodeError::MissingHeader)?;
     if header != 0 {
         return Err(DecodeError::NonZeroHeader(header));
     }

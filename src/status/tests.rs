@@ -1,6 +1,6 @@
 use super::*;
-use proptest::prelude::*;
 use Status::*;
+use proptest::prelude::*;
 
 /// The diagram's edges, written out once more by hand so a slip in `allowed` shows.
 const DIAGRAM: &[(Status, Status)] = &[

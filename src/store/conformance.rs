@@ -34,9 +34,10 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
         last_error: "connection refused".into(),
         ..Health::default()
     };
-    component
-        .attributes
-        .insert("endpoint".into(), AttributeValue::String("otlp:4317".into()));
+    component.attributes.insert(
+        "endpoint".into(),
+        AttributeValue::String("otlp:4317".into()),
+    );
     let mut health = Health {
         healthy: true,
         start_time_unix_nano: 1_700_000_000_000_000_000,
@@ -48,15 +49,24 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
         status: Status::Error,
         status_reason: "exporter:otlp: connection refused".into(),
         transport: Some(Transport::WebSocket),
-        labels: BTreeMap::from([("env".into(), "prod".into()), ("région".into(), "ça".into())]),
+        labels: BTreeMap::from([
+            ("env".into(), "prod".into()),
+            ("région".into(), "ça".into()),
+        ]),
         description: Arc::new(AgentDescription {
             identifying: BTreeMap::from([
-                ("service.name".into(), AttributeValue::String("otelcol".into())),
+                (
+                    "service.name".into(),
+                    AttributeValue::String("otelcol".into()),
+                ),
                 ("pid".into(), AttributeValue::Int(7)),
             ]),
             non_identifying: BTreeMap::from([(
                 "tags".into(),
-                AttributeValue::Array(vec![AttributeValue::Bool(true), AttributeValue::Double(1.5)]),
+                AttributeValue::Array(vec![
+                    AttributeValue::Bool(true),
+                    AttributeValue::Double(1.5),
+                ]),
             )]),
         }),
         capabilities: AgentCapabilities::REPORTS_STATUS | AgentCapabilities::REPORTS_HEALTH,
@@ -105,7 +115,10 @@ async fn round_trips_an_agent(store: &dyn Store) {
     )
     .await;
     let loaded = load(store).await;
-    let found = loaded.iter().find(|a| a.uid == uid).expect("agent is stored");
+    let found = loaded
+        .iter()
+        .find(|a| a.uid == uid)
+        .expect("agent is stored");
     let expected = AgentRecord {
         history: Arc::from([entry]),
         ..agent
@@ -172,7 +185,10 @@ async fn keeps_only_the_latest_history(store: &dyn Store) {
         .await;
     }
     let loaded = load(store).await;
-    let found = loaded.iter().find(|a| a.uid == uid).expect("agent is stored");
+    let found = loaded
+        .iter()
+        .find(|a| a.uid == uid)
+        .expect("agent is stored");
     assert_eq!(found.history.len(), HISTORY_LIMIT, "history is bounded");
     assert_eq!(
         &found.history[..],

@@ -103,7 +103,9 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
         transport: transport.as_deref().and_then(Transport::parse),
         labels,
         description: Arc::new(protocol::description_from_proto(description)),
-        capabilities: AgentCapabilities::from_bits_retain(row.try_get::<i64, _>("capabilities")? as u64),
+        capabilities: AgentCapabilities::from_bits_retain(
+            row.try_get::<i64, _>("capabilities")? as u64
+        ),
         health,
         effective_config_hash: row
             .try_get::<Option<Vec<u8>>, _>("effective_config_hash")?
@@ -243,8 +245,8 @@ impl Store for SqliteStore {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let body: Vec<u8> = row.try_get("body")?;
-        let map = proto::AgentConfigMap::decode(body.as_slice())
-            .map_err(|e| corrupt(&hash.0, e))?;
+        let map =
+            proto::AgentConfigMap::decode(body.as_slice()).map_err(|e| corrupt(&hash.0, e))?;
         Ok(Some(protocol::config_map_from_proto(map)))
     }
 }

@@ -24,6 +24,8 @@ struct Pending {
 #[derive(Default)]
 pub struct WriteBuffer {
     pending: Mutex<Pending>,
+    /// Configs taken for the write in progress, readable until it lands.
+    in_flight: Mutex<HashMap<ContentHash, ConfigMap>>,
 }
 
 impl WriteBuffer {
@@ -39,8 +41,22 @@ impl WriteBuffer {
         self.pending.lock().configs.entry(hash).or_insert(config);
     }
 
+    /// An effective config not written yet, so readers need not wait for the flush.
+    pub fn unwritten_config(&self, hash: &ContentHash) -> Option<ConfigMap> {
+        if let Some(config) = self.pending.lock().configs.get(hash) {
+            return Some(config.clone());
+        }
+        self.in_flight.lock().get(hash).cloned()
+    }
+
     fn take(&self) -> WriteBatch {
-        let pending = std::mem::take(&mut *self.pending.lock());
+        let mut guard = self.pending.lock();
+        let pending = std::mem::take(&mut *guard);
+        if !pending.configs.is_empty() {
+            // Still under the pending lock, so a reader always finds the config somewhere.
+            self.in_flight.lock().clone_from(&pending.configs);
+        }
+        drop(guard);
         WriteBatch {
             agents: pending.agents.into_values().collect(),
             history: pending.history,
@@ -68,7 +84,8 @@ impl WriteBuffer {
         if batch.is_empty() {
             return true;
         }
-        match store.write(&batch).await {
+        let written = store.write(&batch).await;
+        let ok = match written {
             Ok(()) => {
                 metrics.store_flushes.inc();
                 true
@@ -79,7 +96,9 @@ impl WriteBuffer {
                 self.restore(batch);
                 false
             }
-        }
+        };
+        self.in_flight.lock().clear();
+        ok
     }
 }
 

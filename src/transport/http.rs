@@ -73,7 +73,11 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 /// One plain-HTTP poll: an AgentToServer in, the agent's ServerToAgent out.
-pub(super) async fn poll(State(state): State<OpampState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn poll(
+    State(state): State<OpampState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let metrics = state.fleet.metrics();
     if !is_protobuf(&headers) {
         metrics.rejected("unsupported_media_type");
@@ -103,7 +107,11 @@ pub(super) async fn poll(State(state): State<OpampState>, headers: HeaderMap, bo
         Ok(msg) => Inbound::from(msg),
         Err(e) => {
             metrics.decode_error(e.kind());
-            return error_response(StatusCode::BAD_REQUEST, Bytes::new(), ReplyError::BadRequest(e.to_string()));
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                Bytes::new(),
+                ReplyError::BadRequest(e.to_string()),
+            );
         }
     };
     let raw_uid = inbound.raw_uid.clone();
@@ -112,7 +120,11 @@ pub(super) async fn poll(State(state): State<OpampState>, headers: HeaderMap, bo
         Ok(_) => {}
         Err(DispatchError::BadRequest(message)) => {
             metrics.decode_error("bad_instance_uid");
-            return error_response(StatusCode::BAD_REQUEST, raw_uid, ReplyError::BadRequest(message));
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                raw_uid,
+                ReplyError::BadRequest(message),
+            );
         }
         Err(DispatchError::Unavailable) => return unavailable(raw_uid),
     }

@@ -88,6 +88,12 @@ pub fn router(state: OpampState) -> Router {
                 .no_zstd()
                 .compress_when(|status: StatusCode, _, _: &_, _: &_| status.is_success()),
         )
-        .layer(RequestDecompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
+        .layer(
+            RequestDecompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd(),
+        )
         .with_state(state)
 }

@@ -114,7 +114,7 @@ async fn serve_connection(socket: WebSocket, state: OpampState) {
                             format!("message exceeds {} bytes", state.max_message_size),
                         );
                     }
-                    break Ending::closed(format!("websocket error: {e}"));
+                    break Ending::closed(lost_reason(&e));
                 }
             },
         }
@@ -176,7 +176,7 @@ async fn route(
             };
             let msg = reply_to_proto(raw_uid, &reply);
             // Best effort: a full queue means the agent is not reading anyway.
-            let _ = outbound.try_send(Outgoing::Message(msg));
+            let _ = outbound.try_send(Outgoing::Message(Box::new(msg)));
             Ok(())
         }
         Err(DispatchError::Unavailable) => Err(Ending::close(GOING_AWAY, "server shutting down")),
@@ -192,6 +192,20 @@ fn is_too_big(error: &axum::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+fn lost_reason(error: &axum::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) = e.downcast_ref::<tungstenite::Error>()
+        {
+            return "websocket closed without a close frame".into();
+        }
+        source = e.source();
+    }
+    format!("websocket failed: {error}")
 }
 
 /// A close frame's reason must fit in 123 bytes.

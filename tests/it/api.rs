@@ -1,0 +1,185 @@
+use std::process::Command;
+
+use crate::common::*;
+
+async fn fleet_of(server: &TestServer, services: &[&str]) -> Vec<[u8; 16]> {
+    let mut uids = Vec::new();
+    for service in services {
+        let uid = new_uid();
+        server.poll(&full_report(&uid, 1, service)).await;
+        uids.push(uid);
+    }
+    uids
+}
+
+#[tokio::test]
+async fn list_filters_by_status_and_label_and_pages_in_uid_order() {
+    let server = TestServer::start().await;
+    let uids = fleet_of(&server, &["a", "b", "a", "c", "a"]).await;
+    let (status, body) = server.get("/api/v1/agents?label=service.name=a").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total"], 3);
+    let (_, body) = server.get("/api/v1/agents?status=error").await;
+    assert_eq!(body["total"], 0);
+    assert_eq!(body["agents"].as_array().unwrap().len(), 0);
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = server
+            .get(&format!("/api/v1/agents?limit=2&cursor={cursor}"))
+            .await;
+        assert_eq!(page["total"], 5);
+        for a in page["agents"].as_array().unwrap() {
+            seen.push(a["instance_uid"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let mut expected: Vec<_> = uids.iter().map(|u| uuid_str(u)).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every agent once, in uid order");
+}
+
+#[tokio::test]
+async fn admin_labels_win_over_attributes_in_filters() {
+    let server = TestServer::start().await;
+    let uids = fleet_of(&server, &["a", "b"]).await;
+    let path = format!("/api/v1/agents/{}/labels", uuid_str(&uids[1]));
+    let (status, body) = server
+        .put(&path, r#"{"labels": {"service.name": "a", "env": "prod"}}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["labels"]["env"], "prod");
+    let (_, body) = server.get("/api/v1/agents?label=service.name=a").await;
+    assert_eq!(body["total"], 2);
+    let (_, body) = server
+        .get("/api/v1/agents?label=service.name=a&label=env=prod")
+        .await;
+    assert_eq!(body["total"], 1);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors() {
+    let server = TestServer::start().await;
+    let uids = fleet_of(&server, &["a"]).await;
+    let cases = [
+        ("/api/v1/agents?status=happy", 400, "unknown status"),
+        ("/api/v1/agents?limit=0", 400, "limit"),
+        ("/api/v1/agents?label=novalue", 400, "key=value"),
+        ("/api/v1/agents?cursor=xyz", 400, "invalid instance uid"),
+        ("/api/v1/agents?colour=red", 400, "unknown query parameter"),
+        ("/api/v1/agents/not-a-uid", 400, "invalid instance uid"),
+        (
+            "/api/v1/agents/0191d0b5-0000-7000-8000-000000000000",
+            404,
+            "no agent",
+        ),
+        ("/api/v1/nothing", 404, "no such endpoint"),
+    ];
+    for (path, status, message) in cases {
+        let (got, body) = server.get(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(message),
+            "{path}: {body}"
+        );
+    }
+    let path = format!("/api/v1/agents/{}/labels", uuid_str(&uids[0]));
+    for body in [
+        r#"{"labels": {"": "x"}}"#,
+        r#"{"labels": {"a b": "x"}}"#,
+        r#"{"labels": 3}"#,
+        "not json",
+    ] {
+        let (got, reply) = server.put(&path, body).await;
+        assert_eq!(got, 400, "{body}: {reply}");
+        assert!(reply["error"].is_string());
+    }
+    let a = server.agent(&uids[0]).await.unwrap();
+    assert!(
+        a.agent.labels.is_empty(),
+        "a refused request changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn fleet_summary_metrics_and_health() {
+    let server = TestServer::start().await;
+    fleet_of(&server, &["a", "b", "c"]).await;
+    let fleet = server.fleet().await;
+    assert_eq!(fleet.total, 3);
+    assert_eq!(fleet.by_status.len(), 7);
+    assert_eq!(fleet.by_status["connected"], 3);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("corral_agents{status=\"connected\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("corral_messages_in_total{transport=\"http\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("corral_messages_out_total{transport=\"http\"} 3"),
+        "{metrics}"
+    );
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_cli_lists_and_shows_agents() {
+    let server = TestServer::start().await;
+    let uids = fleet_of(&server, &["checkout", "billing"]).await;
+    let api = format!("http://{}", server.api);
+    let bin = env!("CARGO_BIN_EXE_corral");
+    let run = |args: Vec<String>| {
+        let api = api.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(bin)
+                    .args(&args)
+                    .arg("--server")
+                    .arg(api)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run(vec![
+        "agents".into(),
+        "list".into(),
+        "--label".into(),
+        "service.name=billing".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains(&uuid_str(&uids[1])), "{table}");
+    assert!(!table.contains(&uuid_str(&uids[0])), "{table}");
+    assert!(table.contains("1 of 1 agents"), "{table}");
+
+    let out = run(vec!["agents".into(), "show".into(), uuid_str(&uids[0])]).await;
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["identifying_attributes"]["service.name"], "checkout");
+    assert_eq!(shown["history"][0]["to"], "connected");
+
+    let out = run(vec![
+        "agents".into(),
+        "show".into(),
+        "0191d0b5-0000-7000-8000-000000000000".into(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent"));
+}

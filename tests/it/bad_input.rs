@@ -1,0 +1,256 @@
+use corral::protocol::proto;
+use prost::Message;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::common::*;
+
+/// A second, healthy agent that must not notice anything.
+async fn bystander(server: &TestServer) -> (WsAgent, [u8; 16]) {
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "bystander")).await;
+    (agent, uid)
+}
+
+async fn still_fine(server: &TestServer, agent: &mut WsAgent, uid: &[u8; 16]) {
+    let reply = agent.exchange(&heartbeat(uid, 2)).await;
+    assert_eq!(reply.instance_uid.as_ref(), uid);
+    assert_eq!(server.agent(uid).await.unwrap().agent.status, "connected");
+}
+
+#[tokio::test]
+async fn websocket_nonzero_header_closes_with_1002() {
+    let server = TestServer::start().await;
+    let (mut other, other_uid) = bystander(&server).await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let mut frame = vec![1u8];
+    full_report(&new_uid(), 1, "x").encode(&mut frame).unwrap();
+    agent.send_raw(WsMessage::Binary(frame.into())).await;
+    assert_eq!(agent.closed_with().await, 1002);
+    assert_eq!(
+        server
+            .metric("corral_decode_errors_total{kind=\"bad_header\"}")
+            .await,
+        1.0
+    );
+    still_fine(&server, &mut other, &other_uid).await;
+}
+
+#[tokio::test]
+async fn websocket_malformed_protobuf_closes_with_1007() {
+    let server = TestServer::start().await;
+    let (mut other, other_uid) = bystander(&server).await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent
+        .send_raw(WsMessage::Binary(vec![0u8, 0x0a, 0xff, 0xff, 0x01].into()))
+        .await;
+    assert_eq!(agent.closed_with().await, 1007);
+    assert_eq!(
+        server
+            .metric("corral_decode_errors_total{kind=\"malformed_protobuf\"}")
+            .await,
+        1.0
+    );
+    still_fine(&server, &mut other, &other_uid).await;
+}
+
+#[tokio::test]
+async fn websocket_text_frame_closes_with_1003() {
+    let server = TestServer::start().await;
+    let (mut other, other_uid) = bystander(&server).await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.send_raw(WsMessage::Text("hello".into())).await;
+    assert_eq!(agent.closed_with().await, 1003);
+    assert_eq!(
+        server
+            .metric("corral_decode_errors_total{kind=\"text_frame\"}")
+            .await,
+        1.0
+    );
+    still_fine(&server, &mut other, &other_uid).await;
+}
+
+#[tokio::test]
+async fn websocket_oversized_message_closes_with_1009() {
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let server = TestServer::start_with(
+        dir,
+        Options {
+            max_message_size: Some(64 * 1024),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (mut other, other_uid) = bystander(&server).await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let uid = new_uid();
+    let mut msg = full_report(&uid, 1, "big");
+    msg.effective_config = Some(effective_config(&"x".repeat(100 * 1024)));
+    agent.send(&msg).await;
+    assert_eq!(agent.closed_with().await, 1009);
+    assert_eq!(
+        server
+            .metric("corral_rejected_requests_total{kind=\"too_large\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        server.agent(&uid).await.is_none(),
+        "nothing of the message was taken"
+    );
+    still_fine(&server, &mut other, &other_uid).await;
+}
+
+#[tokio::test]
+async fn websocket_bad_uid_gets_bad_request_and_stays_open() {
+    let server = TestServer::start().await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let mut msg = full_report(&new_uid(), 1, "x");
+    msg.instance_uid = bytes::Bytes::from_static(b"short");
+    let reply = agent.exchange(&msg).await;
+    assert_eq!(reply.instance_uid.as_ref(), b"short");
+    let err = reply.error_response.expect("error_response");
+    assert_eq!(
+        err.r#type,
+        proto::ServerErrorResponseType::BadRequest as i32
+    );
+    assert!(
+        err.error_message.contains("16 bytes"),
+        "{}",
+        err.error_message
+    );
+    let uid = new_uid();
+    let reply = agent.exchange(&full_report(&uid, 1, "x")).await;
+    assert!(reply.error_response.is_none(), "the connection still works");
+}
+
+#[tokio::test]
+async fn http_malformed_protobuf_is_400_with_bad_request_body() {
+    let server = TestServer::start().await;
+    let response = server
+        .post("application/x-protobuf", vec![0x0a, 0xff, 0xff, 0x01], &[])
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+    let reply = proto::ServerToAgent::decode(response.bytes().await.unwrap()).unwrap();
+    let err = reply.error_response.expect("error_response");
+    assert_eq!(
+        err.r#type,
+        proto::ServerErrorResponseType::BadRequest as i32
+    );
+    assert_eq!(
+        server
+            .metric("corral_decode_errors_total{kind=\"malformed_protobuf\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn http_bad_uid_is_400_with_bad_request_body() {
+    let server = TestServer::start().await;
+    let mut msg = full_report(&new_uid(), 1, "x");
+    msg.instance_uid = bytes::Bytes::from_static(&[1, 2, 3]);
+    let response = server
+        .post("application/x-protobuf", msg.encode_to_vec(), &[])
+        .await;
+    assert_eq!(response.status(), 400);
+    let reply = proto::ServerToAgent::decode(response.bytes().await.unwrap()).unwrap();
+    assert_eq!(reply.instance_uid.as_ref(), &[1, 2, 3]);
+    assert!(reply.error_response.is_some());
+    assert_eq!(server.fleet().await.total, 0);
+}
+
+#[tokio::test]
+async fn http_wrong_content_type_is_415() {
+    let server = TestServer::start().await;
+    let response = server
+        .post(
+            "application/json",
+            full_report(&new_uid(), 1, "x").encode_to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(response.status(), 415);
+    assert_eq!(
+        server
+            .metric("corral_rejected_requests_total{kind=\"unsupported_media_type\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn http_oversized_body_is_413() {
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let server = TestServer::start_with(
+        dir,
+        Options {
+            max_message_size: Some(64 * 1024),
+            ..Options::default()
+        },
+    )
+    .await;
+    let uid = new_uid();
+    let mut msg = full_report(&uid, 1, "big");
+    msg.effective_config = Some(effective_config(&"x".repeat(100 * 1024)));
+    let response = server
+        .post("application/x-protobuf", msg.encode_to_vec(), &[])
+        .await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        server
+            .metric("corral_rejected_requests_total{kind=\"too_large\"}")
+            .await,
+        1.0
+    );
+    assert!(server.agent(&uid).await.is_none());
+}
+
+#[tokio::test]
+async fn http_gzip_bomb_is_413_not_memory() {
+    use std::io::Write;
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let server = TestServer::start_with(
+        dir,
+        Options {
+            max_message_size: Some(64 * 1024),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 50 * 1024 * 1024]).unwrap();
+    let small = gz.finish().unwrap();
+    assert!(small.len() < 64 * 1024);
+    let response = server
+        .post(
+            "application/x-protobuf",
+            small,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_and_wrong_method_is_405() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/v2/opamp", server.opamp))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client.put(server.http_url()).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        server
+            .metric("corral_rejected_requests_total{kind=\"not_found\"}")
+            .await,
+        1.0
+    );
+}

@@ -1,0 +1,368 @@
+//! A real server on port 0 and real clients for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral::api::dto::{AgentDetailDto, FleetDto};
+use corral::protocol::proto;
+use corral::server::{Listeners, serve};
+use corral::settings::{Partial, Settings};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const CAPS: u64 = 0x1 | 0x2 | 0x4 | 0x800 | 0x1000 | 0x2000;
+pub const ACCEPTS_SETTINGS: u64 = 0x100;
+
+pub struct TestServer {
+    pub opamp: SocketAddr,
+    pub api: SocketAddr,
+    pub dir: Arc<TempDir>,
+    cancel: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    http: reqwest::Client,
+}
+
+pub struct Options {
+    pub heartbeat_interval: u64,
+    pub max_message_size: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: 30,
+            max_message_size: None,
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(
+            Arc::new(TempDir::new().expect("tempdir")),
+            Options::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with(dir: Arc<TempDir>, options: Options) -> Self {
+        let opamp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let settings: Settings = Partial {
+            data_dir: Some(dir.path().to_path_buf()),
+            heartbeat_interval: Some(options.heartbeat_interval),
+            max_message_size: options.max_message_size,
+            ..Partial::default()
+        }
+        .resolve(Partial::default())
+        .expect("settings");
+        let (opamp_addr, api_addr) = (opamp.local_addr().unwrap(), api.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(Listeners { opamp, api }, settings, cancel.clone()));
+        Self {
+            opamp: opamp_addr,
+            api: api_addr,
+            dir,
+            cancel,
+            task,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the server gracefully and hands back its data directory.
+    pub async fn stop(self) -> Arc<TempDir> {
+        self.cancel.cancel();
+        self.task
+            .await
+            .expect("server task")
+            .expect("server result");
+        self.dir
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/opamp", self.opamp)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}/v1/opamp", self.opamp)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.api_url(path))
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn put(&self, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .put(self.api_url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn agent(&self, uid: &[u8]) -> Option<AgentDetailDto> {
+        let (status, body) = self.get(&format!("/api/v1/agents/{}", uuid_str(uid))).await;
+        (status == 200).then(|| serde_json::from_value(body).expect("agent json"))
+    }
+
+    /// Polls the API until the agent satisfies `pred`; panics with its last state after WAIT.
+    pub async fn wait_agent(
+        &self,
+        uid: &[u8],
+        pred: impl Fn(&AgentDetailDto) -> bool,
+    ) -> AgentDetailDto {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let agent = self.agent(uid).await;
+            if let Some(a) = &agent
+                && pred(a)
+            {
+                return a.clone();
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("agent {} never matched; last: {agent:#?}", uuid_str(uid));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, uid: &[u8], status: &str) -> AgentDetailDto {
+        self.wait_agent(uid, |a| a.agent.status == status).await
+    }
+
+    pub async fn fleet(&self) -> FleetDto {
+        serde_json::from_value(self.get("/api/v1/fleet").await.1).expect("fleet json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.api_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one metric line, e.g. `corral_decode_errors_total{kind="text_frame"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn post(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.http_url())
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("opamp post")
+    }
+
+    /// One plain-HTTP exchange.
+    pub async fn poll(&self, msg: &proto::AgentToServer) -> proto::ServerToAgent {
+        let response = self
+            .post("application/x-protobuf", msg.encode_to_vec(), &[])
+            .await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+        proto::ServerToAgent::decode(response.bytes().await.expect("body")).expect("reply")
+    }
+}
+
+pub fn uuid_str(uid: &[u8]) -> String {
+    uuid::Uuid::from_slice(uid).expect("16 bytes").to_string()
+}
+
+pub fn new_uid() -> [u8; 16] {
+    *uuid::Uuid::now_v7().as_bytes()
+}
+
+fn kv(key: &str, value: &str) -> proto::KeyValue {
+    proto::KeyValue {
+        key: key.into(),
+        value: Some(proto::AnyValue {
+            value: Some(proto::any_value::Value::StringValue(value.into())),
+        }),
+    }
+}
+
+pub fn description(service: &str, host: &str) -> proto::AgentDescription {
+    proto::AgentDescription {
+        identifying_attributes: vec![
+            kv("service.name", service),
+            kv("service.version", "0.116.0"),
+        ],
+        non_identifying_attributes: vec![kv("os.type", "linux"), kv("host.name", host)],
+    }
+}
+
+pub fn healthy() -> proto::ComponentHealth {
+    proto::ComponentHealth {
+        healthy: true,
+        status: "StatusOK".into(),
+        ..Default::default()
+    }
+}
+
+pub fn effective_config(body: &str) -> proto::EffectiveConfig {
+    proto::EffectiveConfig {
+        config_map: Some(proto::AgentConfigMap {
+            config_map: [(
+                String::new(),
+                proto::AgentConfigFile {
+                    body: Bytes::copy_from_slice(body.as_bytes()),
+                    content_type: "text/yaml".into(),
+                },
+            )]
+            .into(),
+        }),
+    }
+}
+
+pub fn remote_config_status(
+    status: proto::RemoteConfigStatuses,
+    hash: &[u8],
+    error: &str,
+) -> proto::RemoteConfigStatus {
+    proto::RemoteConfigStatus {
+        last_remote_config_hash: Bytes::copy_from_slice(hash),
+        status: status as i32,
+        error_message: error.into(),
+    }
+}
+
+/// A collector's first message: everything it has.
+pub fn full_report(uid: &[u8; 16], seq: u64, service: &str) -> proto::AgentToServer {
+    proto::AgentToServer {
+        instance_uid: Bytes::copy_from_slice(uid),
+        sequence_num: seq,
+        capabilities: CAPS,
+        agent_description: Some(description(service, "host-1")),
+        health: Some(healthy()),
+        effective_config: Some(effective_config("receivers:\n  otlp:\n")),
+        remote_config_status: Some(remote_config_status(
+            proto::RemoteConfigStatuses::Unset,
+            &[],
+            "",
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn heartbeat(uid: &[u8; 16], seq: u64) -> proto::AgentToServer {
+    proto::AgentToServer {
+        instance_uid: Bytes::copy_from_slice(uid),
+        sequence_num: seq,
+        capabilities: CAPS,
+        ..Default::default()
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw OpAMP WebSocket client.
+pub struct WsAgent {
+    pub ws: Ws,
+}
+
+impl WsAgent {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        Self { ws }
+    }
+
+    pub async fn send(&mut self, msg: &proto::AgentToServer) {
+        let mut frame = vec![0u8];
+        msg.encode(&mut frame).expect("encode");
+        self.ws
+            .send(WsMessage::Binary(frame.into()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, msg: WsMessage) {
+        self.ws.send(msg).await.expect("ws send");
+    }
+
+    /// The next ServerToAgent.
+    pub async fn recv(&mut self) -> proto::ServerToAgent {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("reply in time")
+                .expect("connection open")
+                .expect("frame");
+            match frame {
+                WsMessage::Binary(b) => {
+                    let body = corral::protocol::unframe_ws(b).expect("header 0");
+                    return proto::ServerToAgent::decode(body).expect("ServerToAgent");
+                }
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn exchange(&mut self, msg: &proto::AgentToServer) -> proto::ServerToAgent {
+        self.send(msg).await;
+        self.recv().await
+    }
+
+    /// Waits for the server's close frame; returns its code.
+    pub async fn closed_with(&mut self) -> u16 {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time");
+            match frame {
+                Some(Ok(WsMessage::Close(Some(cf)))) => return cf.code.into(),
+                Some(Ok(WsMessage::Close(None))) => return 1005,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+async fn server_with_heartbeat(secs: u64) -> TestServer {
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    TestServer::start_with(
+        dir,
+        Options {
+            heartbeat_interval: secs,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_websocket_agent_becomes_disconnected_after_the_grace_period() {
+    let server = server_with_heartbeat(1).await;
+    let uid = new_uid();
+    let mut msg = full_report(&uid, 1, "otelcol");
+    msg.capabilities |= ACCEPTS_SETTINGS;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&msg).await;
+    let started = Instant::now();
+    // Keeps its socket open but says nothing.
+    let a = server.wait_status(&uid, "disconnected").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2400),
+        "too early: {waited:?}"
+    );
+    assert!(
+        a.agent.status_reason.starts_with("no message for"),
+        "{}",
+        a.agent.status_reason
+    );
+    assert_eq!(agent.closed_with().await, 1001);
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_agent_connected() {
+    let server = server_with_heartbeat(1).await;
+    let uid = new_uid();
+    let mut msg = full_report(&uid, 1, "otelcol");
+    msg.capabilities |= ACCEPTS_SETTINGS;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&msg).await;
+    for seq in 2..6 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let mut hb = heartbeat(&uid, seq);
+        hb.capabilities |= ACCEPTS_SETTINGS;
+        agent.exchange(&hb).await;
+        assert_eq!(server.agent(&uid).await.unwrap().agent.status, "connected");
+    }
+    assert_eq!(server.agent(&uid).await.unwrap().history.len(), 1);
+}
+
+#[tokio::test]
+async fn a_polling_agent_that_stops_is_disconnected_by_its_own_pace() {
+    // The agent does not accept our settings and polls every 300 ms: the server learns its
+    // pace from the gaps and declares it gone after 2.5 of its (minimum 1 s) intervals.
+    let server = server_with_heartbeat(30).await;
+    let uid = new_uid();
+    server.poll(&full_report(&uid, 1, "poller")).await;
+    for seq in 2..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.poll(&heartbeat(&uid, seq)).await;
+    }
+    let started = Instant::now();
+    let a = server.wait_status(&uid, "disconnected").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.agent.status_reason.contains("expected every 1s"),
+        "{}",
+        a.agent.status_reason
+    );
+    // Polling again brings it back.
+    server.poll(&heartbeat(&uid, 6)).await;
+    server.wait_status(&uid, "connected").await;
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real server on port 0, driven through real sockets.
+
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod bad_input;
+mod common;
+mod http;
+mod identity;
+mod liveness;
+mod persistence;
+mod websocket;

@@ -1,0 +1,196 @@
+use corral::protocol::proto::{self, RemoteConfigStatuses};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn first_reply_echoes_the_uid_and_offers_capabilities() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let reply = agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    assert_eq!(reply.instance_uid.as_ref(), &uid);
+    assert_ne!(reply.capabilities & 0x1, 0, "AcceptsStatus");
+    assert_eq!(
+        reply.flags & 0x1,
+        0,
+        "a full first report needs no ReportFullState"
+    );
+    let hb = agent.exchange(&heartbeat(&uid, 2)).await;
+    assert_eq!(
+        hb.instance_uid.as_ref(),
+        &uid,
+        "every reply carries the uid"
+    );
+}
+
+#[tokio::test]
+async fn a_connected_agent_shows_its_description_and_state() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "checkout")).await;
+    let a = server.wait_status(&uid, "connected").await.agent;
+    assert_eq!(a.instance_uid, uuid_str(&uid));
+    assert_eq!(a.transport.as_deref(), Some("websocket"));
+    assert_eq!(a.identifying_attributes["service.name"], "checkout");
+    assert_eq!(a.non_identifying_attributes["host.name"], "host-1");
+    assert!(a.capabilities.contains(&"ReportsHealth".to_string()));
+    assert!(a.health.as_ref().unwrap().healthy);
+    let hash = a.effective_config_hash.expect("effective config hash");
+    assert_eq!(hash.len(), 64);
+    assert!(
+        hash.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    assert_eq!(a.remote_config.unwrap().status, "unset");
+    assert!(a.connected_at.is_some());
+
+    let (status, config) = server
+        .get(&format!(
+            "/api/v1/agents/{}/effective-config",
+            uuid_str(&uid)
+        ))
+        .await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["files"][""]["body"], "receivers:\n  otlp:\n");
+}
+
+#[tokio::test]
+async fn health_drives_error_and_back() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+
+    let mut sick = heartbeat(&uid, 2);
+    let mut exporter = proto::ComponentHealth {
+        healthy: false,
+        last_error: "connection refused".into(),
+        ..Default::default()
+    };
+    exporter.status = "StatusRecoverableError".into();
+    let mut health = healthy();
+    health
+        .component_health_map
+        .insert("exporter:otlp".into(), exporter);
+    sick.health = Some(health);
+    agent.exchange(&sick).await;
+    let a = server.wait_status(&uid, "error").await;
+    assert_eq!(a.agent.status_reason, "exporter:otlp: connection refused");
+
+    let mut well = heartbeat(&uid, 3);
+    well.health = Some(healthy());
+    agent.exchange(&well).await;
+    let a = server.wait_status(&uid, "connected").await;
+    let path: Vec<_> = a
+        .history
+        .iter()
+        .map(|h| (h.from.clone(), h.to.clone()))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            (None, "connected".to_string()),
+            (Some("connected".into()), "error".into()),
+            (Some("error".into()), "connected".into()),
+        ]
+    );
+    assert_eq!(a.history[1].reason, "exporter:otlp: connection refused");
+}
+
+#[tokio::test]
+async fn remote_config_status_drives_configuring_error_connected() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    let steps = [
+        (
+            RemoteConfigStatuses::Applying,
+            "",
+            "configuring",
+            "applying remote config",
+        ),
+        (
+            RemoteConfigStatuses::Failed,
+            "unknown exporter \"foo\"",
+            "error",
+            "remote config failed: unknown exporter \"foo\"",
+        ),
+        (RemoteConfigStatuses::Applied, "", "connected", "connected"),
+    ];
+    for (seq, (rcs, message, status, reason)) in (2..).zip(steps) {
+        let mut msg = heartbeat(&uid, seq);
+        msg.remote_config_status = Some(remote_config_status(rcs, &[0xab; 32], message));
+        agent.exchange(&msg).await;
+        let a = server.wait_status(&uid, status).await.agent;
+        assert_eq!(a.status_reason, reason);
+        assert_eq!(a.remote_config.unwrap().hash, "ab".repeat(32));
+    }
+}
+
+#[tokio::test]
+async fn closing_the_socket_disconnects_at_once() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    server.wait_status(&uid, "connected").await;
+    drop(agent);
+    let a = server.wait_status(&uid, "disconnected").await;
+    assert!(
+        a.agent.status_reason.contains("closed"),
+        "{}",
+        a.agent.status_reason
+    );
+    assert_eq!(server.fleet().await.by_status["disconnected"], 1);
+}
+
+#[tokio::test]
+async fn agent_disconnect_message_disconnects_at_once() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    let mut bye = heartbeat(&uid, 2);
+    bye.agent_disconnect = Some(proto::AgentDisconnect {});
+    let reply = agent.exchange(&bye).await;
+    assert_eq!(reply.instance_uid.as_ref(), &uid);
+    let a = server.wait_status(&uid, "disconnected").await;
+    assert_eq!(a.agent.status_reason, "agent disconnected");
+}
+
+#[tokio::test]
+async fn many_agents_on_many_sockets_are_counted_apart() {
+    let server = TestServer::start().await;
+    let mut agents = Vec::new();
+    for i in 0..20 {
+        let uid = new_uid();
+        let mut agent = WsAgent::connect(&server.ws_url()).await;
+        agent
+            .exchange(&full_report(&uid, 1, &format!("svc-{i}")))
+            .await;
+        agents.push((uid, agent));
+    }
+    let fleet = server.fleet().await;
+    assert_eq!(fleet.total, 20);
+    assert_eq!(fleet.by_status["connected"], 20);
+    assert_eq!(
+        server
+            .metric("corral_connections{transport=\"websocket\"}")
+            .await,
+        20.0
+    );
+    agents.truncate(5);
+    for (uid, _) in &agents {
+        assert_eq!(server.agent(uid).await.unwrap().agent.status, "connected");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.fleet().await.by_status["disconnected"] != 15 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "15 agents should disconnect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
