@@ -131,7 +131,13 @@ impl AgentActor {
         }
     }
 
-    fn on_report(&mut self, raw_uid: Bytes, report: Box<AgentReport>, source: Source, assigned: bool) {
+    fn on_report(
+        &mut self,
+        raw_uid: Bytes,
+        report: Box<AgentReport>,
+        source: Source,
+        assigned: bool,
+    ) {
         let now = Utc::now();
         let instant = Instant::now();
         let transport = match &source {

@@ -7,6 +7,7 @@ mod bad_input;
 mod common;
 mod http;
 mod identity;
+mod interop;
 mod liveness;
 mod persistence;
 mod websocket;
