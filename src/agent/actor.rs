@@ -152,16 +152,13 @@ impl AgentActor {
             return;
         }
         self.said_goodbye_at = report.disconnect.then_some(report.sequence_num);
-        let mut rec = (*self.record).clone();
-        let mut persist = self.unsaved;
 
-        if self.attach(&source, transport) {
+        let fresh = self.attach(&source, transport);
+        if fresh {
             self.full_state.reconnected();
             self.liveness.forget_gaps();
             self.last_heartbeat = None;
             self.offered_settings = false;
-            rec.connected_at = Some(now);
-            persist = true;
         }
         if report.is_heartbeat() {
             if let Some(prev) = self.last_heartbeat {
@@ -170,28 +167,52 @@ impl AgentActor {
             self.last_heartbeat = Some(instant);
         }
         self.last_heard = Some(instant);
-        rec.last_seen = now;
-        if rec.transport != Some(transport) {
-            rec.transport = Some(transport);
-            persist = true;
-        }
+        self.link.seen(now);
 
-        let is_full = report.description.is_some();
-        persist |= self.merge(&mut rec, &report);
-        let report_full_state =
+        // A heartbeat on a known connection changes nothing that is published or stored.
+        let unchanged = !fresh
+            && !assigned
+            && report.is_heartbeat()
+            && report.capabilities == self.record.capabilities
+            && self.record.transport == Some(transport);
+        let report_full_state = if unchanged {
             self.full_state
-                .observe(report.sequence_num, is_full, missing_state(&rec));
+                .observe(report.sequence_num, false, missing_state(&self.record))
+        } else {
+            let mut rec = (*self.record).clone();
+            let mut persist = self.unsaved || fresh;
+            if fresh {
+                rec.connected_at = Some(now);
+            }
+            rec.last_seen = now;
+            if rec.transport != Some(transport) {
+                rec.transport = Some(transport);
+                persist = true;
+            }
+            persist |= self.merge(&mut rec, &report);
+            let full = self.full_state.observe(
+                report.sequence_num,
+                report.description.is_some(),
+                missing_state(&rec),
+            );
+            let connection = if report.disconnect {
+                Connection::Lost("agent disconnected".into())
+            } else {
+                Connection::Live
+            };
+            persist |= self.settle(&mut rec, connection);
+            self.publish(rec, persist);
+            full
+        };
         self.link
             .last_seq
             .store(report.sequence_num, Ordering::Release);
 
-        let accepts_settings = rec
-            .capabilities
-            .contains(Caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
+        let caps = self.record.capabilities;
+        let accepts_settings = caps.contains(Caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
         self.liveness
             .set_offered(accepts_settings.then_some(self.ctx.heartbeat_interval));
-        let watched =
-            transport == Transport::Http || rec.capabilities.contains(Caps::REPORTS_HEARTBEAT);
+        let watched = transport == Transport::Http || caps.contains(Caps::REPORTS_HEARTBEAT);
         self.deadline = (watched && !report.disconnect).then(|| instant + self.liveness.grace());
 
         let heartbeat_interval_seconds = (accepts_settings && !self.offered_settings)
@@ -200,21 +221,11 @@ impl AgentActor {
         let reply = ServerReply {
             capabilities: Some(SERVER_CAPABILITIES),
             report_full_state,
-            new_instance_uid: assigned.then_some(rec.uid),
+            new_instance_uid: assigned.then_some(self.record.uid),
             heartbeat_interval_seconds,
             ..ServerReply::default()
         };
-        let message = protocol::reply_to_proto(raw_uid, &reply);
-
-        let connection = if report.disconnect {
-            Connection::Lost("agent disconnected".into())
-        } else {
-            Connection::Live
-        };
-        persist |= self.settle(&mut rec, connection);
-        self.publish(rec, persist);
-
-        self.reply(source, message);
+        self.reply(source, protocol::reply_to_proto(raw_uid, &reply));
         if report.disconnect {
             self.detach();
         }
@@ -350,6 +361,7 @@ impl AgentActor {
         }
         self.detach();
         let mut rec = (*self.record).clone();
+        rec.last_seen = self.link.last_seen().max(rec.last_seen);
         self.settle(&mut rec, Connection::Lost(reason));
         self.publish(rec, true);
     }

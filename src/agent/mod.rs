@@ -8,10 +8,11 @@ mod liveness;
 mod sequence;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +91,9 @@ pub struct LinkState {
     ws_conn: AtomicU64,
     /// `u64::MAX` until the first message.
     last_seq: AtomicU64,
+    /// Milliseconds since the epoch of the last message. Kept here, not in the snapshot, so a
+    /// heartbeat publishes nothing.
+    last_seen_ms: AtomicI64,
 }
 
 impl LinkState {
@@ -97,7 +101,19 @@ impl LinkState {
         Self {
             ws_conn: AtomicU64::new(0),
             last_seq: AtomicU64::new(u64::MAX),
+            last_seen_ms: AtomicI64::new(i64::MIN),
         }
+    }
+
+    fn seen(&self, at: DateTime<Utc>) {
+        self.last_seen_ms
+            .store(at.timestamp_millis(), Ordering::Release);
+    }
+
+    /// When the agent last sent anything (the epoch if never, in this process).
+    pub fn last_seen(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.last_seen_ms.load(Ordering::Acquire))
+            .unwrap_or_default()
     }
 
     /// The WebSocket connection the agent is attached to, if any.
@@ -151,9 +167,21 @@ impl AgentHandle {
         self.mailbox.send(cmd).await.map_err(|_| ActorGone)
     }
 
-    /// The agent's latest state.
-    pub fn snapshot(&self) -> Arc<AgentRecord> {
+    /// The agent's latest published state; its `last_seen` may lag behind heartbeats.
+    pub fn record(&self) -> Arc<AgentRecord> {
         self.view.borrow().clone()
+    }
+
+    /// The agent's latest state, with `last_seen` up to the last heartbeat.
+    pub fn snapshot(&self) -> Arc<AgentRecord> {
+        let record = self.record();
+        let seen = self.link.last_seen();
+        if seen <= record.last_seen {
+            return record;
+        }
+        let mut fresh = (*record).clone();
+        fresh.last_seen = seen;
+        Arc::new(fresh)
     }
 
     pub fn link(&self) -> &LinkState {

@@ -62,6 +62,9 @@ impl Fleet {
     }
 
     fn get_or_spawn(&self, uid: InstanceUid) -> AgentHandle {
+        if let Some(handle) = self.get(&uid) {
+            return handle;
+        }
         // The shard lock is held only while the handle is cloned out.
         self.agents
             .entry(uid)
@@ -141,11 +144,6 @@ impl Fleet {
                     .await;
             }
         }
-    }
-
-    /// Every agent's current snapshot, in no particular order.
-    pub fn snapshots(&self) -> Vec<Arc<AgentRecord>> {
-        self.agents.iter().map(|h| h.snapshot()).collect()
     }
 
     pub fn metrics(&self) -> &crate::telemetry::Metrics {

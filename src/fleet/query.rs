@@ -49,7 +49,7 @@ impl super::Fleet {
         let mut total = 0;
         let mut after: Vec<Arc<AgentRecord>> = Vec::new();
         for handle in self.agents.iter() {
-            let agent = handle.snapshot();
+            let agent = handle.record();
             if !filter.matches(&agent) {
                 continue;
             }
@@ -64,6 +64,11 @@ impl super::Fleet {
             after.truncate(limit);
         }
         after.sort_unstable_by_key(|a| a.uid);
+        for agent in &mut after {
+            if let Some(handle) = self.get(&agent.uid) {
+                *agent = handle.snapshot();
+            }
+        }
         Page {
             next_cursor: if more {
                 after.last().map(|a| a.uid)

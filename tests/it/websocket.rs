@@ -194,3 +194,20 @@ async fn many_agents_on_many_sockets_are_counted_apart() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn heartbeats_advance_last_seen_without_new_history() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    let first = server.wait_status(&uid, "connected").await;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    agent.exchange(&heartbeat(&uid, 2)).await;
+    let later = server.agent(&uid).await.unwrap();
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    assert!(parse(&later.agent.last_seen) > parse(&first.agent.last_seen));
+    assert_eq!(later.history.len(), 1);
+    let (_, list) = server.get("/api/v1/agents").await;
+    assert_eq!(list["agents"][0]["last_seen"], later.agent.last_seen.as_str());
+}
