@@ -209,5 +209,8 @@ async fn heartbeats_advance_last_seen_without_new_history() {
     assert!(parse(&later.agent.last_seen) > parse(&first.agent.last_seen));
     assert_eq!(later.history.len(), 1);
     let (_, list) = server.get("/api/v1/agents").await;
-    assert_eq!(list["agents"][0]["last_seen"], later.agent.last_seen.as_str());
+    assert_eq!(
+        list["agents"][0]["last_seen"],
+        later.agent.last_seen.as_str()
+    );
 }
