@@ -62,14 +62,7 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    super::find_cause::<http_body_util::LengthLimitError>(error).is_some()
 }
 
 /// One plain-HTTP poll: an AgentToServer in, the agent's ServerToAgent out.

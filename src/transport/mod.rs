@@ -23,6 +23,20 @@ pub const OPAMP_PATH: &str = "/v1/opamp";
 /// Default bound on one inbound message (after decompression).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
+/// The first error of type `T` in `error`'s chain of causes.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
+}
+
 #[derive(Clone)]
 pub struct OpampState {
     pub fleet: Arc<Fleet>,

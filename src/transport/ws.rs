@@ -184,28 +184,19 @@ async fn route(
 }
 
 fn is_too_big(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    matches!(
+        super::find_cause::<tungstenite::Error>(error),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 fn lost_reason(error: &axum::Error) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(tungstenite::Error::Protocol(
+    match super::find_cause::<tungstenite::Error>(error) {
+        Some(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) = e.downcast_ref::<tungstenite::Error>()
-        {
-            return "websocket closed without a close frame".into();
-        }
-        source = e.source();
+        )) => "websocket closed without a close frame".into(),
+        _ => format!("websocket failed: {error}"),
     }
-    format!("websocket failed: {error}")
 }
 
 /// A close frame's reason must fit in 123 bytes.

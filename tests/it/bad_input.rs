@@ -72,15 +72,7 @@ async fn websocket_text_frame_closes_with_1003() {
 
 #[tokio::test]
 async fn websocket_oversized_message_closes_with_1009() {
-    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
-    let server = TestServer::start_with(
-        dir,
-        Options {
-            max_message_size: Some(64 * 1024),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::small_messages().await;
     let (mut other, other_uid) = bystander(&server).await;
     let mut agent = WsAgent::connect(&server.ws_url()).await;
     let uid = new_uid();
@@ -182,15 +174,7 @@ async fn http_wrong_content_type_is_415() {
 
 #[tokio::test]
 async fn http_oversized_body_is_413() {
-    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
-    let server = TestServer::start_with(
-        dir,
-        Options {
-            max_message_size: Some(64 * 1024),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::small_messages().await;
     let uid = new_uid();
     let mut msg = full_report(&uid, 1, "big");
     msg.effective_config = Some(effective_config(&"x".repeat(100 * 1024)));
@@ -210,15 +194,7 @@ async fn http_oversized_body_is_413() {
 #[tokio::test]
 async fn http_gzip_bomb_is_413_not_memory() {
     use std::io::Write;
-    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
-    let server = TestServer::start_with(
-        dir,
-        Options {
-            max_message_size: Some(64 * 1024),
-            ..Options::default()
-        },
-    )
-    .await;
+    let server = TestServer::small_messages().await;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![0u8; 50 * 1024 * 1024]).unwrap();
     let small = gz.finish().unwrap();

@@ -13,7 +13,8 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 fn invalid_settings_stop_the_server_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec!["--heartbeat-interval", "0", "--data-dir", data],
             vec![],

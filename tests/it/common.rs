@@ -49,10 +49,20 @@ impl Default for Options {
 
 impl TestServer {
     pub async fn start() -> Self {
-        Self::start_with(
-            Arc::new(TempDir::new().expect("tempdir")),
-            Options::default(),
-        )
+        Self::with(Options::default()).await
+    }
+
+    /// A server with `options` in a fresh data directory.
+    pub async fn with(options: Options) -> Self {
+        Self::start_with(Arc::new(TempDir::new().expect("tempdir")), options).await
+    }
+
+    /// A server whose messages may be at most 64 KiB.
+    pub async fn small_messages() -> Self {
+        Self::with(Options {
+            max_message_size: Some(64 * 1024),
+            ..Options::default()
+        })
         .await
     }
 

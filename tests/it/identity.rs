@@ -128,14 +128,10 @@ async fn a_compressed_first_message_asks_for_full_state_and_merges_the_answer() 
 
 #[tokio::test]
 async fn connection_settings_offer_the_heartbeat_to_agents_that_accept_them() {
-    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
-    let server = TestServer::start_with(
-        dir,
-        Options {
-            heartbeat_interval: 7,
-            ..Options::default()
-        },
-    )
+    let server = TestServer::with(Options {
+        heartbeat_interval: 7,
+        ..Options::default()
+    })
     .await;
     let uid = new_uid();
     let mut msg = full_report(&uid, 1, "otelcol");

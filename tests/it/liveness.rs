@@ -3,14 +3,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 async fn server_with_heartbeat(secs: u64) -> TestServer {
-    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
-    TestServer::start_with(
-        dir,
-        Options {
-            heartbeat_interval: secs,
-            ..Options::default()
-        },
-    )
+    TestServer::with(Options {
+        heartbeat_interval: secs,
+        ..Options::default()
+    })
     .await
 }
 
