@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# End-to-end WebSocket benchmark of Corral with the agent simulator (examples/simulate.rs).
+#
+#   examples/bench_ws.sh                      # 10,000 agents, server heartbeat 30 s
+#   HEARTBEAT=5 examples/bench_ws.sh          # same, agents heartbeat every 5 s
+#
+# Environment (defaults in brackets): AGENTS [10000], HEARTBEAT [30] (server
+# --heartbeat-interval, which agents accepting connection settings adopt), CONNECT_RATE
+# [1000 agents/s], SETTLE [15 s after all are connected], WINDOW [60 s idle measurement],
+# DATA [/tmp/bench-data], OUT [/tmp/bench-out], OPAMP [127.0.0.1:4320], API [127.0.0.1:4321],
+# BUILD [1: cargo build --release first], TRANSPORT [ws; or http for polling agents, where
+# "heartbeats" are idle polls].
+#
+# Measures: wall time from simulator start until the admin API reports every agent connected;
+# server RSS before the agents and after all are connected and reported; server and simulator
+# CPU over an idle window against the heartbeats counted by the server in that window, and
+# the CPU everything else on the machine used in that window (should be near 0).
+# Prints one key=value per line; the server log and simulator output stay in $OUT.
+set -euo pipefail
+
+AGENTS=${AGENTS:-10000}
+HEARTBEAT=${HEARTBEAT:-30}
+CONNECT_RATE=${CONNECT_RATE:-1000}
+SETTLE=${SETTLE:-15}
+WINDOW=${WINDOW:-60}
+DATA=${DATA:-/tmp/bench-data}
+OUT=${OUT:-/tmp/bench-out}
+OPAMP=${OPAMP:-127.0.0.1:4320}
+API=${API:-127.0.0.1:4321}
+BUILD=${BUILD:-1}
+TRANSPORT=${TRANSPORT:-ws}
+case "$TRANSPORT" in
+    ws) SCHEME=ws; LABEL=websocket ;;
+    http) SCHEME=http; LABEL=http ;;
+    *) echo "TRANSPORT must be ws or http" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.."
+ulimit -n 20000
+if [ "$BUILD" = 1 ]; then
+    cargo build --release --quiet
+    cargo build --release --quiet --example simulate
+fi
+rm -rf "$DATA" "$OUT"
+mkdir -p "$OUT"
+TCK=$(getconf CLK_TCK)
+
+SERVER=""
+SIM=""
+cleanup() {
+    [ -n "$SIM" ] && kill -TERM "$SIM" 2>/dev/null || true
+    [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# utime+stime of a process, in clock ticks
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# busy ticks of the whole machine (all cores), to see whether anything else ran
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+connected() { curl -s "http://$API/api/v1/fleet" | sed -n 's/.*"connected":\([0-9]*\).*/\1/p'; }
+messages_in() { curl -s "http://$API/metrics" | awk -v l="$LABEL" '$1 == "corral_messages_in_total{transport=\"" l "\"}" { print $2 }'; }
+metric_sum() { curl -s "http://$API/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+now() { date +%s.%N; }
+
+target/release/corral serve --data-dir "$DATA" --opamp-listen "$OPAMP" --api-listen "$API" \
+    --heartbeat-interval "$HEARTBEAT" > "$OUT/server.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 100); do curl -sf "http://$API/healthz" > /dev/null && break; sleep 0.1; done
+sleep 1
+RSS_BEFORE=$(rss_kb "$SERVER")
+CPU_START=$(cpu_ticks "$SERVER")
+
+T0=$(now)
+target/release/examples/simulate --server "$SCHEME://$OPAMP/v1/opamp" --agents "$AGENTS" \
+    --connect-rate "$CONNECT_RATE" --json > "$OUT/simulate.json" 2> "$OUT/simulate.log" &
+SIM=$!
+while [ "$(connected)" != "$AGENTS" ]; do
+    kill -0 "$SIM" 2> /dev/null || { echo "simulator exited early" >&2; exit 1; }
+    sleep 0.1
+done
+T1=$(now)
+CPU_CONNECTED=$(cpu_ticks "$SERVER")
+RSS_CONNECTED=$(rss_kb "$SERVER")
+
+# Let full reports reach the store and every agent reach its steady heartbeat.
+sleep "$SETTLE"
+RSS_SETTLED=$(rss_kb "$SERVER")
+
+M0=$(messages_in); C0=$(cpu_ticks "$SERVER"); S0=$(cpu_ticks "$SIM"); A0=$(machine_ticks); W0=$(now)
+sleep "$WINDOW"
+M1=$(messages_in); C1=$(cpu_ticks "$SERVER"); S1=$(cpu_ticks "$SIM"); A1=$(machine_ticks); W1=$(now)
+RSS_AFTER_WINDOW=$(rss_kb "$SERVER")
+STILL_CONNECTED=$(connected)
+OVERFLOWS=$(metric_sum corral_queue_overflows_total)
+DECODE_ERRORS=$(metric_sum corral_decode_errors_total)
+STORE_ERRORS=$(metric_sum corral_store_errors_total)
+
+kill -TERM "$SIM"; wait "$SIM" || true; SIM=""
+kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=""
+
+awk -v label="$LABEL" -v agents="$AGENTS" -v hb="$HEARTBEAT" -v rate="$CONNECT_RATE" -v tck="$TCK" \
+    -v t0="$T0" -v t1="$T1" -v w0="$W0" -v w1="$W1" \
+    -v rb="$RSS_BEFORE" -v rc="$RSS_CONNECTED" -v rs="$RSS_SETTLED" -v rw="$RSS_AFTER_WINDOW" \
+    -v cs="$CPU_START" -v cc="$CPU_CONNECTED" -v c0="$C0" -v c1="$C1" -v s0="$S0" -v s1="$S1" -v a0="$A0" -v a1="$A1" \
+    -v m0="$M0" -v m1="$M1" -v still="$STILL_CONNECTED" \
+    -v ov="$OVERFLOWS" -v de="$DECODE_ERRORS" -v se="$STORE_ERRORS" 'BEGIN {
+    hbs = m1 - m0; win = w1 - w0
+    printf "transport=%s\n", label
+    printf "agents=%d\nserver_heartbeat_interval_s=%d\nconnect_rate_per_s=%d\n", agents, hb, rate
+    printf "time_to_all_connected_s=%.2f\n", t1 - t0
+    printf "server_cpu_during_ramp_s=%.2f\n", (cc - cs) / tck
+    printf "server_cpu_per_connect_us=%.0f\n", (cc - cs) / tck * 1e6 / agents
+    printf "rss_before_kb=%d\nrss_all_connected_kb=%d\nrss_settled_kb=%d\nrss_after_window_kb=%d\n", rb, rc, rs, rw
+    printf "rss_per_agent_bytes=%.0f\n", (rs - rb) * 1024 / agents
+    printf "window_s=%.1f\nheartbeats_in_window=%d\nheartbeats_per_s=%.1f\n", win, hbs, hbs / win
+    printf "server_cpu_in_window_s=%.2f\nserver_cpu_share_of_one_core=%.1f%%\n", (c1 - c0) / tck, (c1 - c0) / tck / win * 100
+    printf "server_cpu_per_heartbeat_us=%.1f\n", (c1 - c0) / tck * 1e6 / hbs
+    printf "simulator_cpu_in_window_s=%.2f\nsimulator_cpu_per_heartbeat_us=%.1f\n", (s1 - s0) / tck, (s1 - s0) / tck * 1e6 / hbs
+    printf "other_cpu_in_window_s=%.2f\n", ((a1 - a0) - (c1 - c0) - (s1 - s0)) / tck
+    printf "connected_after_window=%d\nqueue_overflows=%d\ndecode_errors=%d\nstore_errors=%d\n", still, ov, de, se
+}' | tee "$OUT/results.txt"
+echo "simulator summary: $(cat "$OUT/simulate.json")" | tee -a "$OUT/results.txt"

@@ -1,0 +1,1494 @@
+//! Simulates a fleet of OpAMP agents (OpenTelemetry collectors) in one process, for load
+//! tests and benchmarks of Corral.
+//!
+//! ```text
+//! cargo run --release --example simulate -- --server ws://127.0.0.1:4320/v1/opamp --agents 1000
+//! cargo run --release --example simulate -- --server http://127.0.0.1:4320/v1/opamp --agents 1000
+//! ```
+//!
+//! Each agent has its own UUIDv7 instance uid and sequence numbers, sends its full state
+//! first, then compressed reports and heartbeats; it honours ReportFullState, a new instance
+//! uid, an offered heartbeat interval and remote configs (APPLYING, then APPLIED or FAILED),
+//! reconnects with backoff and says goodbye (agent_disconnect) when stopped. Progress goes to
+//! stderr; the summary to stdout (one JSON object with `--json`).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use corral::protocol::proto;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use rand::Rng;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------
+// Command line
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    about = "Runs N simulated OpAMP agents (OpenTelemetry collectors) against an OpAMP server"
+)]
+struct Args {
+    /// OpAMP endpoint: ws://host:port/v1/opamp (WebSocket) or http://host:port/v1/opamp (plain HTTP).
+    #[arg(long, default_value = "ws://127.0.0.1:4320/v1/opamp")]
+    server: String,
+    /// Number of agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Agents started per second during ramp-up.
+    #[arg(long, default_value_t = 1000.0)]
+    connect_rate: f64,
+    /// WebSocket agents connecting to a loopback server bind to 127.0.0.1 .. 127.0.0.N, so
+    /// ephemeral ports never run out [default: 1, or one per 20,000 agents].
+    #[arg(long)]
+    source_ips: Option<u8>,
+    /// Heartbeat (WebSocket) or polling (HTTP) interval until the server offers one.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_seconds: u64,
+    /// Size of the effective config each agent reports [default: the natural size of the
+    /// built-in collector YAML, 941 bytes]. Padded with comments or cut at a line.
+    #[arg(long)]
+    config_bytes: Option<usize>,
+    /// Time to apply a remote config, jittered by ±50%.
+    #[arg(long, default_value_t = 500)]
+    apply_delay_ms: u64,
+    /// Probability that applying a remote config fails.
+    #[arg(long, default_value_t = 0.0)]
+    failure_ratio: f64,
+    /// Stop after this many seconds [default: run until Ctrl-C or SIGTERM].
+    #[arg(long)]
+    duration_seconds: Option<u64>,
+    /// Extra non-identifying attribute key=value on every agent (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// HTTP agents share one client with at most this many connections.
+    #[arg(long, default_value_t = 256)]
+    http_connections: usize,
+    /// Gzip plain-HTTP request bodies (Content-Encoding: gzip).
+    #[arg(long)]
+    gzip: bool,
+    /// service.version the agents report.
+    #[arg(long, default_value = "0.123.0")]
+    service_version: String,
+    /// Print the final summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// At most this many individual errors are printed; all are counted.
+    #[arg(long, default_value_t = 20)]
+    log_errors: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("label {s:?} must be key=value")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OpAMP constants (see /work/shared/opamp-facts.md)
+
+const REPORTS_STATUS: u64 = 0x1;
+const ACCEPTS_REMOTE_CONFIG: u64 = 0x2;
+const REPORTS_EFFECTIVE_CONFIG: u64 = 0x4;
+const ACCEPTS_OPAMP_CONNECTION_SETTINGS: u64 = 0x100;
+const REPORTS_HEALTH: u64 = 0x800;
+const REPORTS_REMOTE_CONFIG: u64 = 0x1000;
+const REPORTS_HEARTBEAT: u64 = 0x2000;
+const CAPABILITIES: u64 = REPORTS_STATUS
+    | ACCEPTS_REMOTE_CONFIG
+    | REPORTS_EFFECTIVE_CONFIG
+    | REPORTS_REMOTE_CONFIG
+    | REPORTS_HEALTH
+    | REPORTS_HEARTBEAT
+    | ACCEPTS_OPAMP_CONNECTION_SETTINGS;
+
+const FLAG_REPORT_FULL_STATE: u64 = 0x1;
+
+const RC_UNSET: i32 = 0;
+const RC_APPLIED: i32 = 1;
+const RC_APPLYING: i32 = 2;
+const RC_FAILED: i32 = 3;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Replies that ask for another message at once, in a row, before the agent waits for its
+/// next heartbeat instead (guards against a server that asks for full state forever).
+const MAX_IMMEDIATE_SENDS: u32 = 5;
+/// Effective-config file key: a single unnamed file, as the collector's supervisor reports it.
+const CONFIG_KEY: &str = "";
+
+// ---------------------------------------------------------------------------------------
+// Counters
+
+#[derive(Default)]
+struct Stats {
+    spawned: AtomicU64,
+    /// Agents currently connected (WS: the connection got its first reply; HTTP: the last
+    /// poll succeeded).
+    connected: AtomicI64,
+    /// `connected` when the stop was decided, before agents start saying goodbye.
+    connected_at_stop: AtomicI64,
+    ever_connected: AtomicU64,
+    all_connected_ms: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    heartbeats: AtomicU64,
+    full_reports: AtomicU64,
+    configs_received: AtomicU64,
+    configs_applied: AtomicU64,
+    configs_failed: AtomicU64,
+    error_responses: AtomicU64,
+    connect_errors: AtomicU64,
+    connection_drops: AtomicU64,
+    poll_errors: AtomicU64,
+    decode_errors: AtomicU64,
+    reconnects: AtomicU64,
+    full_state_requests: AtomicU64,
+    uid_reassignments: AtomicU64,
+    foreign_uid_replies: AtomicU64,
+    heartbeat_offers: AtomicU64,
+    immediate_send_limit_hits: AtomicU64,
+    disconnects_sent: AtomicU64,
+    logged: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared context
+
+enum Target {
+    WebSocket {
+        url: String,
+        addr: SocketAddr,
+        /// Source addresses to spread connections over (empty: let the kernel choose).
+        sources: Vec<IpAddr>,
+    },
+    Http {
+        url: String,
+        client: reqwest::Client,
+        slots: Semaphore,
+    },
+}
+
+struct Ctx {
+    args: Args,
+    target: Target,
+    stats: Stats,
+    stop: CancellationToken,
+    config_body: Bytes,
+    start: Instant,
+}
+
+impl Ctx {
+    fn log(&self, agent: usize, what: impl std::fmt::Display) {
+        let n = self.stats.logged.fetch_add(1, Relaxed);
+        if n < self.args.log_errors {
+            eprintln!(
+                "[{:>7.1}s] agent {agent}: {what}",
+                self.start.elapsed().as_secs_f64()
+            );
+        } else if n == self.args.log_errors {
+            eprintln!("(further errors are counted, not printed; see --log-errors)");
+        }
+    }
+
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(self.args.heartbeat_seconds.max(1))
+    }
+
+    fn mark_connected(&self) {
+        self.stats.connected.fetch_add(1, Relaxed);
+    }
+
+    fn mark_disconnected(&self) {
+        self.stats.connected.fetch_sub(1, Relaxed);
+    }
+
+    fn first_connection(&self) {
+        let n = self.stats.ever_connected.fetch_add(1, Relaxed) + 1;
+        if n as usize == self.args.agents {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.stats.all_connected_ms.store(ms.max(1), Relaxed);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One agent's OpAMP state
+
+#[derive(Default, Clone, Copy)]
+struct Dirty {
+    description: bool,
+    health: bool,
+    effective: bool,
+    remote: bool,
+}
+
+impl Dirty {
+    fn any(&self) -> bool {
+        self.description || self.health || self.effective || self.remote
+    }
+}
+
+struct PendingApply {
+    at: Instant,
+    hash: Bytes,
+    config: proto::AgentConfigMap,
+    fail: bool,
+}
+
+struct Agent {
+    index: usize,
+    uid: Bytes,
+    /// Last sequence number used; the first message carries 1.
+    seq: u64,
+    description: proto::AgentDescription,
+    health: proto::ComponentHealth,
+    effective: proto::AgentConfigMap,
+    remote_status: proto::RemoteConfigStatus,
+    /// Offered by the server (None: the default). Zero disables WS heartbeats.
+    offered_interval: Option<Duration>,
+    send_full: bool,
+    dirty: Dirty,
+    pending_apply: Option<PendingApply>,
+    /// From an error_response or a Retry-After header, applied before the next poll.
+    retry_after: Option<Duration>,
+    /// Sends in a row that a reply asked for.
+    immediate_sends: u32,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn kv(key: &str, value: &str) -> proto::KeyValue {
+    proto::KeyValue {
+        key: key.to_string(),
+        value: Some(proto::AnyValue {
+            value: Some(proto::any_value::Value::StringValue(value.to_string())),
+        }),
+    }
+}
+
+fn uid_string(uid: &[u8]) -> String {
+    uuid::Uuid::from_slice(uid).map_or_else(|_| hex_string(uid), |u| u.to_string())
+}
+
+fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn healthy(status: &str, at: u64) -> proto::ComponentHealth {
+    proto::ComponentHealth {
+        healthy: true,
+        start_time_unix_nano: at,
+        status: status.to_string(),
+        status_time_unix_nano: at,
+        ..Default::default()
+    }
+}
+
+impl Agent {
+    fn new(index: usize, ctx: &Ctx) -> Self {
+        let uid = Bytes::copy_from_slice(uuid::Uuid::now_v7().as_bytes());
+        let mut non_identifying = vec![
+            kv("os.type", "linux"),
+            kv("host.arch", "amd64"),
+            kv("host.name", &format!("sim-host-{index}")),
+        ];
+        non_identifying.extend(ctx.args.labels.iter().map(|(k, v)| kv(k, v)));
+        let description = proto::AgentDescription {
+            identifying_attributes: vec![
+                kv("service.name", "otelcol-contrib"),
+                kv("service.version", &ctx.args.service_version),
+                kv("service.instance.id", &uid_string(&uid)),
+            ],
+            non_identifying_attributes: non_identifying,
+        };
+        let started = now_nanos();
+        let mut pipelines = BTreeMap::new();
+        for pipeline in ["pipeline:metrics", "pipeline:traces"] {
+            let mut components = BTreeMap::new();
+            components.insert("receiver:otlp".to_string(), healthy("StatusOK", started));
+            components.insert("processor:batch".to_string(), healthy("StatusOK", started));
+            components.insert(
+                "exporter:otlphttp".to_string(),
+                healthy("StatusOK", started),
+            );
+            let mut p = healthy("StatusOK", started);
+            p.component_health_map = components;
+            pipelines.insert(pipeline.to_string(), p);
+        }
+        let mut health = healthy("StatusOK", started);
+        health.component_health_map = pipelines;
+        let mut files = BTreeMap::new();
+        files.insert(
+            CONFIG_KEY.to_string(),
+            proto::AgentConfigFile {
+                body: ctx.config_body.clone(),
+                content_type: "text/yaml".to_string(),
+            },
+        );
+        Self {
+            index,
+            uid,
+            seq: 0,
+            description,
+            health,
+            effective: proto::AgentConfigMap { config_map: files },
+            remote_status: proto::RemoteConfigStatus {
+                last_remote_config_hash: Bytes::new(),
+                status: RC_UNSET,
+                error_message: String::new(),
+            },
+            offered_interval: None,
+            send_full: true,
+            dirty: Dirty::default(),
+            pending_apply: None,
+            retry_after: None,
+            immediate_sends: 0,
+        }
+    }
+
+    /// The next message: full state if due, otherwise whatever changed (a bare heartbeat
+    /// when nothing did). Flags stay set until [`Agent::delivered`].
+    fn next_message(&mut self, ctx: &Ctx) -> proto::AgentToServer {
+        self.seq += 1;
+        let full = self.send_full;
+        let d = self.dirty;
+        let msg = proto::AgentToServer {
+            instance_uid: self.uid.clone(),
+            sequence_num: self.seq,
+            capabilities: CAPABILITIES,
+            agent_description: (full || d.description).then(|| self.description.clone()),
+            health: (full || d.health).then(|| self.health.clone()),
+            effective_config: (full || d.effective).then(|| proto::EffectiveConfig {
+                config_map: Some(self.effective.clone()),
+            }),
+            remote_config_status: (full || d.remote).then(|| self.remote_status.clone()),
+            ..Default::default()
+        };
+        if full {
+            inc(&ctx.stats.full_reports);
+        } else if !d.any() {
+            inc(&ctx.stats.heartbeats);
+        }
+        msg
+    }
+
+    fn delivered(&mut self) {
+        self.send_full = false;
+        self.dirty = Dirty::default();
+    }
+
+    fn goodbye(&mut self, ctx: &Ctx) -> proto::AgentToServer {
+        let mut msg = self.next_message(ctx);
+        if !msg.is_full_or_changes() {
+            // Counted as a heartbeat by next_message; it is a goodbye.
+            ctx.stats.heartbeats.fetch_sub(1, Relaxed);
+        }
+        msg.agent_disconnect = Some(proto::AgentDisconnect {});
+        msg
+    }
+
+    fn wants_to_send(&self) -> bool {
+        self.send_full || self.dirty.any()
+    }
+
+    /// WebSocket heartbeat interval (None: disabled by the server).
+    fn ws_heartbeat(&self, ctx: &Ctx) -> Option<Duration> {
+        match self.offered_interval {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => Some(ctx.default_interval()),
+        }
+    }
+
+    /// HTTP polling interval: an offer of 0 cannot stop polling, so it means the default.
+    fn poll_interval(&self, ctx: &Ctx) -> Duration {
+        match self.offered_interval {
+            Some(d) if !d.is_zero() => d,
+            _ => ctx.default_interval(),
+        }
+    }
+
+    /// Acts on one ServerToAgent. Returns whether the agent should send a message now.
+    fn on_reply(&mut self, msg: proto::ServerToAgent, ctx: &Ctx) -> bool {
+        let st = &ctx.stats;
+        if !msg.instance_uid.is_empty() && msg.instance_uid != self.uid {
+            // Replies to a message sent before a uid change still carry the old uid.
+            inc(&st.foreign_uid_replies);
+        }
+        if let Some(err) = msg.error_response {
+            inc(&st.error_responses);
+            let retry = err
+                .details
+                .map(|proto::server_error_response::Details::RetryInfo(r)| {
+                    Duration::from_nanos(r.retry_after_nanoseconds)
+                });
+            self.retry_after = retry;
+            ctx.log(
+                self.index,
+                format!(
+                    "error_response type={} message={:?} retry_after={retry:?}",
+                    err.r#type, err.error_message
+                ),
+            );
+            // Only instance_uid may accompany an error response.
+            return false;
+        }
+        if msg.flags & FLAG_REPORT_FULL_STATE != 0 {
+            inc(&st.full_state_requests);
+            self.send_full = true;
+        }
+        if let Some(id) = msg.agent_identification {
+            if id.new_instance_uid.len() == 16 && id.new_instance_uid != self.uid {
+                inc(&st.uid_reassignments);
+                self.uid = id.new_instance_uid;
+                let text = uid_string(&self.uid);
+                for attr in &mut self.description.identifying_attributes {
+                    if attr.key == "service.instance.id" {
+                        *attr = kv("service.instance.id", &text);
+                    }
+                }
+                self.dirty.description = true;
+            } else if id.new_instance_uid.len() != 16 {
+                inc(&st.decode_errors);
+                ctx.log(
+                    self.index,
+                    format!(
+                        "new_instance_uid of {} bytes ignored",
+                        id.new_instance_uid.len()
+                    ),
+                );
+            }
+        }
+        if let Some(opamp) = msg.connection_settings.and_then(|cs| cs.opamp) {
+            inc(&st.heartbeat_offers);
+            self.offered_interval = Some(Duration::from_secs(opamp.heartbeat_interval_seconds));
+        }
+        if let Some(rc) = msg.remote_config {
+            inc(&st.configs_received);
+            let known = rc.config_hash == self.remote_status.last_remote_config_hash
+                && self.remote_status.status != RC_UNSET;
+            if !known {
+                self.remote_status = proto::RemoteConfigStatus {
+                    last_remote_config_hash: rc.config_hash.clone(),
+                    status: RC_APPLYING,
+                    error_message: String::new(),
+                };
+                self.dirty.remote = true;
+                let (delay, fail) = {
+                    let mut rng = rand::rng();
+                    let base = ctx.args.apply_delay_ms as f64;
+                    let ms = if base > 0.0 {
+                        rng.random_range(base * 0.5..=base * 1.5)
+                    } else {
+                        0.0
+                    };
+                    (
+                        Duration::from_micros((ms * 1000.0) as u64),
+                        rng.random_bool(ctx.args.failure_ratio),
+                    )
+                };
+                self.pending_apply = Some(PendingApply {
+                    at: Instant::now() + delay,
+                    hash: rc.config_hash,
+                    config: rc.config.unwrap_or_default(),
+                    fail,
+                });
+            }
+        }
+        self.wants_to_send()
+    }
+
+    /// Finishes applying the pending remote config.
+    fn apply_due(&mut self, ctx: &Ctx) {
+        let Some(p) = self.pending_apply.take() else {
+            return;
+        };
+        if p.fail {
+            inc(&ctx.stats.configs_failed);
+            self.remote_status = proto::RemoteConfigStatus {
+                last_remote_config_hash: p.hash,
+                status: RC_FAILED,
+                error_message: "simulated failure: invalid keys in processors::batch".to_string(),
+            };
+        } else {
+            inc(&ctx.stats.configs_applied);
+            self.remote_status = proto::RemoteConfigStatus {
+                last_remote_config_hash: p.hash,
+                status: RC_APPLIED,
+                error_message: String::new(),
+            };
+            self.effective = p.config;
+            self.dirty.effective = true;
+        }
+        self.dirty.remote = true;
+    }
+
+    /// Whether a reply's request for another message may be honoured at once.
+    fn may_send_immediately(&mut self, ctx: &Ctx) -> bool {
+        self.immediate_sends += 1;
+        if self.immediate_sends > MAX_IMMEDIATE_SENDS {
+            if self.immediate_sends == MAX_IMMEDIATE_SENDS + 1 {
+                inc(&ctx.stats.immediate_send_limit_hits);
+                ctx.log(
+                    self.index,
+                    "server keeps asking for another message; waiting for the next heartbeat",
+                );
+            }
+            return false;
+        }
+        true
+    }
+}
+
+trait Carries {
+    fn is_full_or_changes(&self) -> bool;
+}
+
+impl Carries for proto::AgentToServer {
+    fn is_full_or_changes(&self) -> bool {
+        self.agent_description.is_some()
+            || self.health.is_some()
+            || self.effective_config.is_some()
+            || self.remote_config_status.is_some()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backoff
+
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The wait before the next attempt: the current step with ±50% jitter.
+    fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base.mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+}
+
+/// Sleeps unless the simulation stops first; returns false when stopped.
+async fn pause(ctx: &Ctx, d: Duration) -> bool {
+    tokio::select! {
+        _ = ctx.stop.cancelled() => false,
+        _ = sleep(d) => true,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket agents
+
+type Ws = WebSocketStream<TcpStream>;
+
+enum SessionEnd {
+    Stopped,
+    Dropped { reason: String, got_reply: bool },
+}
+
+async fn connect_ws(
+    index: usize,
+    url: &str,
+    addr: SocketAddr,
+    sources: &[IpAddr],
+) -> Result<Ws, String> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    if !sources.is_empty() {
+        let source = sources[index % sources.len()];
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+    }
+    let stream = match timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
+        Err(_) => return Err(format!("connect {addr}: timed out")),
+    };
+    let _ = stream.set_nodelay(true);
+    let request = url
+        .into_client_request()
+        .map_err(|e| format!("request: {e}"))?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    match timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(e)) => Err(format!("websocket handshake: {e}")),
+        Err(_) => Err("websocket handshake: timed out".to_string()),
+    }
+}
+
+async fn ws_send(ws: &mut Ws, msg: &proto::AgentToServer, ctx: &Ctx) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(1 + msg.encoded_len());
+    buf.push(0);
+    msg.encode(&mut buf).map_err(|e| format!("encode: {e}"))?;
+    let len = buf.len() as u64;
+    ws.send(WsMessage::Binary(Bytes::from(buf)))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    inc(&ctx.stats.sent);
+    ctx.stats.bytes_sent.fetch_add(len, Relaxed);
+    Ok(())
+}
+
+async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
+    let Target::WebSocket { url, addr, sources } = &ctx.target else {
+        return;
+    };
+    let mut backoff = Backoff::new();
+    let mut ever = false;
+    let mut attempts = 0u64;
+    loop {
+        if ctx.stop.is_cancelled() {
+            return;
+        }
+        let connected = tokio::select! {
+            _ = ctx.stop.cancelled() => return,
+            r = connect_ws(agent.index, url, *addr, sources) => r,
+        };
+        attempts += 1;
+        let mut ws = match connected {
+            Ok(ws) => ws,
+            Err(e) => {
+                inc(&ctx.stats.connect_errors);
+                ctx.log(agent.index, e);
+                if !pause(&ctx, backoff.step()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if attempts > 1 {
+            inc(&ctx.stats.reconnects);
+        }
+        // Like the collector, report everything on each new connection.
+        agent.send_full = true;
+        match ws_session(&mut agent, &mut ws, &ctx, &mut ever).await {
+            SessionEnd::Stopped => return,
+            SessionEnd::Dropped { reason, got_reply } => {
+                inc(&ctx.stats.connection_drops);
+                ctx.log(agent.index, format!("connection dropped: {reason}"));
+                if got_reply {
+                    backoff.reset();
+                }
+                if !pause(&ctx, backoff.step()).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn ws_session(agent: &mut Agent, ws: &mut Ws, ctx: &Ctx, ever: &mut bool) -> SessionEnd {
+    let mut got_reply = false;
+    let end = ws_exchange(agent, ws, ctx, ever, &mut got_reply).await;
+    if got_reply {
+        ctx.mark_disconnected();
+    }
+    match end {
+        Ok(()) => SessionEnd::Stopped,
+        Err(reason) => SessionEnd::Dropped { reason, got_reply },
+    }
+}
+
+/// One connection's conversation. Ok when the simulation stopped (goodbye said), Err with
+/// the reason when the connection broke.
+async fn ws_exchange(
+    agent: &mut Agent,
+    ws: &mut Ws,
+    ctx: &Ctx,
+    ever: &mut bool,
+    got_reply: &mut bool,
+) -> Result<(), String> {
+    let msg = agent.next_message(ctx);
+    ws_send(ws, &msg, ctx).await?;
+    agent.delivered();
+    let mut last_send = Instant::now();
+    loop {
+        let next_heartbeat = agent
+            .ws_heartbeat(ctx)
+            .map_or_else(far_future, |d| last_send + d);
+        let apply_at = agent.pending_apply.as_ref().map(|p| p.at);
+        let mut heartbeat_due = false;
+        tokio::select! {
+            _ = ctx.stop.cancelled() => {
+                ws_goodbye(agent, ws, ctx).await;
+                return Ok(());
+            }
+            frame = ws.next() => match frame {
+                None => return Err("closed".to_string()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    inc(&ctx.stats.received);
+                    ctx.stats.bytes_received.fetch_add(bytes.len() as u64, Relaxed);
+                    let reply = corral::protocol::unframe_ws(bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| proto::ServerToAgent::decode(b).map_err(|e| e.to_string()));
+                    let reply = match reply {
+                        Ok(r) => r,
+                        Err(e) => {
+                            inc(&ctx.stats.decode_errors);
+                            ctx.log(agent.index, format!("undecodable ServerToAgent: {e}"));
+                            continue;
+                        }
+                    };
+                    if !*got_reply {
+                        *got_reply = true;
+                        ctx.mark_connected();
+                        if !*ever {
+                            *ever = true;
+                            ctx.first_connection();
+                        }
+                    }
+                    if !agent.on_reply(reply, ctx) || !agent.may_send_immediately(ctx) {
+                        continue;
+                    }
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Err(match frame {
+                        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
+                        None => "closed by server".to_string(),
+                    });
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    inc(&ctx.stats.decode_errors);
+                    ctx.log(agent.index, "server sent a text frame");
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+            },
+            _ = sleep_until(next_heartbeat) => heartbeat_due = true,
+            _ = sleep_until(apply_at.unwrap_or_else(far_future)), if apply_at.is_some() => {
+                agent.apply_due(ctx);
+            }
+        }
+        if heartbeat_due {
+            agent.immediate_sends = 0;
+        }
+        let msg = agent.next_message(ctx);
+        ws_send(ws, &msg, ctx).await?;
+        agent.delivered();
+        last_send = Instant::now();
+    }
+}
+
+async fn ws_goodbye(agent: &mut Agent, ws: &mut Ws, ctx: &Ctx) {
+    let msg = agent.goodbye(ctx);
+    let said = async {
+        ws_send(ws, &msg, ctx).await?;
+        inc(&ctx.stats.disconnects_sent);
+        ws.close(None).await.map_err(|e| e.to_string())?;
+        // Read until the server's close (and the reply to the goodbye) arrive.
+        while let Some(Ok(frame)) = ws.next().await {
+            if frame.is_binary() {
+                inc(&ctx.stats.received);
+            }
+        }
+        Ok::<(), String>(())
+    };
+    match timeout(GOODBYE_TIMEOUT, said).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => ctx.log(agent.index, format!("goodbye: {e}")),
+        Err(_) => ctx.log(agent.index, "goodbye: timed out"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Plain-HTTP agents
+
+enum PollError {
+    Transport(String),
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    Decode(String),
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PollError::Transport(e) => write!(f, "poll failed: {e}"),
+            PollError::Status { status, .. } => write!(f, "poll answered HTTP {status}"),
+            PollError::Decode(e) => write!(f, "undecodable poll reply: {e}"),
+        }
+    }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(body);
+    enc.finish().unwrap_or_default()
+}
+
+async fn http_poll(
+    ctx: &Ctx,
+    agent: &Agent,
+    msg: &proto::AgentToServer,
+) -> Result<proto::ServerToAgent, PollError> {
+    let Target::Http { url, client, slots } = &ctx.target else {
+        return Err(PollError::Transport("not an HTTP target".into()));
+    };
+    let mut body = msg.encode_to_vec();
+    let mut request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, PROTOBUF)
+        .header("OpAMP-Instance-UID", uid_string(&agent.uid));
+    if ctx.args.gzip {
+        body = gzip(&body);
+        request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+    }
+    let len = body.len() as u64;
+    let _slot = slots
+        .acquire()
+        .await
+        .map_err(|_| PollError::Transport("client closed".into()))?;
+    let response = request
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| PollError::Transport(error_chain(&e)))?;
+    inc(&ctx.stats.sent);
+    ctx.stats.bytes_sent.fetch_add(len, Relaxed);
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let content_type_ok = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == PROTOBUF);
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| PollError::Transport(error_chain(&e)))?;
+    ctx.stats
+        .bytes_received
+        .fetch_add(bytes.len() as u64, Relaxed);
+    if !status.is_success() {
+        return Err(PollError::Status {
+            status: status.as_u16(),
+            retry_after,
+        });
+    }
+    if !content_type_ok {
+        return Err(PollError::Decode(format!(
+            "Content-Type is not exactly {PROTOBUF}"
+        )));
+    }
+    inc(&ctx.stats.received);
+    proto::ServerToAgent::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
+    let mut backoff = Backoff::new();
+    let mut connected = false;
+    let mut ever = false;
+    let mut failed = false;
+    let mut next_poll = Instant::now();
+    loop {
+        let apply_at = agent.pending_apply.as_ref().map(|p| p.at);
+        let mut timer = false;
+        tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            _ = sleep_until(next_poll) => timer = true,
+            _ = sleep_until(apply_at.unwrap_or_else(far_future)), if apply_at.is_some() => {
+                agent.apply_due(&ctx);
+            }
+        }
+        if timer {
+            agent.immediate_sends = 0;
+        }
+        let msg = agent.next_message(&ctx);
+        let outcome = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            r = http_poll(&ctx, &agent, &msg) => r,
+        };
+        let now = Instant::now();
+        match outcome {
+            Ok(reply) => {
+                agent.delivered();
+                backoff.reset();
+                if !connected {
+                    connected = true;
+                    ctx.mark_connected();
+                    if failed {
+                        inc(&ctx.stats.reconnects);
+                    }
+                    if !ever {
+                        ever = true;
+                        ctx.first_connection();
+                    }
+                }
+                agent.retry_after = None;
+                let again = agent.on_reply(reply, &ctx) && agent.may_send_immediately(&ctx);
+                next_poll = match agent.retry_after {
+                    Some(wait) => now + wait.max(agent.poll_interval(&ctx)),
+                    None if again => now,
+                    None => now + agent.poll_interval(&ctx),
+                };
+            }
+            Err(e) => {
+                match &e {
+                    PollError::Decode(_) => inc(&ctx.stats.decode_errors),
+                    _ => inc(&ctx.stats.poll_errors),
+                }
+                ctx.log(agent.index, &e);
+                if connected {
+                    connected = false;
+                    ctx.mark_disconnected();
+                }
+                failed = true;
+                let mut wait = backoff.step();
+                if let PollError::Status {
+                    retry_after: Some(ra),
+                    ..
+                } = e
+                {
+                    wait = wait.max(ra);
+                }
+                next_poll = now + wait;
+            }
+        }
+    }
+    // Stopped: say goodbye with one last poll.
+    let msg = agent.goodbye(&ctx);
+    match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &msg)).await {
+        Ok(Ok(_)) => inc(&ctx.stats.disconnects_sent),
+        Ok(Err(e)) => ctx.log(agent.index, format!("goodbye: {e}")),
+        Err(_) => ctx.log(agent.index, "goodbye: timed out"),
+    }
+    if connected {
+        ctx.mark_disconnected();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Config body
+
+const COLLECTOR_YAML: &str = r#"receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 0.0.0.0:4317
+      http:
+        endpoint: 0.0.0.0:4318
+  hostmetrics:
+    collection_interval: 30s
+    scrapers:
+      cpu: {}
+      memory: {}
+      filesystem: {}
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_percentage: 80
+    spike_limit_percentage: 20
+  batch:
+    timeout: 5s
+    send_batch_size: 8192
+  resourcedetection:
+    detectors: [env, system]
+exporters:
+  otlphttp:
+    endpoint: https://otlp.example.com:4318
+    compression: gzip
+extensions:
+  health_check: {}
+  opamp:
+    server:
+      ws:
+        endpoint: ws://127.0.0.1:4320/v1/opamp
+service:
+  extensions: [health_check, opamp]
+  pipelines:
+    metrics:
+      receivers: [otlp, hostmetrics]
+      processors: [memory_limiter, resourcedetection, batch]
+      exporters: [otlphttp]
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlphttp]
+"#;
+
+fn config_body(size: Option<usize>) -> Bytes {
+    let mut yaml = COLLECTOR_YAML.to_string();
+    let Some(size) = size else {
+        return Bytes::from(yaml);
+    };
+    if size <= yaml.len() {
+        yaml.truncate(size);
+        if let Some(cut) = yaml.rfind('\n') {
+            yaml.truncate(cut + 1);
+        }
+        return Bytes::from(yaml);
+    }
+    let mut line = 0;
+    while yaml.len() < size {
+        let remaining = size - yaml.len();
+        let pad = format!(
+            "# padding line {line:06} ........................................................\n"
+        );
+        if pad.len() <= remaining {
+            yaml.push_str(&pad);
+        } else if remaining >= 2 {
+            yaml.push('#');
+            yaml.push_str(&".".repeat(remaining - 2));
+            yaml.push('\n');
+        } else {
+            yaml.push('\n');
+        }
+        line += 1;
+    }
+    Bytes::from(yaml)
+}
+
+// ---------------------------------------------------------------------------------------
+// Main
+
+fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
+    let s = &ctx.stats;
+    let all_ms = get(&s.all_connected_ms);
+    let (user, system) = own_cpu_seconds().unwrap_or((f64::NAN, f64::NAN));
+    let transport = match ctx.target {
+        Target::WebSocket { .. } => "websocket",
+        Target::Http { .. } => "http",
+    };
+    let errors = get(&s.connect_errors)
+        + get(&s.connection_drops)
+        + get(&s.poll_errors)
+        + get(&s.decode_errors)
+        + get(&s.error_responses);
+    serde_json::json!({
+        "server": ctx.args.server,
+        "transport": transport,
+        "agents": ctx.args.agents,
+        "spawned": get(&s.spawned),
+        "connected": connected_at_stop,
+        "ever_connected": get(&s.ever_connected),
+        "all_connected_after_s": (all_ms > 0).then(|| all_ms as f64 / 1000.0),
+        "elapsed_s": ctx.start.elapsed().as_secs_f64(),
+        "messages_sent": get(&s.sent),
+        "messages_received": get(&s.received),
+        "bytes_sent": get(&s.bytes_sent),
+        "bytes_received": get(&s.bytes_received),
+        "full_reports_sent": get(&s.full_reports),
+        "heartbeats_sent": get(&s.heartbeats),
+        "configs_received": get(&s.configs_received),
+        "configs_applied": get(&s.configs_applied),
+        "configs_failed": get(&s.configs_failed),
+        "errors": errors,
+        "error_responses": get(&s.error_responses),
+        "connect_errors": get(&s.connect_errors),
+        "connection_drops": get(&s.connection_drops),
+        "poll_errors": get(&s.poll_errors),
+        "decode_errors": get(&s.decode_errors),
+        "reconnects": get(&s.reconnects),
+        "full_state_requests": get(&s.full_state_requests),
+        "uid_reassignments": get(&s.uid_reassignments),
+        "replies_with_other_uid": get(&s.foreign_uid_replies),
+        "heartbeat_offers": get(&s.heartbeat_offers),
+        "immediate_send_limit_hits": get(&s.immediate_send_limit_hits),
+        "disconnects_sent": get(&s.disconnects_sent),
+        "cpu_user_s": user,
+        "cpu_system_s": system,
+    })
+}
+
+/// This process's user and system CPU seconds (Linux; clock ticks assumed 100 Hz).
+fn own_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime / 100.0, stime / 100.0))
+}
+
+fn progress_line(ctx: &Ctx) -> String {
+    let s = &ctx.stats;
+    format!(
+        "[{:>7.1}s] spawned {} connected {} sent {} received {} applied {} failed {} errors {} reconnects {}",
+        ctx.start.elapsed().as_secs_f64(),
+        get(&s.spawned),
+        s.connected.load(Relaxed),
+        get(&s.sent),
+        get(&s.received),
+        get(&s.configs_applied),
+        get(&s.configs_failed),
+        get(&s.connect_errors)
+            + get(&s.connection_drops)
+            + get(&s.poll_errors)
+            + get(&s.decode_errors)
+            + get(&s.error_responses),
+        get(&s.reconnects),
+    )
+}
+
+async fn report_progress(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut announced = false;
+    let mut seconds = 0u64;
+    loop {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        seconds += 1;
+        let ramping = get(&ctx.stats.all_connected_ms) == 0;
+        let short = ctx.stats.connected.load(Relaxed) < ctx.args.agents as i64;
+        if ramping || short || seconds % 10 == 0 {
+            eprintln!("{}", progress_line(&ctx));
+        }
+        if !ramping && !announced {
+            announced = true;
+            let ms = get(&ctx.stats.all_connected_ms);
+            eprintln!(
+                "all {} agents connected after {:.2}s",
+                ctx.args.agents,
+                ms as f64 / 1000.0
+            );
+        }
+    }
+}
+
+async fn wait_for_stop(ctx: Arc<Ctx>) {
+    let stop = ctx.stop.clone();
+    let duration = ctx.args.duration_seconds;
+    let limit = async {
+        match duration {
+            Some(s) => sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = limit => eprintln!("duration reached; stopping"),
+        _ = tokio::signal::ctrl_c() => eprintln!("interrupted; stopping"),
+        _ = term => eprintln!("terminated; stopping"),
+    }
+    let connected = ctx.stats.connected.load(Relaxed);
+    ctx.stats.connected_at_stop.store(connected, Relaxed);
+    stop.cancel();
+}
+
+async fn build_target(args: &Args) -> Result<Target, String> {
+    let (scheme, _) = args.server.split_once("://").ok_or_else(|| {
+        format!(
+            "--server {:?} must start with ws:// or http://",
+            args.server
+        )
+    })?;
+    match scheme {
+        "ws" => {
+            let uri: tokio_tungstenite::tungstenite::http::Uri = args
+                .server
+                .parse()
+                .map_err(|e| format!("--server {:?}: {e}", args.server))?;
+            let host = uri
+                .host()
+                .ok_or_else(|| format!("--server {:?} has no host", args.server))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            let host_port = format!("{host}:{port}");
+            let addr = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| format!("cannot resolve {host_port}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{host_port} resolves to nothing"))?;
+            let default_ips = args.agents.div_ceil(20_000).max(1);
+            let count = args
+                .source_ips
+                .map_or(default_ips, usize::from)
+                .clamp(1, 254);
+            let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
+                (1..=count)
+                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
+                    .collect()
+            } else {
+                if args.source_ips.is_some_and(|n| n > 1) {
+                    eprintln!("--source-ips applies only to a loopback IPv4 server; ignored");
+                }
+                Vec::new()
+            };
+            Ok(Target::WebSocket {
+                url: args.server.clone(),
+                addr,
+                sources,
+            })
+        }
+        "http" => {
+            let slots = args.http_connections.max(1);
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(slots)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(HTTP_TIMEOUT)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?;
+            Ok(Target::Http {
+                url: args.server.clone(),
+                client,
+                slots: Semaphore::new(slots),
+            })
+        }
+        "wss" | "https" => {
+            Err("TLS is not supported by the simulator (no TLS crate); use ws:// or http://".into())
+        }
+        other => Err(format!(
+            "unsupported scheme {other:?}; use ws:// or http://"
+        )),
+    }
+}
+
+async fn run(args: Args) -> Result<serde_json::Value, String> {
+    if args.agents == 0 {
+        return Err("--agents must be at least 1".into());
+    }
+    if args.connect_rate.is_nan() || args.connect_rate <= 0.0 {
+        return Err("--connect-rate must be positive".into());
+    }
+    if !(0.0..=1.0).contains(&args.failure_ratio) {
+        return Err("--failure-ratio must be between 0 and 1".into());
+    }
+    let target = build_target(&args).await?;
+    if let Target::WebSocket { sources, .. } = &target {
+        if sources.len() > 1 {
+            eprintln!(
+                "spreading connections over source addresses 127.0.0.1..127.0.0.{}",
+                sources.len()
+            );
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        config_body: config_body(args.config_bytes),
+        target,
+        stats: Stats::default(),
+        stop: CancellationToken::new(),
+        start: Instant::now(),
+        args,
+    });
+    eprintln!(
+        "starting {} agents against {} at {} per second",
+        ctx.args.agents, ctx.args.server, ctx.args.connect_rate
+    );
+    let stopper = tokio::spawn(wait_for_stop(ctx.clone()));
+    let progress = tokio::spawn(report_progress(ctx.clone()));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let is_ws = matches!(ctx.target, Target::WebSocket { .. });
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ramp_start = Instant::now();
+    let mut started = 0usize;
+    while started < ctx.args.agents {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let due = ((ramp_start.elapsed().as_secs_f64() * ctx.args.connect_rate).floor() as usize
+            + 1)
+        .min(ctx.args.agents);
+        while started < due {
+            let agent = Agent::new(started, &ctx);
+            if is_ws {
+                tasks.spawn(run_ws_agent(agent, ctx.clone()));
+            } else {
+                tasks.spawn(run_http_agent(agent, ctx.clone()));
+            }
+            started += 1;
+            inc(&ctx.stats.spawned);
+        }
+    }
+    // The stopper records the connected count before it cancels.
+    let _ = stopper.await;
+    let connected_at_stop = ctx.stats.connected_at_stop.load(Relaxed);
+    eprintln!("{}", progress_line(&ctx));
+    eprintln!("saying goodbye...");
+    let drained = timeout(GOODBYE_TIMEOUT + Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "{} agents did not finish in time; aborting them",
+            tasks.len()
+        );
+        tasks.abort_all();
+    }
+    progress.abort();
+    Ok(summary(&ctx, connected_at_stop))
+}
+
+fn print_summary(s: &serde_json::Value) {
+    let n = |k: &str| s.get(k).map_or_else(String::new, |v| v.to_string());
+    println!(
+        "simulation summary ({} agents over {}):",
+        n("agents"),
+        n("transport")
+    );
+    println!(
+        "  connected at stop     {} (ever connected {})",
+        n("connected"),
+        n("ever_connected")
+    );
+    println!("  all connected after   {} s", n("all_connected_after_s"));
+    println!("  elapsed               {} s", n("elapsed_s"));
+    println!(
+        "  messages sent         {} ({} bytes; {} full reports, {} heartbeats)",
+        n("messages_sent"),
+        n("bytes_sent"),
+        n("full_reports_sent"),
+        n("heartbeats_sent")
+    );
+    println!(
+        "  messages received     {} ({} bytes)",
+        n("messages_received"),
+        n("bytes_received")
+    );
+    println!(
+        "  configs received      {} (applied {}, failed {})",
+        n("configs_received"),
+        n("configs_applied"),
+        n("configs_failed")
+    );
+    println!(
+        "  errors                {} (connect {}, drops {}, polls {}, decode {}, error_response {})",
+        n("errors"),
+        n("connect_errors"),
+        n("connection_drops"),
+        n("poll_errors"),
+        n("decode_errors"),
+        n("error_responses")
+    );
+    println!("  reconnects            {}", n("reconnects"));
+    println!("  full-state requests   {}", n("full_state_requests"));
+    println!("  uid reassignments     {}", n("uid_reassignments"));
+    println!("  heartbeat offers      {}", n("heartbeat_offers"));
+    println!("  disconnects sent      {}", n("disconnects_sent"));
+    println!(
+        "  simulator CPU         user {} s, system {} s",
+        n("cpu_user_s"),
+        n("cpu_system_s")
+    );
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let json = args.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("simulate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(s) => {
+            if json {
+                println!("{s}");
+            } else {
+                print_summary(&s);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("simulate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
