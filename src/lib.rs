@@ -3,9 +3,11 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod domain;
 pub mod fleet;
 pub mod protocol;
+pub mod rollout;
 pub mod server;
 pub mod settings;
 pub mod status;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::agent::AgentContext;
 use crate::api::{self, ApiState};
 use crate::fleet::Fleet;
+use crate::rollout::spawn_controller;
 use crate::settings::Settings;
 use crate::store::{SqliteStore, Store, WriteBuffer, run_flusher};
 use crate::telemetry::Metrics;
@@ -52,8 +54,17 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let writes = Arc::new(WriteBuffer::default());
     let tracker = TaskTracker::new();
+    let components = Arc::new(DashMap::new());
+    for (hash, set) in store
+        .load_component_sets()
+        .await
+        .context("cannot load component sets")?
+    {
+        components.insert(hash, Arc::new(set));
+    }
     let ctx = Arc::new(AgentContext {
         heartbeat_interval: settings.heartbeat_interval,
+        components: components.clone(),
         metrics: metrics.clone(),
         writes: writes.clone(),
         cancel: shutdown.clone(),
@@ -62,6 +73,15 @@ pub async fn serve(
     let known = store.load_agents().await.context("cannot load agents")?;
     tracing::info!(agents = known.len(), "restored fleet");
     fleet.restore(known);
+    let controller = spawn_controller(
+        store.clone(),
+        fleet.clone(),
+        components,
+        shutdown.clone(),
+        &tracker,
+    )
+    .await
+    .context("cannot load configurations and rollouts")?;
 
     let flush_stop = CancellationToken::new();
     let flusher = tokio::spawn(run_flusher(
@@ -84,6 +104,7 @@ pub async fn serve(
         fleet: fleet.clone(),
         store,
         writes,
+        controller,
     });
     let opamp_listener = listeners.opamp.tap_io(|tcp| {
         // Replies are small and answer a request: never hold them back.

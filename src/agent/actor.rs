@@ -13,9 +13,10 @@ use super::{
 };
 use crate::domain::{
     AgentCapabilities as Caps, AgentRecord, AgentReport, HISTORY_LIMIT, HistoryEntry,
-    RemoteConfigStatus, ServerReply, Transport,
+    RemoteConfigOffer, RemoteConfigStatus, ServerReply, Transport,
 };
 use crate::protocol;
+use crate::rollout::Directive;
 use crate::status::{ConfigProgress, Connection, Observation, Status, StatusMachine, derive};
 
 /// WebSocket close codes the actor uses.
@@ -44,6 +45,12 @@ pub(super) struct AgentActor {
     deadline: Option<Instant>,
     /// Connection settings were offered on the current connection.
     offered_settings: bool,
+    /// What the rollout controller wants of this agent.
+    directive: Directive,
+    /// The offered configuration was sent on the current connection.
+    offered_config_here: bool,
+    /// The full component map was asked for on the current connection.
+    asked_components: bool,
     /// The record has never been written.
     unsaved: bool,
 }
@@ -79,6 +86,9 @@ impl AgentActor {
             said_goodbye_at: None,
             deadline: None,
             offered_settings: false,
+            directive: Directive::default(),
+            offered_config_here: false,
+            asked_components: false,
             unsaved: is_new,
         };
         if !is_new && actor.record.status != Status::Disconnected {
@@ -128,7 +138,60 @@ impl AgentActor {
                 self.publish(rec, true);
                 let _ = done.send(self.record.clone());
             }
+            Command::Direct(directive) => self.on_directive(directive),
         }
+    }
+
+    fn on_directive(&mut self, directive: Directive) {
+        if directive == self.directive {
+            return;
+        }
+        self.directive = directive;
+        let mut rec = (*self.record).clone();
+        // A polling agent takes its offer with its next poll's reply.
+        let offer = if self.ws.is_some() {
+            self.take_offer(&mut rec)
+        } else {
+            None
+        };
+        let connection = match self.live {
+            Some(_) => Connection::Live,
+            None => Connection::Lost(rec.status_reason.clone()),
+        };
+        let persist = self.settle(&mut rec, connection) | offer.is_some();
+        self.publish(rec, persist);
+        // A WebSocket agent gets it now; a polling agent with its next poll.
+        if let (Some(offer), Some((_, outbound))) = (offer, self.ws.clone()) {
+            let reply = ServerReply {
+                capabilities: Some(SERVER_CAPABILITIES),
+                remote_config: Some(offer),
+                ..ServerReply::default()
+            };
+            let raw_uid = Bytes::copy_from_slice(self.record.uid.as_bytes());
+            self.push(&outbound, protocol::reply_to_proto(raw_uid, &reply));
+        }
+    }
+
+    /// The configuration to send now, if the directive wants one the agent has not reported;
+    /// records it as offered. Sent once per connection: a reconnecting agent that never
+    /// reported it gets it again, since it may have missed it.
+    fn take_offer(&mut self, rec: &mut AgentRecord) -> Option<RemoteConfigOffer> {
+        let version = self.directive.version.as_ref()?;
+        if self.live.is_none() || !rec.capabilities.contains(Caps::ACCEPTS_REMOTE_CONFIG) {
+            return None;
+        }
+        if rec.remote_config.as_ref().map(|rc| &rc.hash) == Some(&version.hash) {
+            return None;
+        }
+        if rec.offered_config_hash.as_ref() == Some(&version.hash) && self.offered_config_here {
+            return None;
+        }
+        rec.offered_config_hash = Some(version.hash.clone());
+        self.offered_config_here = true;
+        Some(RemoteConfigOffer {
+            hash: version.hash.clone(),
+            files: version.files.clone(),
+        })
     }
 
     fn on_report(
@@ -159,6 +222,8 @@ impl AgentActor {
             self.liveness.forget_gaps();
             self.last_heartbeat = None;
             self.offered_settings = false;
+            self.offered_config_here = false;
+            self.asked_components = false;
         }
         if report.is_heartbeat() {
             if let Some(prev) = self.last_heartbeat {
@@ -175,7 +240,8 @@ impl AgentActor {
             && report.is_heartbeat()
             && report.capabilities == self.record.capabilities
             && self.record.transport == Some(transport);
-        let report_full_state = if unchanged {
+        let mut offer = None;
+        let report_full_state = if unchanged && !self.wants_offer() {
             self.full_state
                 .observe(report.sequence_num, false, missing_state(&self.record))
         } else {
@@ -190,6 +256,8 @@ impl AgentActor {
                 persist = true;
             }
             persist |= self.merge(&mut rec, &report);
+            offer = self.take_offer(&mut rec);
+            persist |= offer.is_some();
             let full = self.full_state.observe(
                 report.sequence_num,
                 report.description.is_some(),
@@ -218,11 +286,14 @@ impl AgentActor {
         let heartbeat_interval_seconds = (accepts_settings && !self.offered_settings)
             .then(|| self.ctx.heartbeat_interval.as_secs());
         self.offered_settings |= accepts_settings;
+        let report_available_components = self.wants_components(&report);
         let reply = ServerReply {
             capabilities: Some(SERVER_CAPABILITIES),
             report_full_state,
+            report_available_components,
             new_instance_uid: assigned.then_some(self.record.uid),
             heartbeat_interval_seconds,
+            remote_config: offer,
             ..ServerReply::default()
         };
         self.reply(source, protocol::reply_to_proto(raw_uid, &reply));
@@ -248,6 +319,31 @@ impl AgentActor {
         self.said_goodbye_at
             .is_some_and(|bye| report.sequence_num <= bye && report.description.is_none())
             && self.live.is_none()
+    }
+
+    /// Whether a configuration is due that the last published record has not been offered.
+    fn wants_offer(&self) -> bool {
+        self.directive.version.as_ref().is_some_and(|v| {
+            self.record.remote_config.as_ref().map(|rc| &rc.hash) != Some(&v.hash)
+                && (self.record.offered_config_hash.as_ref() != Some(&v.hash)
+                    || !self.offered_config_here)
+        })
+    }
+
+    /// Asks for the full component map when the agent sent only a hash we do not know, once
+    /// per connection.
+    fn wants_components(&mut self, report: &AgentReport) -> bool {
+        let Some(reported) = &report.available_components else {
+            return false;
+        };
+        if reported.set.is_some()
+            || self.asked_components
+            || self.ctx.components.contains_key(&reported.hash)
+        {
+            return false;
+        }
+        self.asked_components = true;
+        true
     }
 
     /// Merges a possibly compressed report into the last full state. Returns whether anything
@@ -285,6 +381,22 @@ impl AgentActor {
         {
             rec.remote_config = Some(status.clone());
             changed = true;
+        }
+        if let Some(reported) = &report.available_components {
+            if let Some(set) = &reported.set
+                && !self.ctx.components.contains_key(&reported.hash)
+            {
+                self.ctx
+                    .components
+                    .insert(reported.hash.clone(), Arc::new(set.clone()));
+                self.ctx
+                    .writes
+                    .component_set(reported.hash.clone(), set.clone());
+            }
+            if rec.components_hash.as_ref() != Some(&reported.hash) {
+                rec.components_hash = Some(reported.hash.clone());
+                changed = true;
+            }
         }
         changed
     }
@@ -397,7 +509,15 @@ impl AgentActor {
     /// Derives the status from the record's facts and moves there, recording each
     /// transition. Returns whether status or reason changed.
     fn settle(&mut self, rec: &mut AgentRecord, connection: Connection) -> bool {
-        let config = match &rec.remote_config {
+        let reported = rec.remote_config.as_ref();
+        let awaiting_offer = match (&self.directive.version, &rec.offered_config_hash) {
+            (Some(v), Some(offered)) => {
+                *offered == v.hash && reported.map(|rc| &rc.hash) != Some(offered)
+            }
+            _ => false,
+        };
+        let config = match reported {
+            _ if awaiting_offer => ConfigProgress::Applying,
             Some(rc) if rc.status == RemoteConfigStatus::Applying => ConfigProgress::Applying,
             Some(rc) if rc.status == RemoteConfigStatus::Failed => {
                 ConfigProgress::Failed(rc.error.clone())
@@ -408,6 +528,8 @@ impl AgentActor {
             connection,
             config,
             health_problem: rec.health.as_deref().and_then(|h| h.problem()),
+            incompatible: self.directive.incompatible.clone(),
+            pending: self.directive.pending,
         };
         let (target, reason) = derive(&observation);
         let transitions = self.machine.settle(target, reason);

@@ -16,8 +16,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AgentRecord, AgentReport, InstanceUid, ServerCapabilities};
+use dashmap::DashMap;
+
+use crate::config::ComponentSet;
+use crate::domain::{AgentRecord, AgentReport, ContentHash, InstanceUid, ServerCapabilities};
 use crate::protocol::proto;
+use crate::rollout::Directive;
 use crate::store::WriteBuffer;
 use crate::telemetry::Metrics;
 
@@ -33,6 +37,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// What Corral offers every agent in its replies.
 pub const SERVER_CAPABILITIES: ServerCapabilities = ServerCapabilities::ACCEPTS_STATUS
+    .union(ServerCapabilities::OFFERS_REMOTE_CONFIG)
     .union(ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG)
     .union(ServerCapabilities::OFFERS_CONNECTION_SETTINGS);
 
@@ -75,11 +80,15 @@ pub enum Command {
         labels: std::collections::BTreeMap<String, String>,
         done: oneshot::Sender<Arc<AgentRecord>>,
     },
+    /// What the rollout controller wants of this agent now.
+    Direct(Directive),
 }
 
 /// What every actor shares: settings, metrics and the store's write buffer.
 pub struct AgentContext {
     pub heartbeat_interval: Duration,
+    /// Component sets agents reported, by hash; shared by every actor and the controller.
+    pub components: Arc<DashMap<ContentHash, Arc<ComponentSet>>>,
     pub metrics: Arc<Metrics>,
     pub writes: Arc<WriteBuffer>,
     pub cancel: CancellationToken,
@@ -165,6 +174,11 @@ impl AgentHandle {
 
     pub async fn send(&self, cmd: Command) -> Result<(), ActorGone> {
         self.mailbox.send(cmd).await.map_err(|_| ActorGone)
+    }
+
+    /// Hands over a directive without waiting; `false` when the mailbox is full (try later).
+    pub fn try_direct(&self, directive: Directive) -> bool {
+        self.mailbox.try_send(Command::Direct(directive)).is_ok()
     }
 
     /// The agent's latest published state; its `last_seen` may lag behind heartbeats.

@@ -24,6 +24,9 @@ pub struct AgentDto {
     pub remote_config: Option<RemoteConfigDto>,
     pub last_seen: String,
     pub connected_at: Option<String>,
+    /// The configuration assigned to the agent, if any.
+    #[serde(default)]
+    pub configuration: Option<AgentConfigDto>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
@@ -91,7 +94,7 @@ pub struct EffectiveConfigDto {
     pub files: BTreeMap<String, ConfigFileDto>,
 }
 
-fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -165,6 +168,7 @@ impl From<&AgentRecord> for AgentDto {
             }),
             last_seen: rfc3339(a.last_seen),
             connected_at: a.connected_at.map(rfc3339),
+            configuration: None,
         }
     }
 }
@@ -189,4 +193,132 @@ impl From<FleetSummary> for FleetDto {
                 .collect(),
         }
     }
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentConfigDto {
+    pub name: String,
+    pub current_version: Option<u32>,
+    pub pending_version: Option<u32>,
+    pub target_version: Option<u32>,
+    /// "compatible", "incompatible" or "unknown" (the agent reports no components).
+    pub compatibility: String,
+    pub incompatible_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct FileDto {
+    pub body: String,
+    #[serde(default)]
+    pub content_type: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigurationPutDto {
+    #[serde(default)]
+    pub selector: String,
+    #[serde(default)]
+    pub priority: i32,
+    pub files: BTreeMap<String, FileDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigurationPutResultDto {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    /// A new version was created (false: the content was unchanged).
+    pub created: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutIdDto {
+    pub id: String,
+    pub state: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct VersionDto {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    pub created_at: String,
+    /// "kind/type" of every component the version uses.
+    pub components: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub files: Option<BTreeMap<String, FileDto>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigurationDto {
+    pub name: String,
+    pub selector: String,
+    pub priority: i32,
+    pub latest_version: Option<u32>,
+    pub latest_hash: Option<String>,
+    pub agent_count: usize,
+    pub rollout: Option<RolloutIdDto>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub versions: Option<Vec<VersionDto>>,
+    /// Instance uids of the agents assigned to it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigurationsDto {
+    pub configurations: Vec<ConfigurationDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStartDto {
+    pub configuration: String,
+    pub version: Option<u32>,
+    pub initial: Option<u32>,
+    pub multiplier: Option<u32>,
+    pub maximum: Option<u32>,
+    pub max_errors: Option<u32>,
+    pub rollback_on_failure: Option<bool>,
+    pub wave_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutCountsDto {
+    pub total: u32,
+    pub completed: u32,
+    pub errors: u32,
+    pub configuring: u32,
+    pub pending: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutDto {
+    pub id: String,
+    pub configuration: String,
+    pub version: u32,
+    pub previous_version: Option<u32>,
+    pub state: String,
+    /// Waves started so far.
+    pub wave: u32,
+    /// Planned size of each wave up to the next one.
+    pub wave_sizes: Vec<u32>,
+    pub counts: RolloutCountsDto,
+    pub initial: u32,
+    pub multiplier: u32,
+    pub maximum: u32,
+    pub max_errors: u32,
+    pub rollback_on_failure: bool,
+    pub wave_timeout_seconds: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutsDto {
+    pub rollouts: Vec<RolloutDto>,
 }

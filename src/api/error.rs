@@ -10,6 +10,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error")]
     Internal(String),
     #[error("server is shutting down")]
@@ -21,6 +23,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "api request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

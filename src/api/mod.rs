@@ -1,5 +1,6 @@
 //! The admin API: JSON over HTTP on the API listener, plus `/metrics` and `/healthz`.
 
+mod control;
 pub mod dto;
 mod error;
 
@@ -12,11 +13,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 
 pub use error::ApiError;
 
-use crate::domain::{ContentHash, InstanceUid};
+use crate::domain::{AgentRecord, ContentHash, InstanceUid};
 use crate::fleet::{AgentFilter, Fleet};
 use crate::status::Status;
 use crate::store::Store;
@@ -35,6 +36,7 @@ pub struct ApiState {
     pub fleet: Arc<Fleet>,
     pub store: Arc<dyn Store>,
     pub writes: Arc<crate::store::WriteBuffer>,
+    pub controller: crate::rollout::Controller,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -47,6 +49,24 @@ pub fn router(state: ApiState) -> Router {
             get(effective_config),
         )
         .route("/api/v1/fleet", get(fleet_summary))
+        .route("/api/v1/configurations", get(control::list_configurations))
+        .route(
+            "/api/v1/configurations/{name}",
+            get(control::show_configuration).put(control::put_configuration),
+        )
+        .route(
+            "/api/v1/configurations/{name}/versions/{version}",
+            get(control::show_version),
+        )
+        .route(
+            "/api/v1/rollouts",
+            get(control::list_rollouts).post(control::start_rollout),
+        )
+        .route("/api/v1/rollouts/{id}", get(control::show_rollout))
+        .route(
+            "/api/v1/rollouts/{id}/{action}",
+            post(control::act_on_rollout),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -116,11 +136,12 @@ async fn list_agents(
 ) -> Result<Json<AgentListDto>, ApiError> {
     let (filter, cursor, limit) = parse_list_query(query.as_deref())?;
     let page = state.fleet.list(&filter, cursor, limit);
+    let view = state.controller.view();
     Ok(Json(AgentListDto {
         agents: page
             .agents
             .iter()
-            .map(|a| AgentDto::from(a.as_ref()))
+            .map(|a| agent_dto(&state, &view, a))
             .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
         total: page.total,
@@ -132,7 +153,23 @@ async fn show_agent(
     Path(uid): Path<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
-    Ok(Json(AgentDetailDto::from(handle.snapshot().as_ref())))
+    Ok(Json(agent_detail(&state, &handle.snapshot())))
+}
+
+fn agent_dto(
+    state: &ApiState,
+    view: &crate::rollout::ControlView,
+    agent: &AgentRecord,
+) -> AgentDto {
+    let mut dto = AgentDto::from(agent);
+    dto.configuration = control::agent_config(state, view, agent);
+    dto
+}
+
+fn agent_detail(state: &ApiState, agent: &AgentRecord) -> AgentDetailDto {
+    let mut dto = AgentDetailDto::from(agent);
+    dto.agent.configuration = control::agent_config(state, &state.controller.view(), agent);
+    dto
 }
 
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -168,7 +205,7 @@ async fn set_labels(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     validate_labels(&body.labels)?;
     let record = handle.set_labels(body.labels).await?;
-    Ok(Json(AgentDetailDto::from(record.as_ref())))
+    Ok(Json(agent_detail(&state, &record)))
 }
 
 async fn effective_config(

@@ -1,8 +1,7 @@
-use anyhow::{Context, bail};
 use clap::Subcommand;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
-use super::ServerArg;
+use super::{ServerArg, get_json};
 use crate::api::dto::{AgentDetailDto, AgentListDto};
 
 #[derive(Debug, Subcommand)]
@@ -107,20 +106,4 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn get_json<T: serde::de::DeserializeOwned>(
-    req: reqwest::RequestBuilder,
-) -> anyhow::Result<T> {
-    let response = req.send().await.context("cannot reach the Corral API")?;
-    let status = response.status();
-    if !status.is_success() {
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body["error"].as_str().unwrap_or("no details").to_string();
-        bail!("{status}: {message}");
-    }
-    response
-        .json()
-        .await
-        .context("unexpected response from the Corral API")
 }

@@ -1,6 +1,7 @@
 //! The `corral` command: `serve`, and admin commands that talk to the REST API.
 
 mod agents;
+mod control;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,12 @@ enum Command {
     /// List and inspect agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// Store and inspect configurations.
+    #[command(subcommand)]
+    Config(control::ConfigCommand),
+    /// Roll configuration versions out in waves.
+    #[command(subcommand)]
+    Rollout(control::RolloutCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +75,8 @@ pub fn run() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Agents(cmd) => agents::run(cmd).await,
+            Command::Config(cmd) => control::config(cmd).await,
+            Command::Rollout(cmd) => control::rollout(cmd).await,
         }
     })
 }
@@ -110,4 +119,28 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+impl ServerArg {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.trim_end_matches('/'))
+    }
+}
+
+/// Sends a request to the API and reads its JSON answer; API errors become their message.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let response = req.send().await.context("cannot reach the Corral API")?;
+    let status = response.status();
+    if !status.is_success() {
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let message = body["error"].as_str().unwrap_or("no details").to_string();
+        anyhow::bail!("{status}: {message}");
+    }
+    response
+        .json()
+        .await
+        .context("unexpected response from the Corral API")
 }

@@ -47,6 +47,10 @@ pub struct AgentRecord {
     pub health: Option<Arc<Health>>,
     pub effective_config_hash: Option<ContentHash>,
     pub remote_config: Option<RemoteConfigState>,
+    /// The configuration hash last sent to the agent.
+    pub offered_config_hash: Option<ContentHash>,
+    /// The hash of the component set the agent last reported.
+    pub components_hash: Option<ContentHash>,
     pub last_seen: DateTime<Utc>,
     pub connected_at: Option<DateTime<Utc>>,
     /// Oldest first, at most [`HISTORY_LIMIT`].
@@ -67,6 +71,8 @@ impl AgentRecord {
             health: None,
             effective_config_hash: None,
             remote_config: None,
+            offered_config_hash: None,
+            components_hash: None,
             last_seen: now,
             connected_at: None,
             history: Arc::from([]),

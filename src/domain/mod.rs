@@ -14,7 +14,7 @@ pub use capabilities::{AgentCapabilities, ServerCapabilities};
 pub use config_map::{ConfigFile, ConfigMap};
 pub use description::{AgentDescription, AttributeValue};
 pub use health::Health;
-pub use report::{AgentReport, ReplyError, ServerReply};
+pub use report::{AgentReport, RemoteConfigOffer, ReplyError, ReportedComponents, ServerReply};
 pub use uid::{InstanceUid, InvalidInstanceUid};
 
 use std::fmt;

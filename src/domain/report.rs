@@ -1,6 +1,21 @@
 use super::{
     AgentCapabilities, AgentDescription, ConfigMap, ContentHash, Health, RemoteConfigState,
 };
+use crate::config::ComponentSet;
+
+/// The components an agent says it has: always the hash, the set itself when sent in full.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportedComponents {
+    pub hash: ContentHash,
+    pub set: Option<ComponentSet>,
+}
+
+/// A configuration the server sends an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteConfigOffer {
+    pub hash: ContentHash,
+    pub files: ConfigMap,
+}
 
 /// One AgentToServer message in domain terms. Every `Option` is `None` when the agent left
 /// that part out (status compression: unchanged since its last report).
@@ -12,7 +27,7 @@ pub struct AgentReport {
     pub health: Option<Health>,
     pub effective_config: Option<ConfigMap>,
     pub remote_config_status: Option<RemoteConfigState>,
-    pub available_components_hash: Option<ContentHash>,
+    pub available_components: Option<ReportedComponents>,
     pub custom_capabilities: Option<Vec<String>>,
     /// The agent says it is going away.
     pub disconnect: bool,
@@ -27,14 +42,14 @@ impl AgentReport {
             && self.health.is_none()
             && self.effective_config.is_none()
             && self.remote_config_status.is_none()
-            && self.available_components_hash.is_none()
+            && self.available_components.is_none()
             && self.custom_capabilities.is_none()
             && !self.disconnect
     }
 }
 
 /// What the server tells an agent in one ServerToAgent message, beyond the echoed uid.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServerReply {
     /// Sent on the first reply of a connection.
     pub capabilities: Option<super::ServerCapabilities>,
@@ -42,6 +57,7 @@ pub struct ServerReply {
     pub report_available_components: bool,
     pub new_instance_uid: Option<super::InstanceUid>,
     pub heartbeat_interval_seconds: Option<u64>,
+    pub remote_config: Option<RemoteConfigOffer>,
     pub error: Option<ReplyError>,
 }
 

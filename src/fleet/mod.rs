@@ -146,6 +146,19 @@ impl Fleet {
         }
     }
 
+    /// Every agent's latest published record, in no particular order.
+    pub fn records(&self) -> Vec<Arc<AgentRecord>> {
+        self.agents.iter().map(|h| h.record()).collect()
+    }
+
+    /// A component set an agent reported, by its hash.
+    pub fn components(
+        &self,
+        hash: &crate::domain::ContentHash,
+    ) -> Option<Arc<crate::config::ComponentSet>> {
+        self.ctx.components.get(hash).map(|set| set.clone())
+    }
+
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         &self.ctx.metrics
     }

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::proto;
+use crate::config::ComponentSet;
 use crate::domain::{
     AgentCapabilities, AgentDescription, AgentReport, AttributeValue, ConfigFile, ConfigMap,
     ContentHash, Health, InstanceUid, InvalidInstanceUid, RemoteConfigState, RemoteConfigStatus,
-    ReplyError, ServerReply,
+    ReplyError, ReportedComponents, ServerReply,
 };
 
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
@@ -40,9 +41,7 @@ impl From<proto::AgentToServer> for Inbound {
                 hash: ContentHash(rcs.last_remote_config_hash.to_vec()),
                 error: rcs.error_message,
             }),
-            available_components_hash: msg
-                .available_components
-                .map(|ac| ContentHash(ac.hash.to_vec())),
+            available_components: msg.available_components.map(components_from_proto),
             custom_capabilities: msg.custom_capabilities.map(|c| c.capabilities),
             disconnect: msg.agent_disconnect.is_some(),
             request_instance_uid: msg.flags & FLAG_REQUEST_INSTANCE_UID != 0,
@@ -52,6 +51,23 @@ impl From<proto::AgentToServer> for Inbound {
             uid,
             report,
         }
+    }
+}
+
+/// The collector reports components by kind, each kind's sub-components keyed by type.
+fn components_from_proto(ac: proto::AvailableComponents) -> ReportedComponents {
+    let set = (!ac.components.is_empty()).then(|| {
+        let mut set = ComponentSet::new();
+        for (kind, details) in &ac.components {
+            for type_ in details.sub_component_map.keys() {
+                set.insert(kind, type_);
+            }
+        }
+        set
+    });
+    ReportedComponents {
+        hash: ContentHash(ac.hash.to_vec()),
+        set,
     }
 }
 
@@ -124,6 +140,12 @@ pub fn reply_to_proto(raw_uid: Bytes, reply: &ServerReply) -> proto::ServerToAge
     if let Some(uid) = reply.new_instance_uid {
         msg.agent_identification = Some(proto::AgentIdentification {
             new_instance_uid: Bytes::copy_from_slice(uid.as_bytes()),
+        });
+    }
+    if let Some(offer) = &reply.remote_config {
+        msg.remote_config = Some(proto::AgentRemoteConfig {
+            config: Some(config_map_to_proto(&offer.files)),
+            config_hash: Bytes::copy_from_slice(&offer.hash.0),
         });
     }
     if let Some(secs) = reply.heartbeat_interval_seconds {

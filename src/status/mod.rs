@@ -105,30 +105,56 @@ pub struct Observation {
     pub config: ConfigProgress,
     /// Why the agent's health is bad, if it is.
     pub health_problem: Option<String>,
+    /// Why the configuration the agent is headed to cannot run on it, if it cannot.
+    pub incompatible: Option<String>,
+    /// Queued for a later wave of a rollout.
+    pub pending: bool,
 }
 
-/// The status the facts imply, with its reason. A lost connection wins, then a failed config,
-/// then a config being applied, then bad health.
+impl Observation {
+    pub fn live(config: ConfigProgress, health_problem: Option<String>) -> Self {
+        Self {
+            connection: Connection::Live,
+            config,
+            health_problem,
+            incompatible: None,
+            pending: false,
+        }
+    }
+}
+
+/// The status the facts imply, with its reason. A lost connection wins; then what the
+/// configuration is doing (being applied, failed); then bad health; then what a rollout
+/// says (incompatible, pending).
 pub fn derive(obs: &Observation) -> (Status, String) {
     if let Connection::Lost(reason) = &obs.connection {
         return (Status::Disconnected, reason.clone());
     }
     match &obs.config {
+        ConfigProgress::Applying => {
+            return (Status::Configuring, "applying remote config".to_string());
+        }
         ConfigProgress::Failed(msg) if msg.is_empty() => {
             return (Status::Error, "remote config failed".to_string());
         }
         ConfigProgress::Failed(msg) => {
             return (Status::Error, format!("remote config failed: {msg}"));
         }
-        ConfigProgress::Applying => {
-            return (Status::Configuring, "applying remote config".to_string());
-        }
         ConfigProgress::Settled => {}
     }
-    match &obs.health_problem {
-        Some(problem) => (Status::Error, problem.clone()),
-        None => (Status::Connected, CONNECTED_REASON.to_string()),
+    if let Some(problem) = &obs.health_problem {
+        return (Status::Error, problem.clone());
     }
+    if let Some(reason) = &obs.incompatible {
+        return (Status::Incompatible, reason.clone());
+    }
+    if obs.pending {
+        return (
+            Status::Pending,
+            "queued for a later rollout wave".to_string(),
+        );
+    }
+    (Status::Connected, CONNECTED_REASON.to_string())
 }
 
 const CONNECTED_REASON: &str = "connected";

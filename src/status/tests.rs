@@ -122,11 +122,7 @@ fn same_status_records_nothing_but_keeps_the_new_reason() {
 }
 
 fn live(config: ConfigProgress, health_problem: Option<&str>) -> Observation {
-    Observation {
-        connection: Connection::Live,
-        config,
-        health_problem: health_problem.map(str::to_string),
-    }
+    Observation::live(config, health_problem.map(str::to_string))
 }
 
 #[test]
@@ -152,6 +148,33 @@ fn derive_follows_the_protocol() {
         ..live(ConfigProgress::Applying, Some("oom"))
     };
     assert_eq!(derive(&lost), (Disconnected, "websocket closed".into()));
+}
+
+#[test]
+fn rollout_facts_come_after_config_and_health() {
+    let queued = Observation {
+        pending: true,
+        ..live(ConfigProgress::Settled, None)
+    };
+    assert_eq!(derive(&queued).0, Pending);
+    let lacking = Observation {
+        incompatible: Some("needs exporters/kafka".into()),
+        ..queued.clone()
+    };
+    assert_eq!(
+        derive(&lacking),
+        (Incompatible, "needs exporters/kafka".into())
+    );
+    let sick = Observation {
+        health_problem: Some("oom".into()),
+        ..lacking.clone()
+    };
+    assert_eq!(derive(&sick).0, Error);
+    let sent = Observation {
+        config: ConfigProgress::Applying,
+        ..lacking
+    };
+    assert_eq!(derive(&sent).0, Configuring);
 }
 
 #[test]

@@ -11,7 +11,9 @@ mod writer;
 
 use async_trait::async_trait;
 
+use crate::config::{ComponentSet, ConfigVersion, Configuration};
 use crate::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
+use crate::rollout::{Phase, Rollout};
 
 pub use sqlite::SqliteStore;
 pub use writer::{FLUSH_INTERVAL, WriteBuffer, run_flusher};
@@ -40,11 +42,16 @@ pub struct WriteBatch {
     pub history: Vec<(InstanceUid, HistoryEntry)>,
     /// Effective configurations by hash, written once each.
     pub effective_configs: Vec<(ContentHash, ConfigMap)>,
+    /// Component sets agents reported, by hash, written once each.
+    pub component_sets: Vec<(ContentHash, ComponentSet)>,
 }
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty() && self.history.is_empty() && self.effective_configs.is_empty()
+        self.agents.is_empty()
+            && self.history.is_empty()
+            && self.effective_configs.is_empty()
+            && self.component_sets.is_empty()
     }
 }
 
@@ -58,4 +65,27 @@ pub trait Store: Send + Sync + 'static {
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
 
     async fn effective_config(&self, hash: &ContentHash) -> Result<Option<ConfigMap>, StoreError>;
+
+    async fn load_component_sets(&self) -> Result<Vec<(ContentHash, ComponentSet)>, StoreError>;
+
+    /// Every configuration with all its versions, by name.
+    async fn load_configurations(&self) -> Result<Vec<Configuration>, StoreError>;
+
+    /// Creates or updates a configuration's selector and priority and, when given, adds its
+    /// next version, atomically.
+    async fn save_configuration(
+        &self,
+        config: &Configuration,
+        new_version: Option<&ConfigVersion>,
+    ) -> Result<(), StoreError>;
+
+    /// Every rollout with its per-agent progress, oldest first.
+    async fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError>;
+
+    /// Upserts a rollout and the given agents' phases (`None` removes the agent).
+    async fn save_rollout(
+        &self,
+        rollout: &Rollout,
+        agents: &[(InstanceUid, Option<Phase>)],
+    ) -> Result<(), StoreError>;
 }

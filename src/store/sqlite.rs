@@ -10,11 +10,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{Store, StoreError, WriteBatch};
+use crate::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::domain::{
     AgentCapabilities, AgentRecord, ConfigMap, ContentHash, HISTORY_LIMIT, HistoryEntry,
     InstanceUid, RemoteConfigState, RemoteConfigStatus, Transport,
 };
 use crate::protocol::{self, proto};
+use crate::rollout::{Params, Phase, Progress, Rollout, State};
 use crate::status::Status;
 
 const DB_FILE: &str = "corral.db";
@@ -45,6 +47,25 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
+}
+
+fn component_set_json(set: &ComponentSet) -> String {
+    let mut map: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (kind, type_) in set.iter() {
+        map.entry(kind).or_default().push(type_);
+    }
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+}
+
+fn component_set_from_json(body: &str) -> Result<ComponentSet, serde_json::Error> {
+    let map: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_str(body)?;
+    let mut set = ComponentSet::new();
+    for (kind, types) in &map {
+        for t in types {
+            set.insert(kind, t);
+        }
+    }
+    Ok(set)
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
@@ -111,6 +132,12 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
             .try_get::<Option<Vec<u8>>, _>("effective_config_hash")?
             .map(ContentHash),
         remote_config,
+        offered_config_hash: row
+            .try_get::<Option<Vec<u8>>, _>("offered_config_hash")?
+            .map(ContentHash),
+        components_hash: row
+            .try_get::<Option<Vec<u8>>, _>("components_hash")?
+            .map(ContentHash),
         last_seen: from_millis(row.try_get("last_seen_ms")?),
         connected_at: row
             .try_get::<Option<i64>, _>("connected_at_ms")?
@@ -170,8 +197,9 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO agents (instance_uid, status, status_reason, transport, labels,
                     description, capabilities, health, effective_config_hash, remote_config_hash,
-                    remote_config_status, remote_config_error, last_seen_ms, connected_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
+                    offered_config_hash, components_hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (instance_uid) DO UPDATE SET
                     status = excluded.status, status_reason = excluded.status_reason,
                     transport = excluded.transport, labels = excluded.labels,
@@ -180,7 +208,9 @@ impl Store for SqliteStore {
                     remote_config_hash = excluded.remote_config_hash,
                     remote_config_status = excluded.remote_config_status,
                     remote_config_error = excluded.remote_config_error,
-                    last_seen_ms = excluded.last_seen_ms, connected_at_ms = excluded.connected_at_ms",
+                    last_seen_ms = excluded.last_seen_ms, connected_at_ms = excluded.connected_at_ms,
+                    offered_config_hash = excluded.offered_config_hash,
+                    components_hash = excluded.components_hash",
             )
             .bind(agent.uid.as_bytes().as_slice())
             .bind(agent.status.as_str())
@@ -196,6 +226,8 @@ impl Store for SqliteStore {
             .bind(agent.remote_config.as_ref().map(|rc| rc.error.as_str()))
             .bind(millis(agent.last_seen))
             .bind(agent.connected_at.map(millis))
+            .bind(agent.offered_config_hash.as_ref().map(|h| h.0.as_slice()))
+            .bind(agent.components_hash.as_ref().map(|h| h.0.as_slice()))
             .execute(&mut *tx)
             .await?;
         }
@@ -234,6 +266,13 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        for (hash, set) in &batch.component_sets {
+            sqlx::query("INSERT OR IGNORE INTO component_sets (hash, body) VALUES (?, ?)")
+                .bind(hash.0.as_slice())
+                .bind(component_set_json(set))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -248,6 +287,229 @@ impl Store for SqliteStore {
         let map =
             proto::AgentConfigMap::decode(body.as_slice()).map_err(|e| corrupt(&hash.0, e))?;
         Ok(Some(protocol::config_map_from_proto(map)))
+    }
+
+    async fn load_component_sets(&self) -> Result<Vec<(ContentHash, ComponentSet)>, StoreError> {
+        let rows = sqlx::query("SELECT hash, body FROM component_sets")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let body: String = row.try_get("body")?;
+                let set = component_set_from_json(&body).map_err(|e| corrupt(&hash, e))?;
+                Ok((ContentHash(hash), set))
+            })
+            .collect()
+    }
+
+    async fn load_configurations(&self) -> Result<Vec<Configuration>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM configurations ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut configs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let selector: String = row.try_get("selector")?;
+            let selector = Selector::parse(&selector).map_err(|e| corrupt(name.as_bytes(), e))?;
+            let versions = sqlx::query(
+                "SELECT version, files, created_at_ms FROM config_versions WHERE name = ? ORDER BY version",
+            )
+            .bind(&name)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut loaded = Vec::with_capacity(versions.len());
+            for v in versions {
+                let files: Vec<u8> = v.try_get("files")?;
+                let files = proto::AgentConfigMap::decode(files.as_slice())
+                    .map_err(|e| corrupt(name.as_bytes(), e))?;
+                let version = ConfigVersion::new(
+                    v.try_get::<i64, _>("version")? as u32,
+                    protocol::config_map_from_proto(files),
+                    from_millis(v.try_get("created_at_ms")?),
+                )
+                .map_err(|e| corrupt(name.as_bytes(), e))?;
+                loaded.push(Arc::new(version));
+            }
+            configs.push(Configuration {
+                selector,
+                priority: row.try_get::<i64, _>("priority")? as i32,
+                versions: loaded,
+                created_at: from_millis(row.try_get("created_at_ms")?),
+                updated_at: from_millis(row.try_get("updated_at_ms")?),
+                name,
+            });
+        }
+        Ok(configs)
+    }
+
+    async fn save_configuration(
+        &self,
+        config: &Configuration,
+        new_version: Option<&ConfigVersion>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO configurations (name, selector, priority, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET selector = excluded.selector,
+                priority = excluded.priority, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&config.name)
+        .bind(config.selector.to_string())
+        .bind(i64::from(config.priority))
+        .bind(millis(config.created_at))
+        .bind(millis(config.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(v) = new_version {
+            sqlx::query(
+                "INSERT INTO config_versions (name, version, hash, files, created_at_ms)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&config.name)
+            .bind(i64::from(v.version))
+            .bind(v.hash.0.as_slice())
+            .bind(protocol::config_map_to_proto(&v.files).encode_to_vec())
+            .bind(millis(v.created_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM rollouts ORDER BY created_at_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rollouts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            let state = State::parse(&state).ok_or_else(|| {
+                corrupt(id.as_bytes(), format!("unknown rollout state {state:?}"))
+            })?;
+            let mut agents = std::collections::BTreeMap::new();
+            let agent_rows = sqlx::query(
+                "SELECT instance_uid, phase, wave, at_ms FROM rollout_agents WHERE rollout_id = ?",
+            )
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?;
+            for a in agent_rows {
+                let uid: Vec<u8> = a.try_get("instance_uid")?;
+                let uid = InstanceUid::from_bytes(&uid).map_err(|e| corrupt(id.as_bytes(), e))?;
+                let tag: String = a.try_get("phase")?;
+                let phase = match tag.as_str() {
+                    "sent" => Phase::Sent {
+                        wave: a.try_get::<Option<i64>, _>("wave")?.unwrap_or(0) as u32,
+                        at_ms: a.try_get::<Option<i64>, _>("at_ms")?.unwrap_or(0) as u64,
+                    },
+                    other => Phase::parse(other).ok_or_else(|| {
+                        corrupt(id.as_bytes(), format!("unknown phase {other:?}"))
+                    })?,
+                };
+                agents.insert(uid, phase);
+            }
+            rollouts.push(Rollout {
+                configuration: row.try_get("configuration")?,
+                version: row.try_get::<i64, _>("version")? as u32,
+                // Derived from the version by whoever loads it.
+                hash: ContentHash::default(),
+                previous_version: row
+                    .try_get::<Option<i64>, _>("previous_version")?
+                    .map(|v| v as u32),
+                params: Params {
+                    initial: row.try_get::<i64, _>("initial")? as u32,
+                    multiplier: row.try_get::<i64, _>("multiplier")? as u32,
+                    maximum: row.try_get::<i64, _>("maximum")? as u32,
+                    max_errors: row.try_get::<i64, _>("max_errors")? as u32,
+                    wave_timeout_ms: row.try_get::<i64, _>("wave_timeout_ms")? as u64,
+                },
+                rollback: row.try_get::<i64, _>("rollback")? != 0,
+                progress: Progress {
+                    state,
+                    wave: row.try_get::<i64, _>("wave")? as u32,
+                    extra_errors: row.try_get::<i64, _>("extra_errors")? as u32,
+                    agents,
+                },
+                created_at: from_millis(row.try_get("created_at_ms")?),
+                updated_at: from_millis(row.try_get("updated_at_ms")?),
+                id,
+            });
+        }
+        Ok(rollouts)
+    }
+
+    async fn save_rollout(
+        &self,
+        rollout: &Rollout,
+        agents: &[(InstanceUid, Option<Phase>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let p = &rollout.params;
+        sqlx::query(
+            "INSERT INTO rollouts (id, configuration, version, previous_version, initial,
+                multiplier, maximum, max_errors, rollback, wave_timeout_ms, state, wave,
+                extra_errors, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, wave = excluded.wave,
+                extra_errors = excluded.extra_errors, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&rollout.id)
+        .bind(&rollout.configuration)
+        .bind(i64::from(rollout.version))
+        .bind(rollout.previous_version.map(i64::from))
+        .bind(i64::from(p.initial))
+        .bind(i64::from(p.multiplier))
+        .bind(i64::from(p.maximum))
+        .bind(i64::from(p.max_errors))
+        .bind(i64::from(rollout.rollback))
+        .bind(p.wave_timeout_ms as i64)
+        .bind(rollout.progress.state.as_str())
+        .bind(i64::from(rollout.progress.wave))
+        .bind(i64::from(rollout.progress.extra_errors))
+        .bind(millis(rollout.created_at))
+        .bind(millis(rollout.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        for (uid, phase) in agents {
+            match phase {
+                Some(phase) => {
+                    let (wave, at_ms) = match phase {
+                        Phase::Sent { wave, at_ms } => {
+                            (Some(i64::from(*wave)), Some(*at_ms as i64))
+                        }
+                        _ => (None, None),
+                    };
+                    sqlx::query(
+                        "INSERT INTO rollout_agents (rollout_id, instance_uid, phase, wave, at_ms)
+                         VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (rollout_id, instance_uid) DO UPDATE SET
+                            phase = excluded.phase, wave = excluded.wave, at_ms = excluded.at_ms",
+                    )
+                    .bind(&rollout.id)
+                    .bind(uid.as_bytes().as_slice())
+                    .bind(phase.as_str())
+                    .bind(wave)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "DELETE FROM rollout_agents WHERE rollout_id = ? AND instance_uid = ?",
+                    )
+                    .bind(&rollout.id)
+                    .bind(uid.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, WriteBatch};
+use crate::config::ComponentSet;
 use crate::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
 use crate::telemetry::Metrics;
 
@@ -17,6 +18,7 @@ struct Pending {
     agents: HashMap<InstanceUid, Arc<AgentRecord>>,
     history: Vec<(InstanceUid, HistoryEntry)>,
     configs: HashMap<ContentHash, ConfigMap>,
+    component_sets: HashMap<ContentHash, ComponentSet>,
 }
 
 /// Changes waiting for the next flush, coalesced: only an agent's latest record is written.
@@ -41,6 +43,14 @@ impl WriteBuffer {
         self.pending.lock().configs.entry(hash).or_insert(config);
     }
 
+    pub fn component_set(&self, hash: ContentHash, set: ComponentSet) {
+        self.pending
+            .lock()
+            .component_sets
+            .entry(hash)
+            .or_insert(set);
+    }
+
     /// An effective config not written yet, so readers need not wait for the flush.
     pub fn unwritten_config(&self, hash: &ContentHash) -> Option<ConfigMap> {
         if let Some(config) = self.pending.lock().configs.get(hash) {
@@ -61,6 +71,7 @@ impl WriteBuffer {
             agents: pending.agents.into_values().collect(),
             history: pending.history,
             effective_configs: pending.configs.into_iter().collect(),
+            component_sets: pending.component_sets.into_iter().collect(),
         }
     }
 
@@ -75,6 +86,9 @@ impl WriteBuffer {
         pending.history.extend(newer);
         for (hash, config) in batch.effective_configs {
             pending.configs.entry(hash).or_insert(config);
+        }
+        for (hash, set) in batch.component_sets {
+            pending.component_sets.entry(hash).or_insert(set);
         }
     }
 

@@ -66,9 +66,24 @@ impl TestServer {
         .await
     }
 
+    /// Starts again on the same data directory and addresses, as after a restart.
+    pub async fn restart_at(dir: Arc<TempDir>, opamp: SocketAddr, api: SocketAddr) -> Self {
+        Self::start_on(dir, Options::default(), opamp, api).await
+    }
+
     pub async fn start_with(dir: Arc<TempDir>, options: Options) -> Self {
-        let opamp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let any = "127.0.0.1:0".parse().unwrap();
+        Self::start_on(dir, options, any, any).await
+    }
+
+    async fn start_on(
+        dir: Arc<TempDir>,
+        options: Options,
+        opamp: SocketAddr,
+        api: SocketAddr,
+    ) -> Self {
+        let opamp = TcpListener::bind(opamp).await.expect("bind");
+        let api = TcpListener::bind(api).await.expect("bind");
         let settings: Settings = Partial {
             data_dir: Some(dir.path().to_path_buf()),
             heartbeat_interval: Some(options.heartbeat_interval),

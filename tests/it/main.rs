@@ -11,4 +11,6 @@ mod identity;
 mod interop;
 mod liveness;
 mod persistence;
+mod rollout;
+mod sim;
 mod websocket;

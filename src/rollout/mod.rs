@@ -1,0 +1,138 @@
+//! Staged rollouts of configuration versions: the pure planner, the per-agent directive that
+//! follows from a configuration and its latest rollout, and the controller task that owns
+//! configurations and rollouts.
+
+mod controller;
+pub mod planner;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use controller::{
+    Action, ConfigurationSpec, ControlError, ControlView, Controller, RolloutSpec, TICK,
+    spawn_controller,
+};
+pub use planner::{Counts, Params, Phase, Progress, State};
+
+use crate::config::{ComponentSet, ConfigVersion, Configuration, check_compatible};
+use crate::domain::{ContentHash, InstanceUid};
+
+pub const DEFAULT_INITIAL: u32 = 3;
+pub const DEFAULT_MULTIPLIER: u32 = 5;
+pub const DEFAULT_MAXIMUM: u32 = 100;
+pub const DEFAULT_MAX_ERRORS: u32 = 0;
+pub const DEFAULT_WAVE_TIMEOUT_SECS: u64 = 300;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    pub id: String,
+    pub configuration: String,
+    pub version: u32,
+    pub hash: ContentHash,
+    /// What agents ran before: where waiting agents stay and where a rollback returns.
+    pub previous_version: Option<u32>,
+    pub params: Params,
+    pub rollback: bool,
+    pub progress: Progress<InstanceUid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Rollout {
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.progress.state,
+            State::Pending | State::Started | State::Paused
+        )
+    }
+
+    fn is_terminal(&self) -> bool {
+        matches!(
+            self.progress.state,
+            State::Stable | State::Cancelled | State::Replaced
+        )
+    }
+}
+
+/// What one agent should be told, from its configuration and that configuration's latest
+/// rollout.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Directive {
+    /// The version the agent should run; `None` leaves it alone.
+    pub version: Option<Arc<ConfigVersion>>,
+    /// Queued for a later wave of a running rollout.
+    pub pending: bool,
+    /// The version it is headed to needs components it lacks.
+    pub incompatible: Option<String>,
+}
+
+impl Directive {
+    /// What identifies a directive, to tell an agent only when it changes.
+    pub fn key(&self) -> (Option<ContentHash>, bool, Option<String>) {
+        (
+            self.version.as_ref().map(|v| v.hash.clone()),
+            self.pending,
+            self.incompatible.clone(),
+        )
+    }
+}
+
+/// The directive for `agent`, assigned to `config`, given the configuration's latest rollout.
+/// Before any rollout the agent is left alone; after a stable one it runs that version; during
+/// or after an unfinished one, agents the rollout reached run its version (the previous one
+/// after a rollback) and the others keep the previous version.
+pub fn directive(
+    config: &Configuration,
+    latest: Option<&Rollout>,
+    agent: InstanceUid,
+    available: Option<&ComponentSet>,
+) -> Directive {
+    let Some(rollout) = latest else {
+        return Directive::default();
+    };
+    let version_of = |n: Option<u32>| n.and_then(|n| config.version(n)).cloned();
+    let phase = rollout.progress.agents.get(&agent).copied();
+    let reached = matches!(
+        phase,
+        Some(Phase::Sent { .. } | Phase::Completed | Phase::Failed | Phase::TimedOut)
+    );
+    let (desired, headed) = if rollout.progress.state == State::Stable {
+        let v = version_of(Some(rollout.version));
+        (v.clone(), v)
+    } else if reached {
+        let v = if rollout.progress.state == State::Error && rollout.rollback {
+            version_of(rollout.previous_version)
+        } else {
+            version_of(Some(rollout.version))
+        };
+        (v.clone(), v)
+    } else {
+        let previous = version_of(rollout.previous_version);
+        let headed = if rollout.is_terminal() || rollout.progress.state == State::Error {
+            previous.clone()
+        } else {
+            version_of(Some(rollout.version))
+        };
+        (previous, headed)
+    };
+    let mut directive = Directive {
+        pending: rollout.is_active() && phase == Some(Phase::Waiting),
+        version: desired,
+        incompatible: None,
+    };
+    if let Some(headed) = headed
+        && let Err(missing) = check_compatible(&headed, available)
+    {
+        directive.incompatible = Some(format!(
+            "configuration {} v{} needs components the agent lacks: {}",
+            config.name,
+            headed.version,
+            missing.join(", ")
+        ));
+        if directive.version.as_ref().map(|v| &v.hash) == Some(&headed.hash) {
+            directive.version = None;
+        }
+    }
+    directive
+}

@@ -1,0 +1,455 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::sim::{FAIL_MARKER, SimAgent, Via};
+
+const GOOD: &str = "receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n";
+
+const NEEDS_KAFKA: &str = "receivers:\n  otlp:\nexporters:\n  debug:\n  kafka/eu:\n    brokers: [kafka:9092]\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug, kafka/eu]\n";
+
+fn yaml(extra: &str) -> String {
+    format!("{GOOD}# {extra}\n")
+}
+
+async fn put_config(server: &TestServer, name: &str, selector: &str, body: &str) -> (u64, String) {
+    let request = json!({
+        "selector": selector,
+        "priority": 0,
+        "files": {"collector.yaml": {"body": body, "content_type": "text/yaml"}},
+    });
+    let (status, reply) = server
+        .put(
+            &format!("/api/v1/configurations/{name}"),
+            &request.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    (
+        reply["version"].as_u64().unwrap(),
+        reply["hash"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn start_rollout(server: &TestServer, request: Value) -> String {
+    let response = reqwest::Client::new()
+        .post(server.api_url("/api/v1/rollouts"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+async fn rollout(server: &TestServer, id: &str) -> Value {
+    server.get(&format!("/api/v1/rollouts/{id}")).await.1
+}
+
+async fn wait_rollout(server: &TestServer, id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rollout(server, id).await;
+        if r["state"] == state {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout never became {state}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fleet(
+    server: &TestServer,
+    n: usize,
+    via: impl Fn(usize) -> Via,
+    labels: &[(&str, &str)],
+) -> Vec<SimAgent> {
+    let agents: Vec<_> = (0..n)
+        .map(|i| SimAgent::spawn(server, via(i), "otelcol", labels, None))
+        .collect();
+    wait_connected(server, n).await;
+    agents
+}
+
+async fn wait_connected(server: &TestServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.fleet().await.by_status["connected"] < n as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            server.fleet().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn mixed(i: usize) -> Via {
+    if i % 2 == 0 {
+        Via::WebSocket
+    } else {
+        Via::Http
+    }
+}
+
+fn sent(r: &Value) -> u64 {
+    let c = &r["counts"];
+    c["completed"].as_u64().unwrap()
+        + c["errors"].as_u64().unwrap()
+        + c["configuring"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn fifty_mixed_agents_roll_out_in_waves_of_3_15_32() {
+    let server = TestServer::start().await;
+    let agents = fleet(&server, 50, mixed, &[("env", "prod")]).await;
+    let (_, hash) = put_config(&server, "prod", "env=prod", GOOD).await;
+    let id = start_rollout(
+        &server,
+        json!({"configuration": "prod", "initial": 3, "multiplier": 5, "maximum": 100}),
+    )
+    .await;
+
+    let mut saw_pending = false;
+    let mut most_by_wave = [0u64; 4];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        let r = rollout(&server, &id).await;
+        let wave = r["wave"].as_u64().unwrap() as usize;
+        if wave < 4 {
+            most_by_wave[wave] = most_by_wave[wave].max(sent(&r));
+        }
+        saw_pending |= server.fleet().await.by_status["pending"] > 0;
+        if r["state"] == "stable" {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(last["wave"], 3, "{last}");
+    assert!(
+        most_by_wave[1] <= 3 && most_by_wave[2] <= 18,
+        "{most_by_wave:?}"
+    );
+    assert_eq!(last["counts"]["completed"], 50);
+    assert_eq!(last["counts"]["errors"], 0);
+    assert!(
+        saw_pending,
+        "agents waiting for a later wave show as pending"
+    );
+
+    let hash_bytes = hex::decode(&hash).unwrap();
+    for agent in &agents {
+        assert_eq!(
+            agent.times_received(&hash_bytes),
+            1,
+            "each agent is sent the version once"
+        );
+        let a = server.wait_status(&agent.uid, "connected").await.agent;
+        let cfg = a.configuration.expect("assigned");
+        assert_eq!(
+            (cfg.name.as_str(), cfg.current_version, cfg.target_version),
+            ("prod", Some(1), Some(1))
+        );
+        assert_eq!(a.remote_config.unwrap().hash, hash);
+    }
+    // An agent that starts matching after the rollout gets the version directly.
+    let late = SimAgent::spawn(&server, Via::Http, "otelcol", &[("env", "prod")], None);
+    server
+        .wait_agent(&late.uid, |a| {
+            a.agent
+                .remote_config
+                .as_ref()
+                .is_some_and(|rc| rc.hash == hash && rc.status == "applied")
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_failing_version_stops_at_max_errors_and_leaves_the_rest_untouched() {
+    let server = TestServer::start().await;
+    let agents = fleet(&server, 20, mixed, &[("env", "prod")]).await;
+    let (_, hash) = put_config(&server, "prod", "env=prod", &yaml(FAIL_MARKER)).await;
+    let id = start_rollout(
+        &server,
+        json!({"configuration": "prod", "initial": 3, "max_errors": 0}),
+    )
+    .await;
+    wait_rollout(&server, &id, "error").await;
+    // The rest of the first wave may still be applying when it stops.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let r = loop {
+        let r = rollout(&server, &id).await;
+        if r["counts"]["configuring"] == 0 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r["state"], "error");
+    assert_eq!(r["counts"]["errors"], 3, "{r}");
+    assert_eq!(r["counts"]["completed"], 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let hash_bytes = hex::decode(&hash).unwrap();
+    let reached: Vec<_> = agents
+        .iter()
+        .filter(|a| a.times_received(&hash_bytes) > 0)
+        .collect();
+    assert_eq!(
+        reached.len(),
+        3,
+        "no agent beyond the first wave was sent it"
+    );
+    for agent in &reached {
+        let a = server.wait_status(&agent.uid, "error").await.agent;
+        assert!(
+            a.status_reason.contains("invalid configuration"),
+            "{}",
+            a.status_reason
+        );
+    }
+    assert_eq!(
+        server.fleet().await.by_status["pending"],
+        0,
+        "waiting agents leave pending"
+    );
+    assert_eq!(server.fleet().await.by_status["connected"], 17);
+}
+
+#[tokio::test]
+async fn rollback_returns_the_agents_that_took_a_failing_version() {
+    let server = TestServer::start().await;
+    let agents = fleet(&server, 8, mixed, &[("env", "prod")]).await;
+    let (_, good) = put_config(&server, "prod", "env=prod", GOOD).await;
+    let id = start_rollout(&server, json!({"configuration": "prod", "initial": 8})).await;
+    wait_rollout(&server, &id, "stable").await;
+    let (version, _) = put_config(&server, "prod", "env=prod", &yaml(FAIL_MARKER)).await;
+    assert_eq!(version, 2);
+    let id = start_rollout(
+        &server,
+        json!({"configuration": "prod", "initial": 2, "rollback_on_failure": true}),
+    )
+    .await;
+    let r = wait_rollout(&server, &id, "error").await;
+    assert_eq!(r["previous_version"], 1);
+    let good_bytes = hex::decode(&good).unwrap();
+    for agent in &agents {
+        server
+            .wait_agent(&agent.uid, |a| {
+                a.agent
+                    .remote_config
+                    .as_ref()
+                    .is_some_and(|rc| rc.hash == good && rc.status == "applied")
+            })
+            .await;
+        assert_eq!(
+            agent.seen.lock().applied.as_deref(),
+            Some(good_bytes.as_slice())
+        );
+    }
+    let rolled_back = agents
+        .iter()
+        .filter(|a| a.times_received(&good_bytes) == 2)
+        .count();
+    assert_eq!(
+        rolled_back, 2,
+        "the two that took version 2 were sent version 1 again"
+    );
+}
+
+#[tokio::test]
+async fn pause_holds_the_next_wave_and_resume_finishes() {
+    let server = TestServer::start().await;
+    let _agents = fleet(&server, 12, mixed, &[("env", "prod")]).await;
+    put_config(&server, "prod", "env=prod", GOOD).await;
+    let id = start_rollout(
+        &server,
+        json!({"configuration": "prod", "initial": 2, "multiplier": 2}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let paused: Value = client
+        .post(server.api_url(&format!("/api/v1/rollouts/{id}/pause")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paused["state"], "paused", "{paused}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let r = rollout(&server, &id).await;
+    assert_eq!(r["state"], "paused");
+    assert!(sent(&r) <= 2, "only the first wave went out: {r}");
+    let response = client
+        .post(server.api_url(&format!("/api/v1/rollouts/{id}/pause")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409, "pausing twice is a conflict");
+    client
+        .post(server.api_url(&format!("/api/v1/rollouts/{id}/resume")))
+        .send()
+        .await
+        .unwrap();
+    let r = wait_rollout(&server, &id, "stable").await;
+    assert_eq!(r["counts"]["completed"], 12);
+}
+
+#[tokio::test]
+async fn a_restart_mid_rollout_resumes_in_the_same_wave_without_resending() {
+    let server = TestServer::start().await;
+    let agents = fleet(&server, 12, |_| Via::WebSocket, &[("env", "prod")]).await;
+    let (_, hash) = put_config(&server, "prod", "env=prod", GOOD).await;
+    let id = start_rollout(
+        &server,
+        json!({"configuration": "prod", "initial": 3, "multiplier": 1, "maximum": 3}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let r = rollout(&server, &id).await;
+        if r["wave"].as_u64().unwrap() >= 2 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (opamp, api) = (server.opamp, server.api);
+    let dir = server.stop().await;
+    let server = TestServer::restart_at(dir, opamp, api).await;
+    let after = rollout(&server, &id).await;
+    assert_eq!(after["state"], "started", "{after}");
+    assert!(
+        after["wave"].as_u64() >= before["wave"].as_u64(),
+        "{before} {after}"
+    );
+    let r = wait_rollout(&server, &id, "stable").await;
+    assert_eq!(r["counts"]["completed"], 12, "{r}");
+    let hash_bytes = hex::decode(&hash).unwrap();
+    for agent in &agents {
+        assert_eq!(
+            agent.times_received(&hash_bytes),
+            1,
+            "no agent is sent the same config twice"
+        );
+    }
+}
+
+#[tokio::test]
+async fn incompatible_agents_are_skipped_with_the_reason() {
+    let server = TestServer::start().await;
+    let full = vec![
+        ("receivers", "otlp"),
+        ("exporters", "debug"),
+        ("exporters", "kafka"),
+    ];
+    let lacking = vec![("receivers", "otlp"), ("exporters", "debug")];
+    let able: Vec<_> = (0..3)
+        .map(|i| {
+            SimAgent::spawn(
+                &server,
+                mixed(i),
+                "otelcol",
+                &[("env", "prod")],
+                Some(full.clone()),
+            )
+        })
+        .collect();
+    let unable: Vec<_> = (0..3)
+        .map(|i| {
+            SimAgent::spawn(
+                &server,
+                mixed(i),
+                "otelcol",
+                &[("env", "prod")],
+                Some(lacking.clone()),
+            )
+        })
+        .collect();
+    wait_connected(&server, 6).await;
+    let (_, hash) = put_config(&server, "prod", "env=prod", NEEDS_KAFKA).await;
+    let (_, v) = server.get("/api/v1/configurations/prod/versions/1").await;
+    assert!(
+        v["components"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("exporters/kafka")),
+        "{v}"
+    );
+    let id = start_rollout(&server, json!({"configuration": "prod", "initial": 10})).await;
+    let r = wait_rollout(&server, &id, "stable").await;
+    assert_eq!(r["counts"]["total"], 3, "{r}");
+    let hash_bytes = hex::decode(&hash).unwrap();
+    for agent in &unable {
+        let a = server.wait_status(&agent.uid, "incompatible").await.agent;
+        assert!(
+            a.status_reason.contains("exporters/kafka"),
+            "{}",
+            a.status_reason
+        );
+        assert_eq!(a.configuration.unwrap().compatibility, "incompatible");
+        assert_eq!(agent.times_received(&hash_bytes), 0);
+    }
+    for agent in &able {
+        assert_eq!(agent.times_received(&hash_bytes), 1);
+        let a = server.wait_status(&agent.uid, "connected").await.agent;
+        assert_eq!(a.configuration.unwrap().compatibility, "compatible");
+    }
+}
+
+#[tokio::test]
+async fn configurations_are_versioned_idempotently_and_validated() {
+    let server = TestServer::start().await;
+    let (v1, h1) = put_config(&server, "edge", "tier in (edge,gateway),!canary", GOOD).await;
+    let (again, h_again) =
+        put_config(&server, "edge", "tier in (edge,gateway),!canary", GOOD).await;
+    assert_eq!(
+        (v1, again),
+        (1, 1),
+        "unchanged content makes no new version"
+    );
+    assert_eq!(h1, h_again);
+    let (v2, h2) = put_config(&server, "edge", "tier=edge", &yaml("v2")).await;
+    assert_eq!(v2, 2);
+    assert_ne!(h1, h2);
+    let (_, c) = server.get("/api/v1/configurations/edge").await;
+    assert_eq!(c["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(c["selector"], "tier=edge");
+    let (status, _) = server.get("/api/v1/configurations/edge/versions/3").await;
+    assert_eq!(status, 404);
+    for (name, body) in [
+        ("Bad Name", json!({"files": {"c.yaml": {"body": GOOD}}})),
+        (
+            "ok",
+            json!({"selector": "env in (", "files": {"c.yaml": {"body": GOOD}}}),
+        ),
+        ("ok", json!({"files": {}})),
+        (
+            "ok",
+            json!({"files": {"c.yaml": {"body": "receivers: [unclosed", "content_type": "text/yaml"}}}),
+        ),
+        (
+            "ok",
+            json!({"files": {"c.yaml": {"body": GOOD}}, "colour": "red"}),
+        ),
+    ] {
+        let (status, reply) = server
+            .put(&format!("/api/v1/configurations/{name}"), &body.to_string())
+            .await;
+        assert_eq!(status, 400, "{name} {body}: {reply}");
+        assert!(reply["error"].is_string());
+    }
+    let response = reqwest::Client::new()
+        .post(server.api_url("/api/v1/rollouts"))
+        .json(&json!({"configuration": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
