@@ -8,11 +8,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{Store, WriteBatch};
+use crate::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::domain::{
     AgentCapabilities, AgentDescription, AgentRecord, AttributeValue, ConfigFile, ConfigMap,
     HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
     Transport,
 };
+use crate::rollout::{Params, Phase, Progress, Rollout, State};
 use crate::status::Status;
 
 /// Runs every check in order on an empty store; panics with the failing check's message.
@@ -22,6 +24,9 @@ pub async fn run(store: &dyn Store) {
     upserts_replace_the_record(store).await;
     keeps_only_the_latest_history(store).await;
     effective_configs_by_hash(store).await;
+    component_sets_by_hash(store).await;
+    configurations_keep_every_version(store).await;
+    rollouts_keep_their_progress(store).await;
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -224,5 +229,146 @@ async fn effective_configs_by_hash(store: &dyn Store) {
         store.effective_config(&hash).await.expect("read"),
         Some(config),
         "an effective config reads back by its hash, written twice without error"
+    );
+}
+
+async fn component_sets_by_hash(store: &dyn Store) {
+    let set: ComponentSet = [("receivers", "otlp"), ("exporters", "kafka")]
+        .into_iter()
+        .collect();
+    let hash = crate::domain::ContentHash(vec![7; 32]);
+    for _ in 0..2 {
+        write(
+            store,
+            WriteBatch {
+                component_sets: vec![(hash.clone(), set.clone())],
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    let sets = store
+        .load_component_sets()
+        .await
+        .expect("load component sets");
+    assert_eq!(
+        sets,
+        vec![(hash, set)],
+        "a component set reads back by its hash, once"
+    );
+}
+
+fn collector_yaml(body: &'static str) -> ConfigMap {
+    ConfigMap {
+        files: BTreeMap::from([(
+            "collector.yaml".to_string(),
+            ConfigFile {
+                body: Bytes::from_static(body.as_bytes()),
+                content_type: "text/yaml".into(),
+            },
+        )]),
+    }
+}
+
+async fn configurations_keep_every_version(store: &dyn Store) {
+    assert!(store.load_configurations().await.expect("load").is_empty());
+    let v1 = Arc::new(
+        ConfigVersion::new(1, collector_yaml("receivers:\n  otlp:\n"), at(1)).expect("v1"),
+    );
+    let mut config = Configuration {
+        name: "prod".into(),
+        selector: Selector::parse("env=prod,region in (eu,us),!canary").expect("selector"),
+        priority: 5,
+        versions: vec![v1.clone()],
+        created_at: at(1),
+        updated_at: at(1),
+    };
+    store
+        .save_configuration(&config, Some(&v1))
+        .await
+        .expect("save v1");
+    let v2 = Arc::new(
+        ConfigVersion::new(2, collector_yaml("exporters:\n  kafka:\n"), at(2)).expect("v2"),
+    );
+    config.versions.push(v2.clone());
+    config.priority = 7;
+    config.updated_at = at(2);
+    store
+        .save_configuration(&config, Some(&v2))
+        .await
+        .expect("save v2");
+    let loaded = store.load_configurations().await.expect("load");
+    assert_eq!(
+        loaded,
+        vec![config.clone()],
+        "a configuration reads back with every version"
+    );
+    assert!(
+        store.save_configuration(&config, Some(&v2)).await.is_err(),
+        "a version number is never written twice"
+    );
+}
+
+async fn rollouts_keep_their_progress(store: &dyn Store) {
+    assert!(store.load_rollouts().await.expect("load").is_empty());
+    let (a, b, c) = (
+        InstanceUid::new_v7(),
+        InstanceUid::new_v7(),
+        InstanceUid::new_v7(),
+    );
+    let mut rollout = Rollout {
+        id: "r-1".into(),
+        configuration: "prod".into(),
+        version: 2,
+        hash: crate::domain::ContentHash::default(),
+        previous_version: Some(1),
+        params: Params {
+            initial: 3,
+            multiplier: 5,
+            maximum: 100,
+            max_errors: 1,
+            wave_timeout_ms: 300_000,
+        },
+        rollback: true,
+        progress: Progress::new(),
+        created_at: at(10),
+        updated_at: at(10),
+    };
+    store.save_rollout(&rollout, &[]).await.expect("save");
+    rollout.progress.state = State::Started;
+    rollout.progress.wave = 1;
+    rollout.progress.agents = BTreeMap::from([
+        (
+            a,
+            Phase::Sent {
+                wave: 0,
+                at_ms: 1_234,
+            },
+        ),
+        (b, Phase::Waiting),
+        (c, Phase::Failed),
+    ]);
+    rollout.updated_at = at(11);
+    let rows: Vec<_> = rollout
+        .progress
+        .agents
+        .iter()
+        .map(|(u, p)| (*u, Some(*p)))
+        .collect();
+    store
+        .save_rollout(&rollout, &rows)
+        .await
+        .expect("save progress");
+    rollout.progress.agents.remove(&b);
+    rollout.progress.agents.insert(a, Phase::Completed);
+    store
+        .save_rollout(&rollout, &[(a, Some(Phase::Completed)), (b, None)])
+        .await
+        .expect("save changes");
+    let loaded = store.load_rollouts().await.expect("load");
+    assert_eq!(
+        loaded,
+        vec![rollout],
+        "a rollout reads back with its per-agent progress"
     );
 }

@@ -143,3 +143,87 @@ async fn node_opamp_client_agents_connect_and_disconnect() {
         run_fleet("node", "node_agents.mjs", "interop-node").await;
     }
 }
+
+/// A configuration rolled out to third-party clients reaches them and is reported applied.
+async fn roll_out_to(program: &str, script: &str, service: &str) {
+    let server = TestServer::start().await;
+    let mut driver = Driver::spawn(program, script, &server.http_url(), service);
+    let started = driver.event("started").await;
+    let uids: Vec<[u8; 16]> = started["instance_uids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(uid_bytes)
+        .collect();
+    for uid in &uids {
+        server.wait_status(uid, "connected").await;
+    }
+    let body = serde_json::json!({
+        "selector": format!("service.name={service}"),
+        "files": {"collector.yaml": {"body": "receivers:\n  otlp:\nexporters:\n  debug:\n", "content_type": "text/yaml"}},
+    });
+    let (status, put) = server
+        .put("/api/v1/configurations/interop", &body.to_string())
+        .await;
+    assert_eq!(status, 200, "{put}");
+    let hash = put["hash"].as_str().unwrap().to_string();
+    let rollout: Value = reqwest::Client::new()
+        .post(server.api_url("/api/v1/rollouts"))
+        .json(&serde_json::json!({"configuration": "interop", "initial": 1, "multiplier": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let mut received = std::collections::HashSet::new();
+    while received.len() < AGENTS {
+        let event = driver.event("remote_config").await;
+        assert_eq!(event["hash"], hash.as_str());
+        received.insert(event["instance_uid"].as_str().unwrap().to_string());
+    }
+    for uid in &uids {
+        server
+            .wait_agent(uid, |a| {
+                a.agent
+                    .remote_config
+                    .as_ref()
+                    .is_some_and(|rc| rc.hash == hash && rc.status == "applied")
+                    && a.agent.status == "connected"
+            })
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, r) = server.get(&format!("/api/v1/rollouts/{id}")).await;
+        if r["state"] == "stable" {
+            assert_eq!(r["counts"]["completed"], AGENTS);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    driver.stop().await;
+}
+
+#[tokio::test]
+async fn python_opamp_client_agents_take_a_rolled_out_configuration() {
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import opentelemetry._opamp.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if available("opentelemetry-opamp-client (PyPI)", installed) {
+        roll_out_to("python3", "python_agents.py", "interop-python-config").await;
+    }
+}
+
+#[tokio::test]
+async fn node_opamp_client_agents_take_a_rolled_out_configuration() {
+    let installed = interop_dir()
+        .join("node_modules/@elastic/opamp-client-node")
+        .exists();
+    if available("@elastic/opamp-client-node (npm)", installed) {
+        roll_out_to("node", "node_agents.mjs", "interop-node-config").await;
+    }
+}
