@@ -14,7 +14,7 @@ use super::dto::{
     RolloutsDto, VersionDto, rfc3339,
 };
 use super::{ApiError, ApiState};
-use crate::config::{Configuration, Selector, assign};
+use crate::config::{Configuration, Selector, assign, check_compatible};
 use crate::domain::{AgentRecord, ConfigFile, ConfigMap, RemoteConfigStatus};
 use crate::rollout::{
     Action, ConfigurationSpec, ControlError, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS,
@@ -325,10 +325,13 @@ pub(super) fn agent_config(
         agent.uid,
         available.as_deref(),
     );
-    let compatibility = match (&directive.incompatible, &available) {
-        (Some(_), _) => "incompatible",
-        (None, None) => "unknown",
-        (None, Some(_)) => "compatible",
+    // Judged against what the agent is headed to, else the latest version.
+    let judged = directive.version.as_ref().or(config.latest());
+    let compatibility = match (&available, judged) {
+        (None, _) => "unknown",
+        _ if directive.incompatible.is_some() => "incompatible",
+        (Some(set), Some(v)) if check_compatible(v, Some(set)).is_err() => "incompatible",
+        _ => "compatible",
     };
     Some(AgentConfigDto {
         name: config.name.clone(),

@@ -453,3 +453,58 @@ async fn configurations_are_versioned_idempotently_and_validated() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
+    use corral::protocol::proto;
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let hash = bytes::Bytes::from_static(&[0x5a; 32]);
+    let only_hash = proto::AvailableComponents {
+        components: Default::default(),
+        hash: hash.clone(),
+    };
+    let mut first = full_report(&uid, 1, "otelcol");
+    first.capabilities |= 0x4000;
+    first.available_components = Some(only_hash.clone());
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let reply = agent.exchange(&first).await;
+    assert_eq!(reply.flags & 0x2, 0x2, "ReportAvailableComponents");
+    let mut hb = heartbeat(&uid, 2);
+    hb.available_components = Some(only_hash.clone());
+    assert_eq!(agent.exchange(&hb).await.flags & 0x2, 0, "asked once per connection");
+
+    let mut full = heartbeat(&uid, 3);
+    let mut components = std::collections::BTreeMap::new();
+    components.insert(
+        "exporters".to_string(),
+        proto::ComponentDetails {
+            sub_component_map: [("debug".to_string(), proto::ComponentDetails::default())].into(),
+            ..Default::default()
+        },
+    );
+    full.available_components = Some(proto::AvailableComponents { components, hash });
+    agent.exchange(&full).await;
+    put_config(&server, "prod", "", NEEDS_KAFKA).await;
+    let a = server.agent(&uid).await.unwrap().agent;
+    assert_eq!(
+        a.configuration.unwrap().compatibility,
+        "incompatible",
+        "judged against the latest version before any rollout"
+    );
+
+    // Another agent with the same set sends only the hash: it is known now.
+    let other = new_uid();
+    let mut msg = full_report(&other, 1, "otelcol");
+    msg.capabilities |= 0x4000;
+    msg.available_components = Some(only_hash);
+    let mut agent2 = WsAgent::connect(&server.ws_url()).await;
+    assert_eq!(agent2.exchange(&msg).await.flags & 0x2, 0);
+    let id = start_rollout(&server, json!({"configuration": "prod", "initial": 5})).await;
+    wait_rollout(&server, &id, "stable").await;
+    for uid in [&uid, &other] {
+        let a = server.wait_status(uid, "incompatible").await.agent;
+        assert!(a.status_reason.contains("exporters/kafka"), "{}", a.status_reason);
+        assert!(!a.status_reason.contains("exporters/debug"), "{}", a.status_reason);
+    }
+}
