@@ -51,6 +51,8 @@ pub(super) struct AgentActor {
     offered_config_here: bool,
     /// The full component map was asked for on the current connection.
     asked_components: bool,
+    /// An admin asked to send the failed configuration once more.
+    retry_failed: bool,
     /// The record has never been written.
     unsaved: bool,
 }
@@ -89,6 +91,7 @@ impl AgentActor {
             directive: Directive::default(),
             offered_config_here: false,
             asked_components: false,
+            retry_failed: false,
             unsaved: is_new,
         };
         if !is_new && actor.record.status != Status::Disconnected {
@@ -139,11 +142,28 @@ impl AgentActor {
                 let _ = done.send(self.record.clone());
             }
             Command::Direct(directive) => self.on_directive(directive),
+            Command::RetryConfig { done } => {
+                let failed_target = self.directive.version.as_ref().is_some_and(|v| {
+                    self.record.remote_config.as_ref().is_some_and(|rc| {
+                        rc.hash == v.hash && rc.status == RemoteConfigStatus::Failed
+                    })
+                });
+                if !failed_target {
+                    let _ = done.send(Err(
+                        "the agent has not reported its assigned configuration failed".into(),
+                    ));
+                    return;
+                }
+                self.retry_failed = true;
+                let directive = std::mem::take(&mut self.directive);
+                self.on_directive(directive);
+                let _ = done.send(Ok(self.record.clone()));
+            }
         }
     }
 
     fn on_directive(&mut self, directive: Directive) {
-        if directive == self.directive {
+        if directive == self.directive && !self.retry_failed {
             return;
         }
         self.directive = directive;
@@ -180,12 +200,20 @@ impl AgentActor {
         if self.live.is_none() || !rec.capabilities.contains(Caps::ACCEPTS_REMOTE_CONFIG) {
             return None;
         }
-        if rec.remote_config.as_ref().map(|rc| &rc.hash) == Some(&version.hash) {
-            return None;
+        let retry = self.retry_failed
+            && rec.remote_config.as_ref().is_some_and(|rc| {
+                rc.hash == version.hash && rc.status == RemoteConfigStatus::Failed
+            });
+        if !retry {
+            // Never again a hash the agent has reported, nor twice on one connection.
+            if rec.remote_config.as_ref().map(|rc| &rc.hash) == Some(&version.hash) {
+                return None;
+            }
+            if rec.offered_config_hash.as_ref() == Some(&version.hash) && self.offered_config_here {
+                return None;
+            }
         }
-        if rec.offered_config_hash.as_ref() == Some(&version.hash) && self.offered_config_here {
-            return None;
-        }
+        self.retry_failed = false;
         rec.offered_config_hash = Some(version.hash.clone());
         self.offered_config_here = true;
         Some(RemoteConfigOffer {
@@ -323,11 +351,12 @@ impl AgentActor {
 
     /// Whether a configuration is due that the last published record has not been offered.
     fn wants_offer(&self) -> bool {
-        self.directive.version.as_ref().is_some_and(|v| {
-            self.record.remote_config.as_ref().map(|rc| &rc.hash) != Some(&v.hash)
-                && (self.record.offered_config_hash.as_ref() != Some(&v.hash)
-                    || !self.offered_config_here)
-        })
+        self.retry_failed
+            || self.directive.version.as_ref().is_some_and(|v| {
+                self.record.remote_config.as_ref().map(|rc| &rc.hash) != Some(&v.hash)
+                    && (self.record.offered_config_hash.as_ref() != Some(&v.hash)
+                        || !self.offered_config_here)
+            })
     }
 
     /// Asks for the full component map when the agent sent only a hash we do not know, once

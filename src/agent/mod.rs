@@ -82,6 +82,10 @@ pub enum Command {
     },
     /// What the rollout controller wants of this agent now.
     Direct(Directive),
+    /// An admin asks to send again the configuration the agent reported FAILED.
+    RetryConfig {
+        done: oneshot::Sender<Result<Arc<AgentRecord>, String>>,
+    },
 }
 
 /// What every actor shares: settings, metrics and the store's write buffer.
@@ -208,6 +212,14 @@ impl AgentHandle {
     ) -> Result<Arc<AgentRecord>, ActorGone> {
         let (done, rx) = oneshot::channel();
         self.send(Command::SetLabels { labels, done }).await?;
+        rx.await.map_err(|_| ActorGone)
+    }
+
+    /// Sends the agent's failed configuration again (now over WebSocket, with the next poll
+    /// over HTTP). `Err` says why there is nothing to retry.
+    pub async fn retry_config(&self) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::RetryConfig { done }).await?;
         rx.await.map_err(|_| ActorGone)
     }
 

@@ -44,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{uid}", get(show_agent))
         .route("/api/v1/agents/{uid}/labels", put(set_labels))
+        .route("/api/v1/agents/{uid}/retry-config", post(retry_config))
         .route(
             "/api/v1/agents/{uid}/effective-config",
             get(effective_config),
@@ -205,6 +206,16 @@ async fn set_labels(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     validate_labels(&body.labels)?;
     let record = handle.set_labels(body.labels).await?;
+    Ok(Json(agent_detail(&state, &record)))
+}
+
+/// Sends an agent the configuration it reported FAILED once more.
+async fn retry_config(
+    State(state): State<ApiState>,
+    Path(uid): Path<String>,
+) -> Result<Json<AgentDetailDto>, ApiError> {
+    let handle = agent(&state, &uid)?;
+    let record = handle.retry_config().await?.map_err(ApiError::Conflict)?;
     Ok(Json(agent_detail(&state, &record)))
 }
 

@@ -26,6 +26,12 @@ pub enum AgentsCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Send an agent the configuration it reported failed once more.
+    RetryConfig {
+        uid: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
@@ -103,6 +109,14 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             );
             let agent: AgentDetailDto = get_json(client.get(&url)).await?;
             println!("{}", serde_json::to_string_pretty(&agent)?);
+        }
+        AgentsCommand::RetryConfig { uid, server } => {
+            let url = server.url(&format!("/api/v1/agents/{uid}/retry-config"));
+            let agent: AgentDetailDto = get_json(client.post(&url)).await?;
+            println!(
+                "{} will be sent its configuration again",
+                agent.agent.instance_uid
+            );
         }
     }
     Ok(())

@@ -472,7 +472,11 @@ async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
     assert_eq!(reply.flags & 0x2, 0x2, "ReportAvailableComponents");
     let mut hb = heartbeat(&uid, 2);
     hb.available_components = Some(only_hash.clone());
-    assert_eq!(agent.exchange(&hb).await.flags & 0x2, 0, "asked once per connection");
+    assert_eq!(
+        agent.exchange(&hb).await.flags & 0x2,
+        0,
+        "asked once per connection"
+    );
 
     let mut full = heartbeat(&uid, 3);
     let mut components = std::collections::BTreeMap::new();
@@ -504,7 +508,76 @@ async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
     wait_rollout(&server, &id, "stable").await;
     for uid in [&uid, &other] {
         let a = server.wait_status(uid, "incompatible").await.agent;
-        assert!(a.status_reason.contains("exporters/kafka"), "{}", a.status_reason);
-        assert!(!a.status_reason.contains("exporters/debug"), "{}", a.status_reason);
+        assert!(
+            a.status_reason.contains("exporters/kafka"),
+            "{}",
+            a.status_reason
+        );
+        assert!(
+            !a.status_reason.contains("exporters/debug"),
+            "{}",
+            a.status_reason
+        );
     }
+}
+
+#[tokio::test]
+async fn a_failed_version_is_sent_again_only_when_an_admin_asks() {
+    use corral::protocol::proto::{self, RemoteConfigStatuses};
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let mut first = full_report(&uid, 1, "otelcol");
+    first
+        .agent_description
+        .as_mut()
+        .unwrap()
+        .non_identifying_attributes
+        .push(proto::KeyValue {
+            key: "env".into(),
+            value: Some(proto::AnyValue {
+                value: Some(proto::any_value::Value::StringValue("prod".into())),
+            }),
+        });
+    agent.exchange(&first).await;
+    put_config(&server, "prod", "env=prod", GOOD).await;
+    let id = start_rollout(&server, json!({"configuration": "prod"})).await;
+    let pushed = agent.recv().await;
+    let config = pushed.remote_config.expect("the rollout pushes the config");
+    let mut failed = heartbeat(&uid, 2);
+    failed.remote_config_status = Some(remote_config_status(
+        RemoteConfigStatuses::Failed,
+        &config.config_hash,
+        "port in use",
+    ));
+    agent.exchange(&failed).await;
+    wait_rollout(&server, &id, "error").await;
+    let a = server.wait_status(&uid, "error").await;
+    assert!(a.agent.status_reason.contains("port in use"));
+    // Heartbeats do not bring it back.
+    for seq in 3..6 {
+        assert!(
+            agent
+                .exchange(&heartbeat(&uid, seq))
+                .await
+                .remote_config
+                .is_none()
+        );
+    }
+    let path = format!("/api/v1/agents/{}/retry-config", uuid_str(&uid));
+    let client = reqwest::Client::new();
+    let response = client.post(server.api_url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let again = agent.recv().await.remote_config.expect("sent once more");
+    assert_eq!(again.config_hash, config.config_hash);
+    let mut applied = heartbeat(&uid, 6);
+    applied.remote_config_status = Some(remote_config_status(
+        RemoteConfigStatuses::Applied,
+        &config.config_hash,
+        "",
+    ));
+    agent.exchange(&applied).await;
+    server.wait_status(&uid, "connected").await;
+    let response = client.post(server.api_url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), 409, "nothing failed, nothing to retry");
 }
