@@ -581,3 +581,76 @@ async fn a_failed_version_is_sent_again_only_when_an_admin_asks() {
     let response = client.post(server.api_url(&path)).send().await.unwrap();
     assert_eq!(response.status(), 409, "nothing failed, nothing to retry");
 }
+
+#[tokio::test]
+async fn the_cli_applies_a_configuration_and_watches_its_rollout() {
+    let server = TestServer::start().await;
+    let _agents = fleet(&server, 6, mixed, &[("env", "prod")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("collector.yaml");
+    std::fs::write(&file, GOOD).unwrap();
+    let api = format!("http://{}", server.api);
+    let run = |args: Vec<String>| {
+        let api = api.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+                    .args(&args)
+                    .arg("--server")
+                    .arg(api)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let file = file.to_str().unwrap();
+    let out = run(s(&[
+        "config",
+        "apply",
+        "prod",
+        "-f",
+        file,
+        "--selector",
+        "env=prod",
+    ]))
+    .await;
+    assert!(out.contains("prod created version 1"), "{out}");
+    let out = run(s(&[
+        "config",
+        "apply",
+        "prod",
+        "-f",
+        file,
+        "--selector",
+        "env=prod",
+    ]))
+    .await;
+    assert!(out.contains("unchanged at version 1"), "{out}");
+    let out = run(s(&["config", "list"])).await;
+    assert!(out.contains("env=prod") && out.contains(" 6 "), "{out}");
+    let out = run(s(&[
+        "rollout",
+        "start",
+        "prod",
+        "--initial",
+        "2",
+        "--multiplier",
+        "2",
+    ]))
+    .await;
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let out = run(s(&["rollout", "status", &id, "--watch"])).await;
+    assert!(out.contains("stable"), "{out}");
+    assert!(out.contains("6 of 6 completed"), "{out}");
+    let out = run(s(&["rollout", "list"])).await;
+    assert!(out.contains(&id) && out.contains("6/6"), "{out}");
+}
