@@ -381,9 +381,13 @@ impl Task {
         let now = Utc::now();
         let now_ms = now.timestamp_millis().max(0) as u64;
         let agents = self.fleet.records();
+        // Each agent's configuration, worked out once a tick.
+        let configs = self.configs.clone();
+        let assignment: Vec<Option<&Arc<Configuration>>> =
+            agents.iter().map(|a| assign(&configs, a)).collect();
         let mut assigned: HashMap<&str, Vec<&Arc<AgentRecord>>> = HashMap::new();
-        for agent in &agents {
-            if let Some(config) = assign(&self.configs, agent) {
+        for (agent, config) in agents.iter().zip(&assignment) {
+            if let Some(config) = config {
                 assigned
                     .entry(config.name.as_str())
                     .or_default()
@@ -438,17 +442,17 @@ impl Task {
             self.publish();
         }
 
+        let mut latest: HashMap<&str, &Rollout> = HashMap::new();
+        for rollout in &self.rollouts {
+            latest.insert(rollout.configuration.as_str(), rollout);
+        }
         let mut seen = HashSet::with_capacity(agents.len());
-        for agent in &agents {
+        for (agent, config) in agents.iter().zip(&assignment) {
             seen.insert(agent.uid);
-            let directive = match assign(&self.configs, agent) {
+            let directive = match config {
                 Some(config) => {
-                    let latest = self
-                        .rollouts
-                        .iter()
-                        .rev()
-                        .find(|r| r.configuration == config.name);
                     let available = self.available(agent);
+                    let latest = latest.get(config.name.as_str()).copied();
                     directive(config, latest, agent.uid, available.as_deref())
                 }
                 None => Directive::default(),
