@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod fleet;
+pub mod packages;
 pub mod protocol;
 pub mod rollout;
 pub mod server;

@@ -13,7 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::agent::AgentContext;
 use crate::api::{self, ApiState};
+use crate::domain::OwnTelemetry;
 use crate::fleet::Fleet;
+use crate::packages::BlobStore;
 use crate::rollout::spawn_controller;
 use crate::settings::Settings;
 use crate::store::{SqliteStore, Store, WriteBuffer, run_flusher};
@@ -64,6 +66,12 @@ pub async fn serve(
     }
     let ctx = Arc::new(AgentContext {
         heartbeat_interval: settings.heartbeat_interval,
+        public_url: settings.public_url.clone(),
+        own_telemetry: OwnTelemetry {
+            metrics: settings.own_metrics_endpoint.clone(),
+            logs: settings.own_logs_endpoint.clone(),
+            traces: settings.own_traces_endpoint.clone(),
+        },
         components: components.clone(),
         metrics: metrics.clone(),
         writes: writes.clone(),
@@ -94,8 +102,11 @@ pub async fn serve(
     let opamp_addr = listeners.opamp.local_addr()?;
     let api_addr = listeners.api.local_addr()?;
     tracing::info!(%opamp_addr, %api_addr, data_dir = %settings.data_dir.display(), "corral serving");
+    let blobs = BlobStore::open(&settings.data_dir)
+        .with_context(|| format!("cannot use {} for packages", settings.data_dir.display()))?;
     let opamp = transport::router(OpampState::new(
         fleet.clone(),
+        blobs.clone(),
         settings.max_message_size,
         shutdown.clone(),
         tracker.clone(),
@@ -105,6 +116,8 @@ pub async fn serve(
         store,
         writes,
         controller,
+        blobs,
+        max_package_size: settings.max_package_size,
     });
     let opamp_listener = listeners.opamp.tap_io(|tcp| {
         // Replies are small and answer a request: never hold them back.

@@ -15,6 +15,7 @@ pub const DEFAULT_DATA_DIR: &str = "./corral-data";
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
 const MAX_HEARTBEAT_SECS: u64 = 24 * 60 * 60;
 const MIN_MESSAGE_SIZE: usize = 1024;
+pub const DEFAULT_MAX_PACKAGE_SIZE: u64 = 1024 * 1024 * 1024;
 const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,13 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
+    /// Base URL agents download packages from (`http://corral.example.com:4320`); when unset,
+    /// the address each agent reached the OpAMP endpoint at.
+    pub public_url: Option<String>,
+    pub max_package_size: u64,
+    pub own_metrics_endpoint: Option<String>,
+    pub own_logs_endpoint: Option<String>,
+    pub own_traces_endpoint: Option<String>,
 }
 
 /// Each setting as given, before defaults. Flags and environment fill one, the config file
@@ -36,6 +44,11 @@ pub struct Partial {
     pub data_dir: Option<PathBuf>,
     pub heartbeat_interval: Option<u64>,
     pub max_message_size: Option<usize>,
+    pub public_url: Option<String>,
+    pub max_package_size: Option<u64>,
+    pub own_metrics_endpoint: Option<String>,
+    pub own_logs_endpoint: Option<String>,
+    pub own_traces_endpoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +66,10 @@ pub enum SettingsError {
         "max-message-size must be between {MIN_MESSAGE_SIZE} and {MAX_MESSAGE_SIZE} bytes, got {0}"
     )]
     MessageSize(usize),
+    #[error("{name} must be an http:// or https:// URL, got {value:?}")]
+    Url { name: &'static str, value: String },
+    #[error("max-package-size must be at least 1 byte")]
+    PackageSize,
 }
 
 impl Partial {
@@ -92,7 +109,36 @@ impl Partial {
                 .max_message_size
                 .or(file.max_message_size)
                 .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
+            public_url: self
+                .public_url
+                .or(file.public_url)
+                .map(|u| u.trim_end_matches('/').to_string()),
+            max_package_size: self
+                .max_package_size
+                .or(file.max_package_size)
+                .unwrap_or(DEFAULT_MAX_PACKAGE_SIZE),
+            own_metrics_endpoint: self.own_metrics_endpoint.or(file.own_metrics_endpoint),
+            own_logs_endpoint: self.own_logs_endpoint.or(file.own_logs_endpoint),
+            own_traces_endpoint: self.own_traces_endpoint.or(file.own_traces_endpoint),
         };
+        for (name, value) in [
+            ("public-url", &settings.public_url),
+            ("own-metrics-endpoint", &settings.own_metrics_endpoint),
+            ("own-logs-endpoint", &settings.own_logs_endpoint),
+            ("own-traces-endpoint", &settings.own_traces_endpoint),
+        ] {
+            if let Some(value) = value
+                && !(value.starts_with("http://") || value.starts_with("https://"))
+            {
+                return Err(SettingsError::Url {
+                    name,
+                    value: value.clone(),
+                });
+            }
+        }
+        if settings.max_package_size == 0 {
+            return Err(SettingsError::PackageSize);
+        }
         let secs = settings.heartbeat_interval.as_secs();
         if !(1..=MAX_HEARTBEAT_SECS).contains(&secs) {
             return Err(SettingsError::Heartbeat(secs));

@@ -12,12 +12,14 @@ use super::{
     Outgoing, SERVER_CAPABILITIES, Source,
 };
 use crate::domain::{
-    AgentCapabilities as Caps, AgentRecord, AgentReport, HISTORY_LIMIT, HistoryEntry,
-    RemoteConfigOffer, RemoteConfigStatus, ServerReply, Transport,
+    AgentCapabilities as Caps, AgentRecord, AgentReport, HISTORY_LIMIT, HistoryEntry, OwnTelemetry,
+    PackageOffer, PackageState, RemoteConfigOffer, RemoteConfigStatus, ServerReply, Transport,
 };
 use crate::protocol;
 use crate::rollout::Directive;
-use crate::status::{ConfigProgress, Connection, Observation, Status, StatusMachine, derive};
+use crate::status::{
+    ConfigProgress, Connection, Observation, Status, StatusMachine, UpgradeProgress, derive,
+};
 
 /// WebSocket close codes the actor uses.
 const CLOSE_NORMAL: u16 = 1000;
@@ -53,6 +55,12 @@ pub(super) struct AgentActor {
     asked_components: bool,
     /// An admin asked to send the failed configuration once more.
     retry_failed: bool,
+    /// The offered package was sent on the current connection.
+    offered_package_here: bool,
+    /// A restart command waits for the agent's next poll.
+    restart_pending: bool,
+    /// How the agent reaches us, for download URLs.
+    origin: Option<Arc<str>>,
     /// The record has never been written.
     unsaved: bool,
 }
@@ -92,6 +100,9 @@ impl AgentActor {
             offered_config_here: false,
             asked_components: false,
             retry_failed: false,
+            offered_package_here: false,
+            restart_pending: false,
+            origin: None,
             unsaved: is_new,
         };
         if !is_new && actor.record.status != Status::Disconnected {
@@ -129,7 +140,16 @@ impl AgentActor {
                 report,
                 source,
                 assigned,
-            } => self.on_report(raw_uid, report, source, assigned),
+                origin,
+            } => {
+                if origin.is_some() {
+                    self.origin = origin;
+                }
+                self.on_report(raw_uid, report, source, assigned)
+            }
+            Command::Restart { done } => {
+                let _ = done.send(self.restart());
+            }
             Command::ConnectionClosed { conn, reason } => {
                 if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
                     self.go_offline(None, reason);
@@ -168,28 +188,104 @@ impl AgentActor {
         }
         self.directive = directive;
         let mut rec = (*self.record).clone();
-        // A polling agent takes its offer with its next poll's reply.
-        let offer = if self.ws.is_some() {
-            self.take_offer(&mut rec)
+        // A polling agent takes its offers with its next poll's reply.
+        let (offer, packages) = if self.ws.is_some() {
+            (self.take_offer(&mut rec), self.take_package_offer(&mut rec))
         } else {
-            None
+            (None, None)
         };
         let connection = match self.live {
             Some(_) => Connection::Live,
             None => Connection::Lost(rec.status_reason.clone()),
         };
-        let persist = self.settle(&mut rec, connection) | offer.is_some();
+        let persist = self.settle(&mut rec, connection) | offer.is_some() | packages.is_some();
         self.publish(rec, persist);
-        // A WebSocket agent gets it now; a polling agent with its next poll.
-        if let (Some(offer), Some((_, outbound))) = (offer, self.ws.clone()) {
+        if offer.is_some() || packages.is_some() {
             let reply = ServerReply {
                 capabilities: Some(SERVER_CAPABILITIES),
-                remote_config: Some(offer),
+                remote_config: offer,
+                packages,
                 ..ServerReply::default()
             };
-            let raw_uid = Bytes::copy_from_slice(self.record.uid.as_bytes());
-            self.push(&outbound, protocol::reply_to_proto(raw_uid, &reply));
+            self.push_now(&reply);
         }
+    }
+
+    /// Pushes a message over the agent's WebSocket, if it has one.
+    fn push_now(&mut self, reply: &ServerReply) {
+        if let Some((_, outbound)) = self.ws.clone() {
+            let raw_uid = Bytes::copy_from_slice(self.record.uid.as_bytes());
+            self.push(&outbound, protocol::reply_to_proto(raw_uid, reply));
+        }
+    }
+
+    fn restart(&mut self) -> Result<(), String> {
+        if !self
+            .record
+            .capabilities
+            .contains(Caps::ACCEPTS_RESTART_COMMAND)
+        {
+            return Err("the agent does not accept the restart command".into());
+        }
+        match self.live {
+            None => Err("the agent is not connected".into()),
+            Some(Transport::WebSocket) => {
+                self.push_now(&ServerReply {
+                    capabilities: Some(SERVER_CAPABILITIES),
+                    restart: true,
+                    ..ServerReply::default()
+                });
+                Ok(())
+            }
+            Some(Transport::Http) => {
+                self.restart_pending = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The package to offer now, if the directive wants one the agent neither has nor is
+    /// working on; records it as offered. Once per connection, like configurations.
+    fn take_package_offer(&mut self, rec: &mut AgentRecord) -> Option<PackageOffer> {
+        let package = self.directive.package.as_ref()?;
+        if self.live.is_none() || !rec.capabilities.contains(Caps::ACCEPTS_PACKAGES) {
+            return None;
+        }
+        let hash = package.hash();
+        if let Some(report) = rec
+            .packages
+            .as_ref()
+            .and_then(|p| p.packages.get(&package.name))
+        {
+            let has_it = report.state == PackageState::Installed && report.agent_has_hash == hash;
+            let on_it = report.server_offered_hash == hash
+                && (report.state.in_progress() || report.state == PackageState::InstallFailed);
+            if has_it || on_it {
+                return None;
+            }
+        }
+        if rec.offered_package_hash.as_ref() == Some(&hash) && self.offered_package_here {
+            return None;
+        }
+        let base = self
+            .ctx
+            .public_url
+            .as_deref()
+            .or(self.origin.as_deref())?
+            .to_string();
+        rec.offered_package_hash = Some(hash.clone());
+        self.offered_package_here = true;
+        Some(PackageOffer {
+            name: package.name.clone(),
+            version: package.version.clone(),
+            hash,
+            content_hash: package.sha256.clone(),
+            download_url: format!(
+                "{base}{}{}",
+                crate::transport::PACKAGES_PATH,
+                package.sha256.to_hex()
+            ),
+        })
     }
 
     /// The configuration to send now, if the directive wants one the agent has not reported;
@@ -251,6 +347,7 @@ impl AgentActor {
             self.last_heartbeat = None;
             self.offered_settings = false;
             self.offered_config_here = false;
+            self.offered_package_here = false;
             self.asked_components = false;
         }
         if report.is_heartbeat() {
@@ -269,7 +366,8 @@ impl AgentActor {
             && report.capabilities == self.record.capabilities
             && self.record.transport == Some(transport);
         let mut offer = None;
-        let report_full_state = if unchanged && !self.wants_offer() {
+        let mut packages = None;
+        let report_full_state = if unchanged && !self.wants_offer() && !self.wants_package() {
             self.full_state
                 .observe(report.sequence_num, false, missing_state(&self.record))
         } else {
@@ -285,7 +383,8 @@ impl AgentActor {
             }
             persist |= self.merge(&mut rec, &report);
             offer = self.take_offer(&mut rec);
-            persist |= offer.is_some();
+            packages = self.take_package_offer(&mut rec);
+            persist |= offer.is_some() || packages.is_some();
             let full = self.full_state.observe(
                 report.sequence_num,
                 report.description.is_some(),
@@ -311,10 +410,14 @@ impl AgentActor {
         let watched = transport == Transport::Http || caps.contains(Caps::REPORTS_HEARTBEAT);
         self.deadline = (watched && !report.disconnect).then(|| instant + self.liveness.grace());
 
-        let heartbeat_interval_seconds = (accepts_settings && !self.offered_settings)
+        let own_telemetry = self.own_telemetry_offer();
+        let first_on_connection = !self.offered_settings;
+        let heartbeat_interval_seconds = (accepts_settings && first_on_connection)
             .then(|| self.ctx.heartbeat_interval.as_secs());
-        self.offered_settings |= accepts_settings;
+        let own_telemetry = own_telemetry.filter(|_| first_on_connection);
+        self.offered_settings = true;
         let report_available_components = self.wants_components(&report);
+        let restart = std::mem::take(&mut self.restart_pending) && transport == Transport::Http;
         let reply = ServerReply {
             capabilities: Some(SERVER_CAPABILITIES),
             report_full_state,
@@ -322,6 +425,9 @@ impl AgentActor {
             new_instance_uid: assigned.then_some(self.record.uid),
             heartbeat_interval_seconds,
             remote_config: offer,
+            packages,
+            restart,
+            own_telemetry,
             ..ServerReply::default()
         };
         self.reply(source, protocol::reply_to_proto(raw_uid, &reply));
@@ -347,6 +453,28 @@ impl AgentActor {
         self.said_goodbye_at
             .is_some_and(|bye| report.sequence_num <= bye && report.description.is_none())
             && self.live.is_none()
+    }
+
+    /// The own-telemetry destinations for the kinds the agent says it can send, if any.
+    fn own_telemetry_offer(&self) -> Option<OwnTelemetry> {
+        let caps = self.record.capabilities;
+        let own = &self.ctx.own_telemetry;
+        let pick =
+            |cap: Caps, endpoint: &Option<String>| endpoint.clone().filter(|_| caps.contains(cap));
+        let offer = OwnTelemetry {
+            metrics: pick(Caps::REPORTS_OWN_METRICS, &own.metrics),
+            logs: pick(Caps::REPORTS_OWN_LOGS, &own.logs),
+            traces: pick(Caps::REPORTS_OWN_TRACES, &own.traces),
+        };
+        (offer != OwnTelemetry::default()).then_some(offer)
+    }
+
+    /// Whether a package is due that has not been offered on this connection.
+    fn wants_package(&self) -> bool {
+        self.directive.package.as_ref().is_some_and(|p| {
+            self.record.offered_package_hash.as_ref() != Some(&p.hash())
+                || !self.offered_package_here
+        })
     }
 
     /// Whether a configuration is due that the last published record has not been offered.
@@ -409,6 +537,12 @@ impl AgentActor {
             && rec.remote_config.as_ref() != Some(status)
         {
             rec.remote_config = Some(status.clone());
+            changed = true;
+        }
+        if let Some(packages) = &report.package_statuses
+            && rec.packages.as_deref() != Some(packages)
+        {
+            rec.packages = Some(Arc::new(packages.clone()));
             changed = true;
         }
         if let Some(reported) = &report.available_components {
@@ -556,6 +690,7 @@ impl AgentActor {
         let observation = Observation {
             connection,
             config,
+            upgrade: self.upgrade_progress(rec),
             health_problem: rec.health.as_deref().and_then(|h| h.problem()),
             incompatible: self.directive.incompatible.clone(),
             pending: self.directive.pending,
@@ -580,6 +715,49 @@ impl AgentActor {
         rec.status = self.machine.status().unwrap_or(Status::Connected);
         rec.status_reason = self.machine.reason().to_string();
         changed
+    }
+
+    /// Where the agent is with the package it was offered.
+    fn upgrade_progress(&self, rec: &AgentRecord) -> UpgradeProgress {
+        let Some(offered) = &rec.offered_package_hash else {
+            return UpgradeProgress::Idle;
+        };
+        let report = rec.packages.as_ref().and_then(|p| {
+            p.packages
+                .values()
+                .find(|r| &r.server_offered_hash == offered || &r.agent_has_hash == offered)
+        });
+        let wanted = self
+            .directive
+            .package
+            .as_ref()
+            .is_some_and(|p| &p.hash() == offered);
+        match report {
+            Some(r) if r.state == PackageState::Installed && &r.agent_has_hash == offered => {
+                UpgradeProgress::Idle
+            }
+            Some(r) if r.state == PackageState::InstallFailed => UpgradeProgress::Failed(format!(
+                "upgrade to {} failed: {}",
+                r.server_offered_version, r.error
+            )),
+            Some(r) if r.state.in_progress() => {
+                UpgradeProgress::InProgress(match r.download_percent {
+                    Some(pct) if r.state == PackageState::Downloading => {
+                        format!("downloading {} ({pct:.0}%)", r.server_offered_version)
+                    }
+                    _ => format!(
+                        "{} {}",
+                        r.state.as_str().replace('_', " "),
+                        r.server_offered_version
+                    ),
+                })
+            }
+            // Offered on this connection and not reported yet: on its way.
+            _ if wanted && self.offered_package_here && self.live.is_some() => {
+                UpgradeProgress::InProgress("package offered".into())
+            }
+            _ => UpgradeProgress::Idle,
+        }
     }
 
     fn publish(&mut self, rec: AgentRecord, persist: bool) {

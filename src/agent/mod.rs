@@ -71,6 +71,8 @@ pub enum Command {
         source: Source,
         /// The server just chose this agent's uid: tell it in the reply.
         assigned: bool,
+        /// How the agent reached us (`http://host:port`), for the download URLs we give it.
+        origin: Option<Arc<str>>,
     },
     ConnectionClosed {
         conn: ConnId,
@@ -82,6 +84,10 @@ pub enum Command {
     },
     /// What the rollout controller wants of this agent now.
     Direct(Directive),
+    /// An admin asks the agent to restart.
+    Restart {
+        done: oneshot::Sender<Result<(), String>>,
+    },
     /// An admin asks to send again the configuration the agent reported FAILED.
     RetryConfig {
         done: oneshot::Sender<Result<Arc<AgentRecord>, String>>,
@@ -91,6 +97,10 @@ pub enum Command {
 /// What every actor shares: settings, metrics and the store's write buffer.
 pub struct AgentContext {
     pub heartbeat_interval: Duration,
+    /// The base URL agents download packages from; else the address they reached us at.
+    pub public_url: Option<String>,
+    /// Where agents that can should send their own telemetry.
+    pub own_telemetry: crate::domain::OwnTelemetry,
     /// Component sets agents reported, by hash; shared by every actor and the controller.
     pub components: Arc<DashMap<ContentHash, Arc<ComponentSet>>>,
     pub metrics: Arc<Metrics>,
@@ -212,6 +222,13 @@ impl AgentHandle {
     ) -> Result<Arc<AgentRecord>, ActorGone> {
         let (done, rx) = oneshot::channel();
         self.send(Command::SetLabels { labels, done }).await?;
+        rx.await.map_err(|_| ActorGone)
+    }
+
+    /// Sends the Restart command: now over WebSocket, with the next poll over HTTP.
+    pub async fn restart(&self) -> Result<Result<(), String>, ActorGone> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Restart { done }).await?;
         rx.await.map_err(|_| ActorGone)
     }
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use super::dto::{
     AgentConfigDto, ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto,
-    ConfigurationsDto, FileDto, RolloutCountsDto, RolloutDto, RolloutIdDto, RolloutStartDto,
-    RolloutsDto, VersionDto, rfc3339,
+    ConfigurationsDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto, RolloutIdDto,
+    RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
 };
 use super::{ApiError, ApiState};
 use crate::config::{Configuration, Selector, assign, check_compatible};
@@ -19,7 +19,7 @@ use crate::domain::{AgentRecord, ConfigFile, ConfigMap, RemoteConfigStatus};
 use crate::rollout::{
     Action, ConfigurationSpec, ControlError, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS,
     DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, RolloutSpec,
-    directive,
+    RolloutTarget, directive,
 };
 
 impl From<ControlError> for ApiError {
@@ -111,10 +111,12 @@ fn configuration_dto(
         latest_version: config.latest().map(|v| v.version),
         latest_hash: config.latest().map(|v| v.hash.to_hex()),
         agent_count: agents.len(),
-        rollout: view.latest_rollout(&config.name).map(|r| RolloutIdDto {
-            id: r.id.clone(),
-            state: r.progress.state.as_str().to_string(),
-            version: r.version,
+        rollout: view.latest_rollout(&config.name).and_then(|r| {
+            Some(RolloutIdDto {
+                id: r.id.clone(),
+                state: r.progress.state.as_str().to_string(),
+                version: r.config()?.version,
+            })
         }),
         created_at: rfc3339(config.created_at),
         updated_at: rfc3339(config.updated_at),
@@ -201,13 +203,30 @@ pub(super) async fn show_version(
     Ok(Json(version_dto(&config, v, true)))
 }
 
-pub(super) fn rollout_dto(r: &Rollout) -> RolloutDto {
+pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
     let counts = r.progress.counts();
+    let config = r.config();
+    let package = r.package();
     RolloutDto {
         id: r.id.clone(),
-        configuration: r.configuration.clone(),
-        version: r.version,
-        previous_version: r.previous_version,
+        configuration: config.map(|c| c.configuration.clone()),
+        version: config.map(|c| c.version),
+        previous_version: config.and_then(|c| c.previous_version),
+        package: package.map(|p| PackageRefDto {
+            name: p.name.clone(),
+            version: p.version.clone(),
+        }),
+        selector: package.map(|p| p.selector.to_string()),
+        skipped: view
+            .skipped
+            .get(&r.id)
+            .into_iter()
+            .flatten()
+            .map(|(uid, reason)| SkippedDto {
+                instance_uid: uid.to_string(),
+                reason: reason.clone(),
+            })
+            .collect(),
         state: r.progress.state.as_str().to_string(),
         wave: r.progress.wave,
         wave_sizes: (0..r.progress.wave.max(1) + 1)
@@ -246,22 +265,50 @@ pub(super) async fn start_rollout(
             .unwrap_or(DEFAULT_WAVE_TIMEOUT_SECS)
             .saturating_mul(1000),
     };
+    let target = match (body.configuration, body.package) {
+        (Some(configuration), None) => {
+            if body.selector.is_some() {
+                return Err(ApiError::BadRequest(
+                    "a configuration rollout goes to the agents assigned to it; selector is for package rollouts".into(),
+                ));
+            }
+            RolloutTarget::Config {
+                configuration,
+                version: body.version,
+            }
+        }
+        (None, Some(package)) => RolloutTarget::Package {
+            name: package.name,
+            version: package.version,
+            selector: Selector::parse(body.selector.as_deref().unwrap_or_default())
+                .map_err(|e| ApiError::BadRequest(format!("selector: {e}")))?,
+        },
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give either \"configuration\" or \"package\"".into(),
+            ));
+        }
+    };
     let rollout = state
         .controller
         .start_rollout(RolloutSpec {
-            configuration: body.configuration,
-            version: body.version,
+            target,
             params,
             rollback: body.rollback_on_failure.unwrap_or(false),
         })
         .await?;
-    Ok(Json(rollout_dto(&rollout)))
+    Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
 }
 
 pub(super) async fn list_rollouts(State(state): State<ApiState>) -> Json<RolloutsDto> {
     let view = state.controller.view();
     Json(RolloutsDto {
-        rollouts: view.rollouts.iter().rev().map(|r| rollout_dto(r)).collect(),
+        rollouts: view
+            .rollouts
+            .iter()
+            .rev()
+            .map(|r| rollout_dto(&view, r))
+            .collect(),
     })
 }
 
@@ -273,7 +320,7 @@ pub(super) async fn show_rollout(
     let rollout = view
         .rollout(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
-    Ok(Json(rollout_dto(rollout)))
+    Ok(Json(rollout_dto(&view, rollout)))
 }
 
 pub(super) async fn act_on_rollout(
@@ -287,7 +334,7 @@ pub(super) async fn act_on_rollout(
         other => return Err(ApiError::NotFound(format!("no rollout action {other:?}"))),
     };
     let rollout = state.controller.act(id, action).await?;
-    Ok(Json(rollout_dto(&rollout)))
+    Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
 }
 
 /// The agent's configuration as the API shows it: assignment, the version it runs, the one it

@@ -27,6 +27,8 @@ pub struct AgentDto {
     /// The configuration assigned to the agent, if any.
     #[serde(default)]
     pub configuration: Option<AgentConfigDto>,
+    #[serde(default)]
+    pub packages: Vec<AgentPackageDto>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
@@ -169,6 +171,19 @@ impl From<&AgentRecord> for AgentDto {
             last_seen: rfc3339(a.last_seen),
             connected_at: a.connected_at.map(rfc3339),
             configuration: None,
+            packages: a
+                .packages
+                .iter()
+                .flat_map(|p| p.packages.iter())
+                .map(|(name, p)| AgentPackageDto {
+                    name: name.clone(),
+                    version: p.agent_has_version.clone(),
+                    status: p.state.as_str().to_string(),
+                    offered_version: p.server_offered_version.clone(),
+                    download_percent: p.download_percent,
+                    error: p.error.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -275,10 +290,20 @@ pub struct ConfigurationsDto {
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PackageRefDto {
+    pub name: String,
+    pub version: String,
+}
+
+/// Either `configuration` (with an optional numeric `version`) or `package` (with an optional
+/// `selector`; default: every agent).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutStartDto {
-    pub configuration: String,
+    pub configuration: Option<String>,
     pub version: Option<u32>,
+    pub package: Option<PackageRefDto>,
+    pub selector: Option<String>,
     pub initial: Option<u32>,
     pub multiplier: Option<u32>,
     pub maximum: Option<u32>,
@@ -299,9 +324,16 @@ pub struct RolloutCountsDto {
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 pub struct RolloutDto {
     pub id: String,
-    pub configuration: String,
-    pub version: u32,
+    /// Set for configuration rollouts.
+    pub configuration: Option<String>,
+    pub version: Option<u32>,
     pub previous_version: Option<u32>,
+    /// Set for upgrade rollouts.
+    pub package: Option<PackageRefDto>,
+    pub selector: Option<String>,
+    /// Matching agents the upgrade passes over, with the reason.
+    #[serde(default)]
+    pub skipped: Vec<SkippedDto>,
     pub state: String,
     /// Waves started so far.
     pub wave: u32,
@@ -321,4 +353,37 @@ pub struct RolloutDto {
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 pub struct RolloutsDto {
     pub rollouts: Vec<RolloutDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct SkippedDto {
+    pub instance_uid: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PackageDto {
+    pub name: String,
+    pub version: String,
+    pub platform: String,
+    pub arch: String,
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PackagesDto {
+    pub packages: Vec<PackageDto>,
+}
+
+/// What the API shows of an agent's packages.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentPackageDto {
+    pub name: String,
+    pub version: String,
+    pub status: String,
+    pub offered_version: String,
+    pub download_percent: Option<f64>,
+    pub error: String,
 }

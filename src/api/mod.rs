@@ -3,6 +3,7 @@
 mod control;
 pub mod dto;
 mod error;
+mod packages;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub writes: Arc<crate::store::WriteBuffer>,
     pub controller: crate::rollout::Controller,
+    pub blobs: crate::packages::BlobStore,
+    pub max_package_size: u64,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -45,6 +48,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/agents/{uid}", get(show_agent))
         .route("/api/v1/agents/{uid}/labels", put(set_labels))
         .route("/api/v1/agents/{uid}/retry-config", post(retry_config))
+        .route("/api/v1/agents/{uid}/restart", post(packages::restart))
+        .route(
+            "/api/v1/packages",
+            get(packages::list)
+                .post(packages::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route(
             "/api/v1/agents/{uid}/effective-config",
             get(effective_config),
@@ -78,7 +88,7 @@ fn parse_uid(s: &str) -> Result<InstanceUid, ApiError> {
     InstanceUid::parse(s).ok_or_else(|| ApiError::BadRequest(format!("invalid instance uid {s:?}")))
 }
 
-fn agent(state: &ApiState, uid: &str) -> Result<crate::agent::AgentHandle, ApiError> {
+pub(super) fn agent(state: &ApiState, uid: &str) -> Result<crate::agent::AgentHandle, ApiError> {
     let uid = parse_uid(uid)?;
     state
         .fleet
@@ -167,7 +177,7 @@ fn agent_dto(
     dto
 }
 
-fn agent_detail(state: &ApiState, agent: &AgentRecord) -> AgentDetailDto {
+pub(super) fn agent_detail(state: &ApiState, agent: &AgentRecord) -> AgentDetailDto {
     let mut dto = AgentDetailDto::from(agent);
     dto.agent.configuration = control::agent_config(state, &state.controller.view(), agent);
     dto

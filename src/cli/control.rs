@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{ServerArg, get_json};
 use crate::api::dto::{
     ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto, ConfigurationsDto, FileDto,
-    RolloutDto, RolloutStartDto, RolloutsDto,
+    PackageRefDto, RolloutDto, RolloutStartDto, RolloutsDto,
 };
 
 #[derive(Debug, Subcommand)]
@@ -44,12 +44,19 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Roll a configuration version out in waves.
+    /// Roll a configuration version (or, with --package, an agent package) out in waves.
     Start {
-        configuration: String,
-        /// Default: the latest version
+        /// The configuration to roll out (omit with --package)
+        configuration: Option<String>,
+        /// The package to roll out instead, by name ('' is the collector itself)
         #[arg(long)]
-        version: Option<u32>,
+        package: Option<String>,
+        /// Configuration version (default: the latest), or the package version (required)
+        #[arg(long)]
+        version: Option<String>,
+        /// Which agents an upgrade goes to (default: all that match nothing narrower)
+        #[arg(long)]
+        selector: Option<String>,
         #[arg(long, default_value_t = crate::rollout::DEFAULT_INITIAL)]
         initial: u32,
         #[arg(long, default_value_t = crate::rollout::DEFAULT_MULTIPLIER)]
@@ -181,7 +188,9 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
     match cmd {
         RolloutCommand::Start {
             configuration,
+            package,
             version,
+            selector,
             initial,
             multiplier,
             maximum,
@@ -190,9 +199,25 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             wave_timeout,
             server,
         } => {
+            let (config_version, package) = match (&configuration, package) {
+                (Some(_), None) => {
+                    let v = version
+                        .map(|v| v.trim_start_matches('v').parse::<u32>())
+                        .transpose()
+                        .context("a configuration version is a number")?;
+                    (v, None)
+                }
+                (None, Some(name)) => {
+                    let version = version.context("--version is required with --package")?;
+                    (None, Some(PackageRefDto { name, version }))
+                }
+                _ => anyhow::bail!("give a configuration name or --package"),
+            };
             let body = RolloutStartDto {
                 configuration,
-                version,
+                version: config_version,
+                package,
+                selector,
                 initial: Some(initial),
                 multiplier: Some(multiplier),
                 maximum: Some(maximum),
@@ -202,10 +227,7 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             };
             let r: RolloutDto =
                 get_json(client.post(server.url("/api/v1/rollouts")).json(&body)).await?;
-            println!(
-                "rollout {} of {} v{} started",
-                r.id, r.configuration, r.version
-            );
+            println!("rollout {} of {} started", r.id, target(&r));
         }
         RolloutCommand::Status { id, watch, server } => {
             let url = server.url(&format!("/api/v1/rollouts/{id}"));
@@ -234,9 +256,8 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             ]);
             for r in list.rollouts {
                 table.add_row([
-                    r.id,
-                    r.configuration,
-                    r.version.to_string(),
+                    r.id.clone(),
+                    target(&r),
                     r.state,
                     r.wave.to_string(),
                     format!("{}/{}", r.counts.completed, r.counts.total),
@@ -266,11 +287,19 @@ fn is_over(state: &str) -> bool {
     matches!(state, "stable" | "error" | "cancelled" | "replaced")
 }
 
+/// What a rollout delivers, e.g. `prod v3` or `package "" v0.116.0`.
+fn target(r: &RolloutDto) -> String {
+    match (&r.configuration, r.version, &r.package) {
+        (Some(c), Some(v), _) => format!("{c} v{v}"),
+        (_, _, Some(p)) => format!("package {:?} {}", p.name, p.version),
+        _ => String::new(),
+    }
+}
+
 fn summary(r: &RolloutDto) -> String {
     format!(
-        "{} v{} {} · wave {} · {} configuring · {} pending · {} errors",
-        r.configuration,
-        r.version,
+        "{} {} · wave {} · {} in progress · {} pending · {} errors",
+        target(r),
         r.state,
         r.wave,
         r.counts.configuring,

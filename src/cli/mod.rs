@@ -58,6 +58,22 @@ struct ServeArgs {
     /// Largest inbound OpAMP message, in bytes, after decompression [default: 4194304]
     #[arg(long, env = "CORRAL_MAX_MESSAGE_SIZE")]
     max_message_size: Option<usize>,
+    /// Base URL agents download packages from, e.g. https://corral.example.com:4320
+    /// [default: the address each agent reached the OpAMP endpoint at]
+    #[arg(long, env = "CORRAL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Largest package upload, in bytes [default: 1073741824]
+    #[arg(long, env = "CORRAL_MAX_PACKAGE_SIZE")]
+    max_package_size: Option<u64>,
+    /// OTLP endpoint offered to agents that report their own metrics
+    #[arg(long, env = "CORRAL_OWN_METRICS_ENDPOINT")]
+    own_metrics_endpoint: Option<String>,
+    /// OTLP endpoint offered to agents that report their own logs
+    #[arg(long, env = "CORRAL_OWN_LOGS_ENDPOINT")]
+    own_logs_endpoint: Option<String>,
+    /// OTLP endpoint offered to agents that report their own traces
+    #[arg(long, env = "CORRAL_OWN_TRACES_ENDPOINT")]
+    own_traces_endpoint: Option<String>,
 }
 
 /// Where admin commands find the API.
@@ -93,6 +109,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         heartbeat_interval: args.heartbeat_interval,
         max_message_size: args.max_message_size,
+        public_url: args.public_url,
+        max_package_size: args.max_package_size,
+        own_metrics_endpoint: args.own_metrics_endpoint,
+        own_logs_endpoint: args.own_logs_endpoint,
+        own_traces_endpoint: args.own_traces_endpoint,
     };
     let settings = given.resolve(file)?;
     let listeners = crate::server::Listeners::bind(&settings).await?;

@@ -51,6 +51,10 @@ pub struct AgentRecord {
     pub offered_config_hash: Option<ContentHash>,
     /// The hash of the component set the agent last reported.
     pub components_hash: Option<ContentHash>,
+    /// The packages the agent last reported.
+    pub packages: Option<Arc<super::PackageReports>>,
+    /// The package hash last offered to the agent.
+    pub offered_package_hash: Option<ContentHash>,
     pub last_seen: DateTime<Utc>,
     pub connected_at: Option<DateTime<Utc>>,
     /// Oldest first, at most [`HISTORY_LIMIT`].
@@ -73,6 +77,8 @@ impl AgentRecord {
             remote_config: None,
             offered_config_hash: None,
             components_hash: None,
+            packages: None,
+            offered_package_hash: None,
             last_seen: now,
             connected_at: None,
             history: Arc::from([]),

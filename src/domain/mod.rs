@@ -6,6 +6,7 @@ mod capabilities;
 mod config_map;
 mod description;
 mod health;
+mod package;
 mod report;
 mod uid;
 
@@ -14,7 +15,10 @@ pub use capabilities::{AgentCapabilities, ServerCapabilities};
 pub use config_map::{ConfigFile, ConfigMap};
 pub use description::{AgentDescription, AttributeValue};
 pub use health::Health;
-pub use report::{AgentReport, RemoteConfigOffer, ReplyError, ReportedComponents, ServerReply};
+pub use package::{PackageOffer, PackageReport, PackageReports, PackageState};
+pub use report::{
+    AgentReport, OwnTelemetry, RemoteConfigOffer, ReplyError, ReportedComponents, ServerReply,
+};
 pub use uid::{InstanceUid, InvalidInstanceUid};
 
 use std::fmt;

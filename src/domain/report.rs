@@ -27,6 +27,7 @@ pub struct AgentReport {
     pub health: Option<Health>,
     pub effective_config: Option<ConfigMap>,
     pub remote_config_status: Option<RemoteConfigState>,
+    pub package_statuses: Option<super::PackageReports>,
     pub available_components: Option<ReportedComponents>,
     pub custom_capabilities: Option<Vec<String>>,
     /// The agent says it is going away.
@@ -42,6 +43,7 @@ impl AgentReport {
             && self.health.is_none()
             && self.effective_config.is_none()
             && self.remote_config_status.is_none()
+            && self.package_statuses.is_none()
             && self.available_components.is_none()
             && self.custom_capabilities.is_none()
             && !self.disconnect
@@ -58,7 +60,20 @@ pub struct ServerReply {
     pub new_instance_uid: Option<super::InstanceUid>,
     pub heartbeat_interval_seconds: Option<u64>,
     pub remote_config: Option<RemoteConfigOffer>,
+    pub packages: Option<super::PackageOffer>,
+    /// Tell the agent to restart. Goes alone, with only capabilities beside it.
+    pub restart: bool,
+    /// Where the agent should send its own telemetry, when it reports it can.
+    pub own_telemetry: Option<OwnTelemetry>,
     pub error: Option<ReplyError>,
+}
+
+/// Destinations (OTLP endpoints) for an agent's own metrics, logs and traces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnTelemetry {
+    pub metrics: Option<String>,
+    pub logs: Option<String>,
+    pub traces: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

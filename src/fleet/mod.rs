@@ -87,6 +87,7 @@ impl Fleet {
         &self,
         inbound: Inbound,
         source: Source,
+        origin: Option<Arc<str>>,
     ) -> Result<InstanceUid, DispatchError> {
         let Inbound {
             raw_uid,
@@ -112,6 +113,7 @@ impl Fleet {
                 report: Box::new(report),
                 source,
                 assigned: reassign,
+                origin,
             })
             .await
             .map_err(|_| DispatchError::Unavailable)?;

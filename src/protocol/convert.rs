@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use prost::Message;
 
 use super::proto;
 use crate::config::ComponentSet;
 use crate::domain::{
     AgentCapabilities, AgentDescription, AgentReport, AttributeValue, ConfigFile, ConfigMap,
-    ContentHash, Health, InstanceUid, InvalidInstanceUid, RemoteConfigState, RemoteConfigStatus,
-    ReplyError, ReportedComponents, ServerReply,
+    ContentHash, Health, InstanceUid, InvalidInstanceUid, PackageReport, PackageReports,
+    PackageState, RemoteConfigState, RemoteConfigStatus, ReplyError, ReportedComponents,
+    ServerReply,
 };
 
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
@@ -42,6 +44,7 @@ impl From<proto::AgentToServer> for Inbound {
                 error: rcs.error_message,
             }),
             available_components: msg.available_components.map(components_from_proto),
+            package_statuses: msg.package_statuses.map(packages_from_proto),
             custom_capabilities: msg.custom_capabilities.map(|c| c.capabilities),
             disconnect: msg.agent_disconnect.is_some(),
             request_instance_uid: msg.flags & FLAG_REQUEST_INSTANCE_UID != 0,
@@ -68,6 +71,78 @@ fn components_from_proto(ac: proto::AvailableComponents) -> ReportedComponents {
     ReportedComponents {
         hash: ContentHash(ac.hash.to_vec()),
         set,
+    }
+}
+
+pub fn packages_from_proto(ps: proto::PackageStatuses) -> PackageReports {
+    PackageReports {
+        packages: ps
+            .packages
+            .into_iter()
+            .map(|(name, p)| {
+                let state = match proto::PackageStatusEnum::try_from(p.status) {
+                    Ok(proto::PackageStatusEnum::InstallPending) => PackageState::InstallPending,
+                    Ok(proto::PackageStatusEnum::Installing) => PackageState::Installing,
+                    Ok(proto::PackageStatusEnum::InstallFailed) => PackageState::InstallFailed,
+                    Ok(proto::PackageStatusEnum::Downloading) => PackageState::Downloading,
+                    // An omitted status decodes as Installed, as the spec's enum does.
+                    Ok(proto::PackageStatusEnum::Installed) | Err(_) => PackageState::Installed,
+                };
+                let report = PackageReport {
+                    agent_has_version: p.agent_has_version,
+                    agent_has_hash: ContentHash(p.agent_has_hash.to_vec()),
+                    server_offered_version: p.server_offered_version,
+                    server_offered_hash: ContentHash(p.server_offered_hash.to_vec()),
+                    state,
+                    error: p.error_message,
+                    download_percent: p
+                        .download_details
+                        .map(|d| d.download_percent)
+                        .filter(|pct| pct.is_finite()),
+                };
+                (name, report)
+            })
+            .collect(),
+        server_provided_all_packages_hash: ContentHash(
+            ps.server_provided_all_packages_hash.to_vec(),
+        ),
+        error: ps.error_message,
+    }
+}
+
+pub fn packages_to_proto(ps: &PackageReports) -> proto::PackageStatuses {
+    proto::PackageStatuses {
+        packages: ps
+            .packages
+            .iter()
+            .map(|(name, p)| {
+                let status = match p.state {
+                    PackageState::Installed => proto::PackageStatusEnum::Installed,
+                    PackageState::InstallPending => proto::PackageStatusEnum::InstallPending,
+                    PackageState::Installing => proto::PackageStatusEnum::Installing,
+                    PackageState::InstallFailed => proto::PackageStatusEnum::InstallFailed,
+                    PackageState::Downloading => proto::PackageStatusEnum::Downloading,
+                };
+                let status = proto::PackageStatus {
+                    name: name.clone(),
+                    agent_has_version: p.agent_has_version.clone(),
+                    agent_has_hash: Bytes::copy_from_slice(&p.agent_has_hash.0),
+                    server_offered_version: p.server_offered_version.clone(),
+                    server_offered_hash: Bytes::copy_from_slice(&p.server_offered_hash.0),
+                    status: status as i32,
+                    error_message: p.error.clone(),
+                    download_details: p.download_percent.map(|pct| proto::PackageDownloadDetails {
+                        download_percent: pct,
+                        download_bytes_per_second: 0.0,
+                    }),
+                };
+                (name.clone(), status)
+            })
+            .collect(),
+        server_provided_all_packages_hash: Bytes::copy_from_slice(
+            &ps.server_provided_all_packages_hash.0,
+        ),
+        error_message: ps.error.clone(),
     }
 }
 
@@ -131,6 +206,34 @@ pub fn reply_to_proto(raw_uid: Bytes, reply: &ServerReply) -> proto::ServerToAge
         capabilities: reply.capabilities.map_or(0, |c| c.bits()),
         ..Default::default()
     };
+    if reply.restart {
+        // A command goes with nothing but the uid and capabilities.
+        msg.command = Some(proto::ServerToAgentCommand {
+            r#type: proto::CommandType::Restart as i32,
+        });
+        return msg;
+    }
+    if let Some(offer) = &reply.packages {
+        let kind = if offer.name.is_empty() {
+            proto::PackageType::TopLevel
+        } else {
+            proto::PackageType::Addon
+        };
+        let available = proto::PackageAvailable {
+            r#type: kind as i32,
+            version: offer.version.clone(),
+            file: Some(proto::DownloadableFile {
+                download_url: offer.download_url.clone(),
+                content_hash: Bytes::copy_from_slice(&offer.content_hash.0),
+                ..Default::default()
+            }),
+            hash: Bytes::copy_from_slice(&offer.hash.0),
+        };
+        msg.packages_available = Some(proto::PackagesAvailable {
+            packages: [(offer.name.clone(), available)].into(),
+            all_packages_hash: Bytes::copy_from_slice(&offer.all_packages_hash().0),
+        });
+    }
     if reply.report_full_state {
         msg.flags |= FLAG_REPORT_FULL_STATE;
     }
@@ -148,23 +251,39 @@ pub fn reply_to_proto(raw_uid: Bytes, reply: &ServerReply) -> proto::ServerToAge
             config_hash: Bytes::copy_from_slice(&offer.hash.0),
         });
     }
-    if let Some(secs) = reply.heartbeat_interval_seconds {
-        let opamp = proto::OpAmpConnectionSettings {
-            heartbeat_interval_seconds: secs,
-            ..Default::default()
-        };
-        msg.connection_settings = Some(proto::ConnectionSettingsOffers {
-            hash: Bytes::copy_from_slice(&heartbeat_offer_hash(secs)),
-            opamp: Some(opamp),
-            ..Default::default()
-        });
+    if reply.heartbeat_interval_seconds.is_some() || reply.own_telemetry.is_some() {
+        msg.connection_settings = Some(connection_settings(reply));
     }
     msg
 }
 
-/// The offer's hash only has to change when the offer does.
-fn heartbeat_offer_hash(secs: u64) -> [u8; 8] {
-    secs.to_be_bytes()
+fn connection_settings(reply: &ServerReply) -> proto::ConnectionSettingsOffers {
+    use sha2::{Digest, Sha256};
+    let telemetry = |endpoint: &Option<String>| {
+        endpoint
+            .as_ref()
+            .map(|e| proto::TelemetryConnectionSettings {
+                destination_endpoint: e.clone(),
+                ..Default::default()
+            })
+    };
+    let own = reply.own_telemetry.clone().unwrap_or_default();
+    let mut offers = proto::ConnectionSettingsOffers {
+        opamp: reply
+            .heartbeat_interval_seconds
+            .map(|secs| proto::OpAmpConnectionSettings {
+                heartbeat_interval_seconds: secs,
+                ..Default::default()
+            }),
+        own_metrics: telemetry(&own.metrics),
+        own_logs: telemetry(&own.logs),
+        own_traces: telemetry(&own.traces),
+        ..Default::default()
+    };
+    // The hash only has to change when the offer does.
+    let digest = Sha256::digest(offers.encode_to_vec());
+    offers.hash = Bytes::copy_from_slice(&digest);
+    offers
 }
 
 fn error_to_proto(error: &ReplyError) -> proto::ServerErrorResponse {

@@ -2,7 +2,7 @@
 //! running rollouts with the pure planner, and tells each agent's actor its directive when it
 //! changes. Readers get an `Arc<ControlView>` from a `watch`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +13,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::planner::{self, Candidate, Outcome};
-use super::{Directive, Params, Phase, Progress, Rollout, State, directive};
+use super::{
+    ConfigPayload, Directive, DirectiveKey, PackagePayload, Params, Payload, Phase, Progress,
+    Rollout, State, directive,
+};
 use crate::config::{
     ComponentSet, ConfigVersion, Configuration, Selector, assign, check_compatible, validate_name,
 };
+use crate::domain::PackageState;
 use crate::domain::{
     AgentCapabilities, AgentRecord, ConfigMap, ContentHash, InstanceUid, RemoteConfigStatus,
 };
 use crate::fleet::Fleet;
+use crate::packages::{Package, choose};
 use crate::status::Status;
 use crate::store::{Store, StoreError};
 
@@ -49,6 +54,10 @@ pub struct ControlView {
     pub configurations: Vec<Arc<Configuration>>,
     /// Oldest first.
     pub rollouts: Vec<Arc<Rollout>>,
+    /// By name, version, platform, arch.
+    pub packages: Vec<Arc<Package>>,
+    /// Per rollout id, the agents it passes over and why.
+    pub skipped: HashMap<String, BTreeMap<InstanceUid, String>>,
 }
 
 impl ControlView {
@@ -62,7 +71,10 @@ impl ControlView {
 
     /// The configuration's most recent rollout, whatever its state.
     pub fn latest_rollout(&self, name: &str) -> Option<&Arc<Rollout>> {
-        self.rollouts.iter().rev().find(|r| r.configuration == name)
+        self.rollouts
+            .iter()
+            .rev()
+            .find(|r| r.configuration() == Some(name))
     }
 }
 
@@ -74,10 +86,23 @@ pub struct ConfigurationSpec {
 }
 
 pub struct RolloutSpec {
-    pub configuration: String,
-    pub version: Option<u32>,
+    pub target: RolloutTarget,
     pub params: Params,
     pub rollback: bool,
+}
+
+pub enum RolloutTarget {
+    /// A configuration's version (default: its latest) to the agents assigned to it.
+    Config {
+        configuration: String,
+        version: Option<u32>,
+    },
+    /// A package version to the agents matching a selector.
+    Package {
+        name: String,
+        version: String,
+        selector: Selector,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +125,10 @@ enum Request {
         id: String,
         action: Action,
         reply: oneshot::Sender<Result<Arc<Rollout>, ControlError>>,
+    },
+    AddPackage {
+        package: Package,
+        reply: oneshot::Sender<Result<Arc<Package>, ControlError>>,
     },
 }
 
@@ -145,6 +174,12 @@ impl Controller {
     pub async fn act(&self, id: String, action: Action) -> Result<Arc<Rollout>, ControlError> {
         self.ask(|reply| Request::Act { id, action, reply }).await
     }
+
+    /// Records an uploaded package (its bytes are already in the blob store).
+    pub async fn add_package(&self, package: Package) -> Result<Arc<Package>, ControlError> {
+        self.ask(|reply| Request::AddPackage { package, reply })
+            .await
+    }
 }
 
 /// Loads configurations and rollouts and starts the controller task.
@@ -163,14 +198,21 @@ pub async fn spawn_controller(
         .collect();
     let mut rollouts = store.load_rollouts().await?;
     for rollout in &mut rollouts {
-        if let Some(v) = configs
-            .iter()
-            .find(|c| c.name == rollout.configuration)
-            .and_then(|c| c.version(rollout.version))
+        if let Payload::Config(c) = &mut rollout.payload
+            && let Some(v) = configs
+                .iter()
+                .find(|cfg| cfg.name == c.configuration)
+                .and_then(|cfg| cfg.version(c.version))
         {
-            rollout.hash = v.hash.clone();
+            c.hash = v.hash.clone();
         }
     }
+    let packages = store
+        .load_packages()
+        .await?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     let (view_tx, view) = watch::channel(Arc::new(ControlView::default()));
     let (requests, inbox) = mpsc::channel(REQUEST_CAPACITY);
     let task = Task {
@@ -179,6 +221,8 @@ pub async fn spawn_controller(
         components,
         configs,
         rollouts,
+        packages,
+        skipped: HashMap::new(),
         told: HashMap::new(),
         view_tx,
     };
@@ -193,8 +237,11 @@ struct Task {
     components: Arc<DashMap<ContentHash, Arc<ComponentSet>>>,
     configs: Vec<Arc<Configuration>>,
     rollouts: Vec<Rollout>,
+    packages: Vec<Arc<Package>>,
+    /// Per rollout, the matching agents it passes over and why (as of the last tick).
+    skipped: HashMap<String, BTreeMap<InstanceUid, String>>,
     /// The directive each agent was last given, to tell it only changes.
-    told: HashMap<InstanceUid, (Option<ContentHash>, bool, Option<String>)>,
+    told: HashMap<InstanceUid, DirectiveKey>,
     view_tx: watch::Sender<Arc<ControlView>>,
 }
 
@@ -218,6 +265,8 @@ impl Task {
         self.view_tx.send_replace(Arc::new(ControlView {
             configurations: self.configs.clone(),
             rollouts: self.rollouts.iter().cloned().map(Arc::new).collect(),
+            packages: self.packages.clone(),
+            skipped: self.skipped.clone(),
         }));
     }
 
@@ -231,6 +280,9 @@ impl Task {
             }
             Request::Act { id, action, reply } => {
                 let _ = reply.send(self.act(&id, action).await);
+            }
+            Request::AddPackage { package, reply } => {
+                let _ = reply.send(self.add_package(package).await);
             }
         }
         self.publish();
@@ -293,40 +345,64 @@ impl Task {
         Ok(version)
     }
 
+    async fn add_package(&mut self, package: Package) -> Result<Arc<Package>, ControlError> {
+        self.store.save_package(&package).await?;
+        let package = Arc::new(package);
+        self.packages.retain(|p| {
+            (&p.name, &p.version, &p.platform, &p.arch)
+                != (
+                    &package.name,
+                    &package.version,
+                    &package.platform,
+                    &package.arch,
+                )
+        });
+        self.packages.push(package.clone());
+        self.packages.sort_by(|a, b| {
+            (&a.name, &a.version, &a.platform, &a.arch).cmp(&(
+                &b.name,
+                &b.version,
+                &b.platform,
+                &b.arch,
+            ))
+        });
+        Ok(package)
+    }
+
     async fn start_rollout(&mut self, spec: RolloutSpec) -> Result<Arc<Rollout>, ControlError> {
         spec.params.validate().map_err(ControlError::BadRequest)?;
-        let config = self
-            .configs
-            .iter()
-            .find(|c| c.name == spec.configuration)
-            .ok_or_else(|| {
-                ControlError::NotFound(format!("no configuration {:?}", spec.configuration))
-            })?
-            .clone();
-        let version = match spec.version {
-            Some(n) => config.version(n),
-            None => config.latest(),
-        }
-        .ok_or_else(|| {
-            ControlError::NotFound(format!(
-                "configuration {} has no version {}",
-                config.name,
-                spec.version.map_or("at all".to_string(), |v| v.to_string())
-            ))
-        })?
-        .clone();
+        let payload = match spec.target {
+            RolloutTarget::Config {
+                configuration,
+                version,
+            } => Payload::Config(self.config_payload(&configuration, version)?),
+            RolloutTarget::Package {
+                name,
+                version,
+                selector,
+            } => {
+                if !self
+                    .packages
+                    .iter()
+                    .any(|p| p.name == name && p.version == version)
+                {
+                    return Err(ControlError::NotFound(format!(
+                        "no package {name:?} at version {version:?}; upload it first"
+                    )));
+                }
+                Payload::Package(PackagePayload {
+                    name,
+                    version,
+                    selector,
+                })
+            }
+        };
         let now = Utc::now();
-        // What agents outside the new rollout run: the last version rolled out in full.
-        let previous_version = self
-            .rollouts
-            .iter()
-            .rev()
-            .find(|r| r.configuration == config.name && r.progress.state == State::Stable)
-            .map(|r| r.version);
+        // A new rollout of the same configuration, or of the same package, replaces the old.
         for old in self
             .rollouts
             .iter_mut()
-            .filter(|r| r.configuration == config.name)
+            .filter(|r| same_target(&r.payload, &payload))
         {
             let replaced = planner::replace(&old.progress);
             if replaced != old.progress {
@@ -337,10 +413,7 @@ impl Task {
         }
         let rollout = Rollout {
             id: uuid::Uuid::now_v7().to_string(),
-            configuration: config.name.clone(),
-            version: version.version,
-            hash: version.hash.clone(),
-            previous_version,
+            payload,
             params: spec.params,
             rollback: spec.rollback,
             progress: Progress::new(),
@@ -351,6 +424,43 @@ impl Task {
         let shown = Arc::new(rollout.clone());
         self.rollouts.push(rollout);
         Ok(shown)
+    }
+
+    fn config_payload(
+        &self,
+        configuration: &str,
+        version: Option<u32>,
+    ) -> Result<ConfigPayload, ControlError> {
+        let config = self
+            .configs
+            .iter()
+            .find(|c| c.name == configuration)
+            .ok_or_else(|| ControlError::NotFound(format!("no configuration {configuration:?}")))?;
+        let chosen = match version {
+            Some(n) => config.version(n),
+            None => config.latest(),
+        }
+        .ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "configuration {} has no version {}",
+                config.name,
+                version.map_or("at all".to_string(), |v| v.to_string())
+            ))
+        })?;
+        // What agents outside the new rollout run: the last version rolled out in full.
+        let previous_version = self
+            .rollouts
+            .iter()
+            .rev()
+            .filter(|r| r.progress.state == State::Stable)
+            .find_map(|r| r.config().filter(|c| c.configuration == config.name))
+            .map(|c| c.version);
+        Ok(ConfigPayload {
+            configuration: config.name.clone(),
+            version: chosen.version,
+            hash: chosen.hash.clone(),
+            previous_version,
+        })
     }
 
     async fn act(&mut self, id: &str, action: Action) -> Result<Arc<Rollout>, ControlError> {
@@ -401,27 +511,52 @@ impl Task {
             if !(rollout.is_active() || rollout.progress.state == State::Error) {
                 continue;
             }
-            let Some(version) = self
-                .configs
-                .iter()
-                .find(|c| c.name == rollout.configuration)
-                .and_then(|c| c.version(rollout.version))
-                .cloned()
-            else {
-                continue;
+            let mut skipped = BTreeMap::new();
+            let candidates: Vec<_> = match &rollout.payload {
+                Payload::Config(payload) => {
+                    let Some(version) = configs
+                        .iter()
+                        .find(|c| c.name == payload.configuration)
+                        .and_then(|c| c.version(payload.version))
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    let targets = assigned
+                        .get(payload.configuration.as_str())
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    targets
+                        .iter()
+                        .map(|agent| Candidate {
+                            id: agent.uid,
+                            eligible: self.eligible(agent, &version),
+                            outcome: outcome(agent, &version.hash),
+                        })
+                        .collect()
+                }
+                Payload::Package(payload) => agents
+                    .iter()
+                    .filter(|a| payload.selector.matches(|k| a.label(k)))
+                    .map(|agent| {
+                        let variant =
+                            choose(&self.packages, &payload.name, &payload.version, agent);
+                        let skip = upgrade_skip_reason(agent, variant.is_some());
+                        if let Some(reason) = &skip {
+                            skipped.insert(agent.uid, reason.clone());
+                        }
+                        Candidate {
+                            id: agent.uid,
+                            eligible: skip.is_none() && agent.status != Status::Disconnected,
+                            outcome: variant.and_then(|v| package_outcome(agent, payload, v)),
+                        }
+                    })
+                    .collect(),
             };
-            let targets = assigned
-                .get(rollout.configuration.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let candidates: Vec<_> = targets
-                .iter()
-                .map(|agent| Candidate {
-                    id: agent.uid,
-                    eligible: self.eligible(agent, &version),
-                    outcome: outcome(agent, &version.hash),
-                })
-                .collect();
+            if self.skipped.get(&rollout.id) != Some(&skipped) {
+                self.skipped.insert(rollout.id.clone(), skipped);
+                changed = true;
+            }
             let step = planner::step(&rollout.params, &rollout.progress, &candidates, now_ms);
             if step.progress == rollout.progress {
                 continue;
@@ -442,21 +577,38 @@ impl Task {
             self.publish();
         }
 
-        let mut latest: HashMap<&str, &Rollout> = HashMap::new();
+        let mut latest_config: HashMap<&str, &Rollout> = HashMap::new();
         for rollout in &self.rollouts {
-            latest.insert(rollout.configuration.as_str(), rollout);
+            if let Some(name) = rollout.configuration() {
+                latest_config.insert(name, rollout);
+            }
         }
+        let upgrades: Vec<&Rollout> = self
+            .rollouts
+            .iter()
+            .rev()
+            .filter(|r| r.package().is_some())
+            .collect();
         let mut seen = HashSet::with_capacity(agents.len());
         for (agent, config) in agents.iter().zip(&assignment) {
             seen.insert(agent.uid);
-            let directive = match config {
+            let mut directive = match config {
                 Some(config) => {
                     let available = self.available(agent);
-                    let latest = latest.get(config.name.as_str()).copied();
+                    let latest = latest_config.get(config.name.as_str()).copied();
                     directive(config, latest, agent.uid, available.as_deref())
                 }
                 None => Directive::default(),
             };
+            // The newest upgrade rollout whose selector takes the agent decides its package.
+            if let Some(upgrade) = upgrades.iter().find(|r| {
+                r.package()
+                    .is_some_and(|p| p.selector.matches(|k| agent.label(k)))
+            }) {
+                let (package, pending) = package_directive(upgrade, agent, &self.packages);
+                directive.package = package;
+                directive.pending |= pending;
+            }
             let key = directive.key();
             if self.told.get(&agent.uid) == Some(&key) {
                 continue;
@@ -477,6 +629,89 @@ impl Task {
                 .contains(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
             && check_compatible(version, self.available(agent).as_deref()).is_ok()
     }
+}
+
+/// Whether two rollouts deliver to the same thing: one replaces the other.
+fn same_target(a: &Payload, b: &Payload) -> bool {
+    match (a, b) {
+        (Payload::Config(a), Payload::Config(b)) => a.configuration == b.configuration,
+        (Payload::Package(a), Payload::Package(b)) => a.name == b.name,
+        _ => false,
+    }
+}
+
+/// Why an upgrade passes an agent over, if it does.
+fn upgrade_skip_reason(agent: &AgentRecord, has_variant: bool) -> Option<String> {
+    if !agent
+        .capabilities
+        .contains(AgentCapabilities::ACCEPTS_PACKAGES)
+    {
+        return Some("agent does not accept packages".into());
+    }
+    if !has_variant {
+        let attr = |k: &str| agent.label(k).map(|v| v.into_owned()).unwrap_or_default();
+        return Some(format!(
+            "no package for {}={} {}={}",
+            crate::packages::PLATFORM_ATTRIBUTE,
+            attr(crate::packages::PLATFORM_ATTRIBUTE),
+            crate::packages::ARCH_ATTRIBUTE,
+            attr(crate::packages::ARCH_ATTRIBUTE)
+        ));
+    }
+    None
+}
+
+/// What the agent reports of the upgrade: installing, installed, failed. An agent that comes
+/// back with the new `service.version` after restarting has it too.
+fn package_outcome(
+    agent: &AgentRecord,
+    payload: &PackagePayload,
+    variant: &Package,
+) -> Option<Outcome> {
+    let hash = variant.hash();
+    if let Some(report) = agent
+        .packages
+        .as_ref()
+        .and_then(|p| p.packages.get(&payload.name))
+    {
+        if report.state == PackageState::Installed && report.agent_has_hash == hash {
+            return Some(Outcome::Applied);
+        }
+        if report.server_offered_hash == hash {
+            match report.state {
+                PackageState::InstallFailed => return Some(Outcome::Failed),
+                s if s.in_progress() => return Some(Outcome::Applying),
+                _ => {}
+            }
+        }
+    }
+    let running = agent.label("service.version")?;
+    (running.trim_start_matches('v') == payload.version.trim_start_matches('v'))
+        .then_some(Outcome::Applied)
+}
+
+/// The package an agent should get from an upgrade rollout, and whether it waits for a wave.
+fn package_directive(
+    rollout: &Rollout,
+    agent: &AgentRecord,
+    packages: &[Arc<Package>],
+) -> (Option<Arc<Package>>, bool) {
+    let Some(payload) = rollout.package() else {
+        return (None, false);
+    };
+    let phase = rollout.progress.agents.get(&agent.uid).copied();
+    let reached = matches!(
+        phase,
+        Some(Phase::Sent { .. } | Phase::Completed | Phase::Failed | Phase::TimedOut)
+    );
+    let offered = rollout.progress.state == State::Stable || reached;
+    let package = offered
+        .then(|| choose(packages, &payload.name, &payload.version, agent).cloned())
+        .flatten();
+    (
+        package,
+        rollout.is_active() && phase == Some(Phase::Waiting),
+    )
 }
 
 /// What the agent last reported about `hash`, if that is the hash it reported on.

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use controller::{
-    Action, ConfigurationSpec, ControlError, ControlView, Controller, RolloutSpec, TICK,
-    spawn_controller,
+    Action, ConfigurationSpec, ControlError, ControlView, Controller, RolloutSpec, RolloutTarget,
+    TICK, spawn_controller,
 };
 pub use planner::{Counts, Params, Phase, Progress, State};
 
-use crate::config::{ComponentSet, ConfigVersion, Configuration, check_compatible};
+use crate::config::{ComponentSet, ConfigVersion, Configuration, Selector, check_compatible};
 use crate::domain::{ContentHash, InstanceUid};
+use crate::packages::Package;
 
 pub const DEFAULT_INITIAL: u32 = 3;
 pub const DEFAULT_MULTIPLIER: u32 = 5;
@@ -24,14 +25,34 @@ pub const DEFAULT_MAXIMUM: u32 = 100;
 pub const DEFAULT_MAX_ERRORS: u32 = 0;
 pub const DEFAULT_WAVE_TIMEOUT_SECS: u64 = 300;
 
+/// What a rollout delivers: one scheduler, two kinds of payload.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Rollout {
-    pub id: String,
+pub enum Payload {
+    Config(ConfigPayload),
+    Package(PackagePayload),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigPayload {
     pub configuration: String,
     pub version: u32,
     pub hash: ContentHash,
     /// What agents ran before: where waiting agents stay and where a rollback returns.
     pub previous_version: Option<u32>,
+}
+
+/// An agent upgrade: the package `name` at `version`, to the agents matching `selector`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackagePayload {
+    pub name: String,
+    pub version: String,
+    pub selector: Selector,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    pub id: String,
+    pub payload: Payload,
     pub params: Params,
     pub rollback: bool,
     pub progress: Progress<InstanceUid>,
@@ -40,6 +61,25 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    pub fn config(&self) -> Option<&ConfigPayload> {
+        match &self.payload {
+            Payload::Config(c) => Some(c),
+            Payload::Package(_) => None,
+        }
+    }
+
+    pub fn package(&self) -> Option<&PackagePayload> {
+        match &self.payload {
+            Payload::Package(p) => Some(p),
+            Payload::Config(_) => None,
+        }
+    }
+
+    /// The configuration it rolls out, if it rolls out one.
+    pub fn configuration(&self) -> Option<&str> {
+        self.config().map(|c| c.configuration.as_str())
+    }
+
     pub fn is_active(&self) -> bool {
         matches!(
             self.progress.state,
@@ -65,15 +105,25 @@ pub struct Directive {
     pub pending: bool,
     /// The version it is headed to needs components it lacks.
     pub incompatible: Option<String>,
+    /// The package (variant for its platform) an upgrade rollout offers it.
+    pub package: Option<Arc<Package>>,
 }
 
+/// What identifies a directive, to tell an agent only when it changes.
+pub type DirectiveKey = (
+    Option<ContentHash>,
+    bool,
+    Option<String>,
+    Option<ContentHash>,
+);
+
 impl Directive {
-    /// What identifies a directive, to tell an agent only when it changes.
-    pub fn key(&self) -> (Option<ContentHash>, bool, Option<String>) {
+    pub fn key(&self) -> DirectiveKey {
         (
             self.version.as_ref().map(|v| v.hash.clone()),
             self.pending,
             self.incompatible.clone(),
+            self.package.as_ref().map(|p| p.hash()),
         )
     }
 }
@@ -88,7 +138,7 @@ pub fn directive(
     agent: InstanceUid,
     available: Option<&ComponentSet>,
 ) -> Directive {
-    let Some(rollout) = latest else {
+    let Some((rollout, payload)) = latest.and_then(|r| Some((r, r.config()?))) else {
         return Directive::default();
     };
     let version_of = |n: Option<u32>| n.and_then(|n| config.version(n)).cloned();
@@ -98,28 +148,28 @@ pub fn directive(
         Some(Phase::Sent { .. } | Phase::Completed | Phase::Failed | Phase::TimedOut)
     );
     let (desired, headed) = if rollout.progress.state == State::Stable {
-        let v = version_of(Some(rollout.version));
+        let v = version_of(Some(payload.version));
         (v.clone(), v)
     } else if reached {
         let v = if rollout.progress.state == State::Error && rollout.rollback {
-            version_of(rollout.previous_version)
+            version_of(payload.previous_version)
         } else {
-            version_of(Some(rollout.version))
+            version_of(Some(payload.version))
         };
         (v.clone(), v)
     } else {
-        let previous = version_of(rollout.previous_version);
+        let previous = version_of(payload.previous_version);
         let headed = if rollout.is_terminal() || rollout.progress.state == State::Error {
             previous.clone()
         } else {
-            version_of(Some(rollout.version))
+            version_of(Some(payload.version))
         };
         (previous, headed)
     };
     let mut directive = Directive {
         pending: rollout.is_active() && phase == Some(Phase::Waiting),
         version: desired,
-        incompatible: None,
+        ..Directive::default()
     };
     if let Some(headed) = headed
         && let Err(missing) = check_compatible(&headed, available)

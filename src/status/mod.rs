@@ -98,11 +98,21 @@ pub enum ConfigProgress {
     Failed(String),
 }
 
+/// Where the agent is with a package it was offered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpgradeProgress {
+    Idle,
+    /// Downloading, waiting to install or installing; the reason says which.
+    InProgress(String),
+    Failed(String),
+}
+
 /// The facts one status is derived from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub connection: Connection,
     pub config: ConfigProgress,
+    pub upgrade: UpgradeProgress,
     /// Why the agent's health is bad, if it is.
     pub health_problem: Option<String>,
     /// Why the configuration the agent is headed to cannot run on it, if it cannot.
@@ -116,6 +126,7 @@ impl Observation {
         Self {
             connection: Connection::Live,
             config,
+            upgrade: UpgradeProgress::Idle,
             health_problem,
             incompatible: None,
             pending: false,
@@ -124,8 +135,8 @@ impl Observation {
 }
 
 /// The status the facts imply, with its reason. A lost connection wins; then what the
-/// configuration is doing (being applied, failed); then bad health; then what a rollout
-/// says (incompatible, pending).
+/// configuration is doing (being applied, failed); then what an upgrade is doing (failed,
+/// in progress); then bad health; then what a rollout says (incompatible, pending).
 pub fn derive(obs: &Observation) -> (Status, String) {
     if let Connection::Lost(reason) = &obs.connection {
         return (Status::Disconnected, reason.clone());
@@ -141,6 +152,11 @@ pub fn derive(obs: &Observation) -> (Status, String) {
             return (Status::Error, format!("remote config failed: {msg}"));
         }
         ConfigProgress::Settled => {}
+    }
+    match &obs.upgrade {
+        UpgradeProgress::Failed(reason) => return (Status::Error, reason.clone()),
+        UpgradeProgress::InProgress(reason) => return (Status::Upgrading, reason.clone()),
+        UpgradeProgress::Idle => {}
     }
     if let Some(problem) = &obs.health_problem {
         return (Status::Error, problem.clone());

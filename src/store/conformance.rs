@@ -14,7 +14,10 @@ use crate::domain::{
     HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
     Transport,
 };
-use crate::rollout::{Params, Phase, Progress, Rollout, State};
+use crate::packages::Package;
+use crate::rollout::{
+    ConfigPayload, PackagePayload, Params, Payload, Phase, Progress, Rollout, State,
+};
 use crate::status::Status;
 
 /// Runs every check in order on an empty store; panics with the failing check's message.
@@ -27,6 +30,7 @@ pub async fn run(store: &dyn Store) {
     component_sets_by_hash(store).await;
     configurations_keep_every_version(store).await;
     rollouts_keep_their_progress(store).await;
+    packages_by_identity(store).await;
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -318,10 +322,12 @@ async fn rollouts_keep_their_progress(store: &dyn Store) {
     );
     let mut rollout = Rollout {
         id: "r-1".into(),
-        configuration: "prod".into(),
-        version: 2,
-        hash: crate::domain::ContentHash::default(),
-        previous_version: Some(1),
+        payload: Payload::Config(ConfigPayload {
+            configuration: "prod".into(),
+            version: 2,
+            hash: crate::domain::ContentHash::default(),
+            previous_version: Some(1),
+        }),
         params: Params {
             initial: 3,
             multiplier: 5,
@@ -365,10 +371,54 @@ async fn rollouts_keep_their_progress(store: &dyn Store) {
         .save_rollout(&rollout, &[(a, Some(Phase::Completed)), (b, None)])
         .await
         .expect("save changes");
+    let upgrade = Rollout {
+        id: "r-2".into(),
+        payload: Payload::Package(PackagePayload {
+            name: String::new(),
+            version: "v0.116.0".into(),
+            selector: Selector::parse("os.type=linux").expect("selector"),
+        }),
+        rollback: false,
+        created_at: at(12),
+        updated_at: at(12),
+        ..rollout.clone()
+    };
+    store
+        .save_rollout(&upgrade, &[])
+        .await
+        .expect("save upgrade");
     let loaded = store.load_rollouts().await.expect("load");
+    let mut upgrade_as_loaded = upgrade;
+    upgrade_as_loaded.progress.agents.clear();
     assert_eq!(
         loaded,
-        vec![rollout],
-        "a rollout reads back with its per-agent progress"
+        vec![rollout, upgrade_as_loaded],
+        "rollouts read back with their payload and per-agent progress, oldest first"
+    );
+}
+
+async fn packages_by_identity(store: &dyn Store) {
+    assert!(store.load_packages().await.expect("load").is_empty());
+    let mut package = Package {
+        name: String::new(),
+        version: "v0.116.0".into(),
+        platform: "linux".into(),
+        arch: "amd64".into(),
+        sha256: crate::domain::ContentHash(vec![3; 32]),
+        size: 1234,
+        created_at: at(20),
+    };
+    store.save_package(&package).await.expect("save");
+    package.sha256 = crate::domain::ContentHash(vec![4; 32]);
+    store.save_package(&package).await.expect("replace");
+    let other = Package {
+        platform: "windows".into(),
+        ..package.clone()
+    };
+    store.save_package(&other).await.expect("save other");
+    assert_eq!(
+        store.load_packages().await.expect("load"),
+        vec![package, other],
+        "one entry per name, version, platform and arch; the last upload wins"
     );
 }

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 use crate::config::{ComponentSet, ConfigVersion, Configuration};
 use crate::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
+use crate::packages::Package;
 use crate::rollout::{Phase, Rollout};
 
 pub use sqlite::SqliteStore;
@@ -81,6 +82,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every rollout with its per-agent progress, oldest first.
     async fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError>;
+
+    async fn load_packages(&self) -> Result<Vec<Package>, StoreError>;
+
+    /// Adds a package, or replaces the entry with the same name, version, platform and arch.
+    async fn save_package(&self, package: &Package) -> Result<(), StoreError>;
 
     /// Upserts a rollout and the given agents' phases (`None` removes the agent).
     async fn save_rollout(

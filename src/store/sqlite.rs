@@ -15,8 +15,11 @@ use crate::domain::{
     AgentCapabilities, AgentRecord, ConfigMap, ContentHash, HISTORY_LIMIT, HistoryEntry,
     InstanceUid, RemoteConfigState, RemoteConfigStatus, Transport,
 };
+use crate::packages::Package;
 use crate::protocol::{self, proto};
-use crate::rollout::{Params, Phase, Progress, Rollout, State};
+use crate::rollout::{
+    ConfigPayload, PackagePayload, Params, Payload, Phase, Progress, Rollout, State,
+};
 use crate::status::Status;
 
 const DB_FILE: &str = "corral.db";
@@ -138,6 +141,16 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
         components_hash: row
             .try_get::<Option<Vec<u8>>, _>("components_hash")?
             .map(ContentHash),
+        packages: match row.try_get::<Option<Vec<u8>>, _>("packages")? {
+            Some(bytes) => Some(Arc::new(protocol::packages_from_proto(
+                proto::PackageStatuses::decode(bytes.as_slice())
+                    .map_err(|e| corrupt(&uid_bytes, e))?,
+            ))),
+            None => None,
+        },
+        offered_package_hash: row
+            .try_get::<Option<Vec<u8>>, _>("offered_package_hash")?
+            .map(ContentHash),
         last_seen: from_millis(row.try_get("last_seen_ms")?),
         connected_at: row
             .try_get::<Option<i64>, _>("connected_at_ms")?
@@ -198,8 +211,8 @@ impl Store for SqliteStore {
                 "INSERT INTO agents (instance_uid, status, status_reason, transport, labels,
                     description, capabilities, health, effective_config_hash, remote_config_hash,
                     remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
-                    offered_config_hash, components_hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    offered_config_hash, components_hash, packages, offered_package_hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (instance_uid) DO UPDATE SET
                     status = excluded.status, status_reason = excluded.status_reason,
                     transport = excluded.transport, labels = excluded.labels,
@@ -210,7 +223,9 @@ impl Store for SqliteStore {
                     remote_config_error = excluded.remote_config_error,
                     last_seen_ms = excluded.last_seen_ms, connected_at_ms = excluded.connected_at_ms,
                     offered_config_hash = excluded.offered_config_hash,
-                    components_hash = excluded.components_hash",
+                    components_hash = excluded.components_hash,
+                    packages = excluded.packages,
+                    offered_package_hash = excluded.offered_package_hash",
             )
             .bind(agent.uid.as_bytes().as_slice())
             .bind(agent.status.as_str())
@@ -228,6 +243,13 @@ impl Store for SqliteStore {
             .bind(agent.connected_at.map(millis))
             .bind(agent.offered_config_hash.as_ref().map(|h| h.0.as_slice()))
             .bind(agent.components_hash.as_ref().map(|h| h.0.as_slice()))
+            .bind(
+                agent
+                    .packages
+                    .as_deref()
+                    .map(|p| protocol::packages_to_proto(p).encode_to_vec()),
+            )
+            .bind(agent.offered_package_hash.as_ref().map(|h| h.0.as_slice()))
             .execute(&mut *tx)
             .await?;
         }
@@ -412,14 +434,32 @@ impl Store for SqliteStore {
                 };
                 agents.insert(uid, phase);
             }
+            let payload = match row.try_get::<Option<String>, _>("package_name")? {
+                Some(name) => {
+                    let selector: String = row
+                        .try_get::<Option<String>, _>("selector")?
+                        .unwrap_or_default();
+                    Payload::Package(PackagePayload {
+                        name,
+                        version: row
+                            .try_get::<Option<String>, _>("package_version")?
+                            .unwrap_or_default(),
+                        selector: Selector::parse(&selector)
+                            .map_err(|e| corrupt(id.as_bytes(), e))?,
+                    })
+                }
+                None => Payload::Config(ConfigPayload {
+                    configuration: row.try_get("configuration")?,
+                    version: row.try_get::<i64, _>("version")? as u32,
+                    // Derived from the version by whoever loads it.
+                    hash: ContentHash::default(),
+                    previous_version: row
+                        .try_get::<Option<i64>, _>("previous_version")?
+                        .map(|v| v as u32),
+                }),
+            };
             rollouts.push(Rollout {
-                configuration: row.try_get("configuration")?,
-                version: row.try_get::<i64, _>("version")? as u32,
-                // Derived from the version by whoever loads it.
-                hash: ContentHash::default(),
-                previous_version: row
-                    .try_get::<Option<i64>, _>("previous_version")?
-                    .map(|v| v as u32),
+                payload,
                 params: Params {
                     initial: row.try_get::<i64, _>("initial")? as u32,
                     multiplier: row.try_get::<i64, _>("multiplier")? as u32,
@@ -442,6 +482,45 @@ impl Store for SqliteStore {
         Ok(rollouts)
     }
 
+    async fn load_packages(&self) -> Result<Vec<Package>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM packages ORDER BY name, version, platform, arch")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Package {
+                    name: row.try_get("name")?,
+                    version: row.try_get("version")?,
+                    platform: row.try_get("platform")?,
+                    arch: row.try_get("arch")?,
+                    sha256: ContentHash(row.try_get("sha256")?),
+                    size: row.try_get::<i64, _>("size")? as u64,
+                    created_at: from_millis(row.try_get("created_at_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn save_package(&self, package: &Package) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO packages (name, version, platform, arch, sha256, size, created_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name, version, platform, arch) DO UPDATE SET
+                sha256 = excluded.sha256, size = excluded.size,
+                created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&package.name)
+        .bind(&package.version)
+        .bind(&package.platform)
+        .bind(&package.arch)
+        .bind(package.sha256.0.as_slice())
+        .bind(package.size as i64)
+        .bind(millis(package.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn save_rollout(
         &self,
         rollout: &Rollout,
@@ -449,18 +528,24 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let p = &rollout.params;
+        let (configuration, version, previous) = match rollout.config() {
+            Some(c) => (c.configuration.as_str(), c.version, c.previous_version),
+            None => ("", 0, None),
+        };
+        let package = rollout.package();
         sqlx::query(
             "INSERT INTO rollouts (id, configuration, version, previous_version, initial,
                 multiplier, maximum, max_errors, rollback, wave_timeout_ms, state, wave,
-                extra_errors, created_at_ms, updated_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                extra_errors, created_at_ms, updated_at_ms, package_name, package_version,
+                selector)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, wave = excluded.wave,
                 extra_errors = excluded.extra_errors, updated_at_ms = excluded.updated_at_ms",
         )
         .bind(&rollout.id)
-        .bind(&rollout.configuration)
-        .bind(i64::from(rollout.version))
-        .bind(rollout.previous_version.map(i64::from))
+        .bind(configuration)
+        .bind(i64::from(version))
+        .bind(previous.map(i64::from))
         .bind(i64::from(p.initial))
         .bind(i64::from(p.multiplier))
         .bind(i64::from(p.maximum))
@@ -472,6 +557,9 @@ impl Store for SqliteStore {
         .bind(i64::from(rollout.progress.extra_errors))
         .bind(millis(rollout.created_at))
         .bind(millis(rollout.updated_at))
+        .bind(package.map(|p| p.name.as_str()))
+        .bind(package.map(|p| p.version.as_str()))
+        .bind(package.map(|p| p.selector.to_string()))
         .execute(&mut *tx)
         .await?;
         for (uid, phase) in agents {

@@ -109,7 +109,12 @@ pub(super) async fn poll(
     };
     let raw_uid = inbound.raw_uid.clone();
     let (reply, answer) = oneshot::channel();
-    match state.fleet.dispatch(inbound, Source::Http { reply }).await {
+    let origin = super::origin(&headers);
+    match state
+        .fleet
+        .dispatch(inbound, Source::Http { reply }, origin)
+        .await
+    {
         Ok(_) => {}
         Err(DispatchError::BadRequest(message)) => {
             metrics.decode_error("bad_instance_uid");

@@ -20,6 +20,8 @@ use crate::agent::ConnId;
 use crate::fleet::Fleet;
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
+/// Where package artifacts are downloaded from, by SHA-256 (hex), on the OpAMP listener.
+pub const PACKAGES_PATH: &str = "/v1/packages/";
 /// Default bound on one inbound message (after decompression).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
@@ -37,9 +39,46 @@ fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
+/// A package's bytes by SHA-256, with range requests so an agent can resume a download.
+async fn download(
+    axum::extract::State(state): axum::extract::State<OpampState>,
+    axum::extract::Path(sha256): axum::extract::Path<String>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use tower::ServiceExt;
+    let hash = (sha256.len() == 64)
+        .then(|| crate::domain::ContentHash::from_hex(&sha256))
+        .flatten();
+    let Some(hash) = hash else {
+        return (StatusCode::NOT_FOUND, "no such package").into_response();
+    };
+    let path = state.blobs.path(&hash);
+    if !path.is_file() {
+        return (StatusCode::NOT_FOUND, "no such package").into_response();
+    }
+    match tower_http::services::ServeFile::new(path)
+        .oneshot(request)
+        .await
+    {
+        Ok(response) => response.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `http://host[:port]` from the request's Host header: where this agent reaches us.
+fn origin(headers: &axum::http::HeaderMap) -> Option<Arc<str>> {
+    let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    valid.then(|| Arc::from(format!("http://{host}")))
+}
+
 #[derive(Clone)]
 pub struct OpampState {
     pub fleet: Arc<Fleet>,
+    pub blobs: crate::packages::BlobStore,
     pub max_message_size: usize,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
@@ -49,12 +88,14 @@ pub struct OpampState {
 impl OpampState {
     pub fn new(
         fleet: Arc<Fleet>,
+        blobs: crate::packages::BlobStore,
         max_message_size: usize,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Self {
             fleet,
+            blobs,
             max_message_size,
             cancel,
             tracker,
@@ -86,6 +127,7 @@ pub fn router(state: OpampState) -> Router {
                     )
                 }),
         )
+        .route(&format!("{PACKAGES_PATH}{{sha256}}"), get(download))
         .fallback(move || async move {
             not_found_metrics.metrics().rejected("not_found");
             (

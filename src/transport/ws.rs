@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -24,8 +25,13 @@ const MESSAGE_TOO_BIG: u16 = 1009;
 const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 4 * 1024;
 
-pub(super) async fn upgrade(State(state): State<OpampState>, ws: WebSocketUpgrade) -> Response {
+pub(super) async fn upgrade(
+    State(state): State<OpampState>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let max = state.max_message_size;
+    let origin = super::origin(&headers);
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max.saturating_mul(2))
@@ -33,7 +39,7 @@ pub(super) async fn upgrade(State(state): State<OpampState>, ws: WebSocketUpgrad
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            tracker.track_future(serve_connection(socket, state))
+            tracker.track_future(serve_connection(socket, state, origin))
         })
 }
 
@@ -60,7 +66,7 @@ impl Ending {
 }
 
 /// Moves frames between one WebSocket and the actors of the agents speaking on it.
-async fn serve_connection(socket: WebSocket, state: OpampState) {
+async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<Arc<str>>) {
     let conn = state.next_conn_id();
     let metrics = state.fleet.metrics();
     let (mut sink, mut stream) = socket.split();
@@ -95,7 +101,7 @@ async fn serve_connection(socket: WebSocket, state: OpampState) {
                             break Ending::close(code, e.to_string());
                         }
                     };
-                    match route(&state, inbound, conn, &outbound, &mut aliases, &mut agents).await {
+                    match route(&state, inbound, conn, &outbound, &origin, &mut aliases, &mut agents).await {
                         Ok(()) => {}
                         Err(ending) => break ending,
                     }
@@ -143,6 +149,7 @@ async fn route(
     mut inbound: Inbound,
     conn: ConnId,
     outbound: &mpsc::Sender<Outgoing>,
+    origin: &Option<Arc<str>>,
     aliases: &mut HashMap<InstanceUid, InstanceUid>,
     agents: &mut Vec<InstanceUid>,
 ) -> Result<(), Ending> {
@@ -156,7 +163,7 @@ async fn route(
         conn,
         outbound: outbound.clone(),
     };
-    match state.fleet.dispatch(inbound, source).await {
+    match state.fleet.dispatch(inbound, source, origin.clone()).await {
         Ok(target) => {
             if let Some(sent) = sent_uid
                 && sent != target
