@@ -8,9 +8,17 @@
 //!
 //! Each agent has its own UUIDv7 instance uid and sequence numbers, sends its full state
 //! first, then compressed reports and heartbeats; it honours ReportFullState, a new instance
-//! uid, an offered heartbeat interval and remote configs (APPLYING, then APPLIED or FAILED),
+//! uid, an offered heartbeat interval and remote configs (APPLYING, then APPLIED or FAILED;
+//! the hash it last applied or failed is not applied again), reports its available components
+//! (the hash in full reports, the full map when the server sets ReportAvailableComponents),
 //! reconnects with backoff and says goodbye (agent_disconnect) when stopped. Progress goes to
 //! stderr; the summary to stdout (one JSON object with `--json`).
+//!
+//! ```text
+//! # 1 agent in 4 lacks exporters/kafka; configs containing "BROKEN" fail
+//! cargo run --release --example simulate -- --agents 100 --fail-on BROKEN \
+//!     --components-ratio 0.25 --alt-components receivers/otlp,processors/batch,exporters/debug
+//! ```
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -69,6 +77,21 @@ struct Args {
     /// Probability that applying a remote config fails.
     #[arg(long, default_value_t = 0.0)]
     failure_ratio: f64,
+    /// Applying a remote config whose body contains this text fails, whatever
+    /// --failure-ratio says (repeatable).
+    #[arg(long = "fail-on", value_name = "SUBSTRING")]
+    fail_on: Vec<String>,
+    /// Components each agent reports (AvailableComponents), as comma-separated kind/type,
+    /// e.g. receivers/otlp,processors/batch,exporters/debug; "none" reports no components
+    /// [default: a collector-contrib-like set].
+    #[arg(long, value_name = "LIST")]
+    components: Option<String>,
+    /// The component set that a fraction --components-ratio of the agents report instead.
+    #[arg(long, value_name = "LIST", requires = "components_ratio")]
+    alt_components: Option<String>,
+    /// Fraction of the agents (every 1/R-th) that report --alt-components.
+    #[arg(long, value_name = "R", requires = "alt_components")]
+    components_ratio: Option<f64>,
     /// Stop after this many seconds [default: run until Ctrl-C or SIGTERM].
     #[arg(long)]
     duration_seconds: Option<u64>,
@@ -109,6 +132,7 @@ const ACCEPTS_OPAMP_CONNECTION_SETTINGS: u64 = 0x100;
 const REPORTS_HEALTH: u64 = 0x800;
 const REPORTS_REMOTE_CONFIG: u64 = 0x1000;
 const REPORTS_HEARTBEAT: u64 = 0x2000;
+const REPORTS_AVAILABLE_COMPONENTS: u64 = 0x4000;
 const CAPABILITIES: u64 = REPORTS_STATUS
     | ACCEPTS_REMOTE_CONFIG
     | REPORTS_EFFECTIVE_CONFIG
@@ -118,6 +142,7 @@ const CAPABILITIES: u64 = REPORTS_STATUS
     | ACCEPTS_OPAMP_CONNECTION_SETTINGS;
 
 const FLAG_REPORT_FULL_STATE: u64 = 0x1;
+const FLAG_REPORT_AVAILABLE_COMPONENTS: u64 = 0x2;
 
 const RC_UNSET: i32 = 0;
 const RC_APPLIED: i32 = 1;
@@ -156,6 +181,12 @@ struct Stats {
     configs_received: AtomicU64,
     configs_applied: AtomicU64,
     configs_failed: AtomicU64,
+    /// Remote configs whose hash was the one last applying, applied or failed.
+    configs_ignored: AtomicU64,
+    /// Remote configs replaced by a newer one before they were applied.
+    configs_superseded: AtomicU64,
+    component_map_requests: AtomicU64,
+    component_maps_sent: AtomicU64,
     error_responses: AtomicU64,
     connect_errors: AtomicU64,
     connection_drops: AtomicU64,
@@ -202,6 +233,10 @@ struct Ctx {
     stats: Stats,
     stop: CancellationToken,
     config_body: Bytes,
+    /// What most agents report (None: no components).
+    components: Option<Arc<Components>>,
+    /// What every 1/ratio-th agent reports instead.
+    alt_components: Option<(f64, Option<Arc<Components>>)>,
     start: Instant,
 }
 
@@ -248,11 +283,13 @@ struct Dirty {
     health: bool,
     effective: bool,
     remote: bool,
+    /// The full component map (the server asked for it).
+    components: bool,
 }
 
 impl Dirty {
     fn any(&self) -> bool {
-        self.description || self.health || self.effective || self.remote
+        self.description || self.health || self.effective || self.remote || self.components
     }
 }
 
@@ -260,7 +297,8 @@ struct PendingApply {
     at: Instant,
     hash: Bytes,
     config: proto::AgentConfigMap,
-    fail: bool,
+    /// Why applying fails (None: it succeeds).
+    fail: Option<String>,
 }
 
 struct Agent {
@@ -268,6 +306,9 @@ struct Agent {
     uid: Bytes,
     /// Last sequence number used; the first message carries 1.
     seq: u64,
+    capabilities: u64,
+    /// What the agent reports in available_components (None: nothing).
+    components: Option<Arc<Components>>,
     description: proto::AgentDescription,
     health: proto::ComponentHealth,
     effective: proto::AgentConfigMap,
@@ -281,6 +322,9 @@ struct Agent {
     retry_after: Option<Duration>,
     /// Sends in a row that a reply asked for.
     immediate_sends: u32,
+    /// The agent has news of its own (a config it started applying) to send at once,
+    /// whatever the limit on immediate sends.
+    must_send: bool,
 }
 
 fn now_nanos() -> u64 {
@@ -324,7 +368,23 @@ impl Agent {
             kv("host.arch", "amd64"),
             kv("host.name", &format!("sim-host-{index}")),
         ];
+        let mut components = ctx.components.clone();
+        if let Some((ratio, alt)) = &ctx.alt_components {
+            let alt_agent = is_alt(index, *ratio);
+            if alt_agent {
+                components.clone_from(alt);
+            }
+            non_identifying.push(kv(
+                "sim.components",
+                if alt_agent { "alt" } else { "default" },
+            ));
+        }
         non_identifying.extend(ctx.args.labels.iter().map(|(k, v)| kv(k, v)));
+        let capabilities = if components.is_some() {
+            CAPABILITIES | REPORTS_AVAILABLE_COMPONENTS
+        } else {
+            CAPABILITIES
+        };
         let description = proto::AgentDescription {
             identifying_attributes: vec![
                 kv("service.name", "otelcol-contrib"),
@@ -361,6 +421,8 @@ impl Agent {
             index,
             uid,
             seq: 0,
+            capabilities,
+            components,
             description,
             health,
             effective: proto::AgentConfigMap { config_map: files },
@@ -375,6 +437,7 @@ impl Agent {
             pending_apply: None,
             retry_after: None,
             immediate_sends: 0,
+            must_send: false,
         }
     }
 
@@ -387,7 +450,19 @@ impl Agent {
         let msg = proto::AgentToServer {
             instance_uid: self.uid.clone(),
             sequence_num: self.seq,
-            capabilities: CAPABILITIES,
+            capabilities: self.capabilities,
+            // Like the collector (opamp-go): the hash alone, the full map when asked.
+            available_components: self.components.as_ref().and_then(|c| {
+                if d.components {
+                    inc(&ctx.stats.component_maps_sent);
+                    Some(c.full.clone())
+                } else {
+                    full.then(|| proto::AvailableComponents {
+                        components: BTreeMap::new(),
+                        hash: c.hash.clone(),
+                    })
+                }
+            }),
             agent_description: (full || d.description).then(|| self.description.clone()),
             health: (full || d.health).then(|| self.health.clone()),
             effective_config: (full || d.effective).then(|| proto::EffectiveConfig {
@@ -469,6 +544,11 @@ impl Agent {
             inc(&st.full_state_requests);
             self.send_full = true;
         }
+        if msg.flags & FLAG_REPORT_AVAILABLE_COMPONENTS != 0 {
+            inc(&st.component_map_requests);
+            // An agent without components has nothing to report.
+            self.dirty.components |= self.components.is_some();
+        }
         if let Some(id) = msg.agent_identification {
             if id.new_instance_uid.len() == 16 && id.new_instance_uid != self.uid {
                 inc(&st.uid_reassignments);
@@ -496,38 +576,73 @@ impl Agent {
             self.offered_interval = Some(Duration::from_secs(opamp.heartbeat_interval_seconds));
         }
         if let Some(rc) = msg.remote_config {
-            inc(&st.configs_received);
-            let known = rc.config_hash == self.remote_status.last_remote_config_hash
-                && self.remote_status.status != RC_UNSET;
-            if !known {
-                self.remote_status = proto::RemoteConfigStatus {
-                    last_remote_config_hash: rc.config_hash.clone(),
-                    status: RC_APPLYING,
-                    error_message: String::new(),
-                };
-                self.dirty.remote = true;
-                let (delay, fail) = {
-                    let mut rng = rand::rng();
-                    let base = ctx.args.apply_delay_ms as f64;
-                    let ms = if base > 0.0 {
-                        rng.random_range(base * 0.5..=base * 1.5)
-                    } else {
-                        0.0
-                    };
-                    (
-                        Duration::from_micros((ms * 1000.0) as u64),
-                        rng.random_bool(ctx.args.failure_ratio),
-                    )
-                };
-                self.pending_apply = Some(PendingApply {
-                    at: Instant::now() + delay,
-                    hash: rc.config_hash,
-                    config: rc.config.unwrap_or_default(),
-                    fail,
-                });
-            }
+            self.on_remote_config(rc, ctx);
         }
         self.wants_to_send()
+    }
+
+    /// Starts applying a remote config: APPLYING at once, APPLIED or FAILED after the apply
+    /// delay. The config last applying, applied or failed (the same hash) is ignored, as the
+    /// collector does; an earlier one that comes back (a rollback) is applied again.
+    fn on_remote_config(&mut self, rc: proto::AgentRemoteConfig, ctx: &Ctx) {
+        let st = &ctx.stats;
+        inc(&st.configs_received);
+        let known = rc.config_hash == self.remote_status.last_remote_config_hash
+            && self.remote_status.status != RC_UNSET;
+        if known {
+            inc(&st.configs_ignored);
+            return;
+        }
+        if self.pending_apply.is_some() {
+            inc(&st.configs_superseded);
+        }
+        let config = rc.config.unwrap_or_default();
+        let marker = ctx.args.fail_on.iter().find(|m| {
+            config
+                .config_map
+                .values()
+                .any(|f| contains(&f.body, m.as_bytes()))
+        });
+        let (delay, fail) = {
+            let mut rng = rand::rng();
+            let base = ctx.args.apply_delay_ms as f64;
+            let ms = if base > 0.0 {
+                rng.random_range(base * 0.5..=base * 1.5)
+            } else {
+                0.0
+            };
+            let fail = match marker {
+                Some(m) => Some(format!(
+                    "simulated failure: the config contains {m:?} (--fail-on)"
+                )),
+                None => rng.random_bool(ctx.args.failure_ratio).then(|| {
+                    "simulated failure: invalid keys in processors::batch (--failure-ratio)"
+                        .to_string()
+                }),
+            };
+            (Duration::from_micros((ms * 1000.0) as u64), fail)
+        };
+        self.remote_status = proto::RemoteConfigStatus {
+            last_remote_config_hash: rc.config_hash.clone(),
+            status: RC_APPLYING,
+            error_message: String::new(),
+        };
+        self.dirty.remote = true;
+        self.must_send = true;
+        self.pending_apply = Some(PendingApply {
+            at: Instant::now() + delay,
+            hash: rc.config_hash,
+            config,
+            fail,
+        });
+    }
+
+    /// When the pending remote config is applied: not before APPLYING has been sent.
+    fn apply_at(&self) -> Option<Instant> {
+        self.pending_apply
+            .as_ref()
+            .filter(|_| !self.dirty.remote)
+            .map(|p| p.at)
     }
 
     /// Finishes applying the pending remote config.
@@ -535,12 +650,12 @@ impl Agent {
         let Some(p) = self.pending_apply.take() else {
             return;
         };
-        if p.fail {
+        if let Some(error_message) = p.fail {
             inc(&ctx.stats.configs_failed);
             self.remote_status = proto::RemoteConfigStatus {
                 last_remote_config_hash: p.hash,
                 status: RC_FAILED,
-                error_message: "simulated failure: invalid keys in processors::batch".to_string(),
+                error_message,
             };
         } else {
             inc(&ctx.stats.configs_applied);
@@ -555,8 +670,12 @@ impl Agent {
         self.dirty.remote = true;
     }
 
-    /// Whether a reply's request for another message may be honoured at once.
+    /// Whether a reply's request for another message may be honoured at once (the agent's
+    /// own news always is).
     fn may_send_immediately(&mut self, ctx: &Ctx) -> bool {
+        if std::mem::take(&mut self.must_send) {
+            return true;
+        }
         self.immediate_sends += 1;
         if self.immediate_sends > MAX_IMMEDIATE_SENDS {
             if self.immediate_sends == MAX_IMMEDIATE_SENDS + 1 {
@@ -572,6 +691,10 @@ impl Agent {
     }
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 trait Carries {
     fn is_full_or_changes(&self) -> bool;
 }
@@ -582,6 +705,7 @@ impl Carries for proto::AgentToServer {
             || self.health.is_some()
             || self.effective_config.is_some()
             || self.remote_config_status.is_some()
+            || self.available_components.is_some()
     }
 }
 
@@ -766,7 +890,7 @@ async fn ws_exchange(
         let next_heartbeat = agent
             .ws_heartbeat(ctx)
             .map_or_else(far_future, |d| last_send + d);
-        let apply_at = agent.pending_apply.as_ref().map(|p| p.at);
+        let apply_at = agent.apply_at();
         let mut heartbeat_due = false;
         tokio::select! {
             _ = ctx.stop.cancelled() => {
@@ -961,7 +1085,7 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     let mut failed = false;
     let mut next_poll = Instant::now();
     loop {
-        let apply_at = agent.pending_apply.as_ref().map(|p| p.at);
+        let apply_at = agent.apply_at();
         let mut timer = false;
         tokio::select! {
             _ = ctx.stop.cancelled() => break,
@@ -1119,6 +1243,107 @@ fn config_body(size: Option<usize>) -> Bytes {
 }
 
 // ---------------------------------------------------------------------------------------
+// Available components
+
+/// A collector-contrib-like set: everything the built-in collector YAML uses, and more.
+const DEFAULT_COMPONENTS: &str = "\
+    receivers/otlp,receivers/hostmetrics,receivers/filelog,receivers/prometheus,\
+    receivers/jaeger,receivers/zipkin,receivers/kafka,receivers/k8s_cluster,\
+    processors/batch,processors/memory_limiter,processors/resourcedetection,\
+    processors/attributes,processors/resource,processors/filter,processors/transform,\
+    processors/k8sattributes,processors/tail_sampling,\
+    exporters/otlp,exporters/otlphttp,exporters/debug,exporters/prometheus,exporters/kafka,\
+    exporters/file,exporters/loadbalancing,\
+    extensions/health_check,extensions/pprof,extensions/zpages,extensions/opamp,\
+    extensions/file_storage,extensions/basicauth,\
+    connectors/forward,connectors/spanmetrics,connectors/count,connectors/routing";
+
+const COMPONENT_KINDS: [&str; 5] = [
+    "receivers",
+    "processors",
+    "exporters",
+    "extensions",
+    "connectors",
+];
+
+/// One component set as the agents report it: the hash alone, or the full map on request.
+struct Components {
+    /// SHA-256 over the sorted "kind/type" lines.
+    hash: Bytes,
+    full: proto::AvailableComponents,
+    count: usize,
+}
+
+/// Parses "kind/type,..." ("none": no components). Kinds may be singular ("receiver/otlp").
+fn parse_components(list: &str, flag: &str) -> Result<Option<Arc<Components>>, String> {
+    let list = list.trim();
+    if list.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let mut set = std::collections::BTreeSet::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (kind, type_) = item
+            .split_once('/')
+            .ok_or_else(|| format!("{flag}: {item:?} must be kind/type, e.g. receivers/otlp"))?;
+        let kind = kind.trim();
+        let type_ = type_.trim();
+        let kind = COMPONENT_KINDS
+            .iter()
+            .find(|k| **k == kind || k.strip_suffix('s') == Some(kind))
+            .ok_or_else(|| {
+                format!(
+                    "{flag}: unknown kind {kind:?} in {item:?} (one of {})",
+                    COMPONENT_KINDS.join(", ")
+                )
+            })?;
+        if type_.is_empty() || type_.contains('/') {
+            return Err(format!(
+                "{flag}: {item:?} needs one component type after the kind"
+            ));
+        }
+        set.insert(((*kind).to_string(), type_.to_string()));
+    }
+    if set.is_empty() {
+        return Err(format!(
+            "{flag}: no components given (use \"none\" for none)"
+        ));
+    }
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut components: BTreeMap<String, proto::ComponentDetails> = BTreeMap::new();
+    for (kind, type_) in &set {
+        hasher.update(format!("{kind}/{type_}\n").as_bytes());
+        components
+            .entry(kind.clone())
+            .or_default()
+            .sub_component_map
+            .insert(type_.clone(), proto::ComponentDetails::default());
+    }
+    let hash = Bytes::copy_from_slice(hasher.finalize().as_slice());
+    Ok(Some(Arc::new(Components {
+        full: proto::AvailableComponents {
+            components,
+            hash: hash.clone(),
+        },
+        hash,
+        count: set.len(),
+    })))
+}
+
+/// Whether agent `index` is one of the fraction `ratio` that reports the alternative set:
+/// spread evenly, so any prefix of the fleet holds about that fraction.
+fn is_alt(index: usize, ratio: f64) -> bool {
+    ((index + 1) as f64 * ratio).floor() > (index as f64 * ratio).floor()
+}
+
+fn describe_components(c: Option<&Arc<Components>>) -> String {
+    c.map_or_else(
+        || "none".to_string(),
+        |c| format!("{} components, hash {}", c.count, hex_string(&c.hash[..6])),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
 // Main
 
 fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
@@ -1152,6 +1377,10 @@ fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
         "configs_received": get(&s.configs_received),
         "configs_applied": get(&s.configs_applied),
         "configs_failed": get(&s.configs_failed),
+        "configs_ignored": get(&s.configs_ignored),
+        "configs_superseded": get(&s.configs_superseded),
+        "component_map_requests": get(&s.component_map_requests),
+        "component_maps_sent": get(&s.component_maps_sent),
         "errors": errors,
         "error_responses": get(&s.error_responses),
         "connect_errors": get(&s.connect_errors),
@@ -1184,12 +1413,13 @@ fn own_cpu_seconds() -> Option<(f64, f64)> {
 fn progress_line(ctx: &Ctx) -> String {
     let s = &ctx.stats;
     format!(
-        "[{:>7.1}s] spawned {} connected {} sent {} received {} applied {} failed {} errors {} reconnects {}",
+        "[{:>7.1}s] spawned {} connected {} sent {} received {} configs {} applied {} failed {} errors {} reconnects {}",
         ctx.start.elapsed().as_secs_f64(),
         get(&s.spawned),
         s.connected.load(Relaxed),
         get(&s.sent),
         get(&s.received),
+        get(&s.configs_received),
         get(&s.configs_applied),
         get(&s.configs_failed),
         get(&s.connect_errors)
@@ -1342,6 +1572,22 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     if !(0.0..=1.0).contains(&args.failure_ratio) {
         return Err("--failure-ratio must be between 0 and 1".into());
     }
+    if args.fail_on.iter().any(String::is_empty) {
+        return Err("--fail-on needs a non-empty substring".into());
+    }
+    let components = parse_components(
+        args.components.as_deref().unwrap_or(DEFAULT_COMPONENTS),
+        "--components",
+    )?;
+    let alt_components = match (&args.alt_components, args.components_ratio) {
+        (Some(list), Some(ratio)) => {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err("--components-ratio must be between 0 and 1".into());
+            }
+            Some((ratio, parse_components(list, "--alt-components")?))
+        }
+        _ => None,
+    };
     let target = build_target(&args).await?;
     if let Target::WebSocket { sources, .. } = &target {
         if sources.len() > 1 {
@@ -1353,6 +1599,8 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     }
     let ctx = Arc::new(Ctx {
         config_body: config_body(args.config_bytes),
+        components,
+        alt_components,
         target,
         stats: Stats::default(),
         stop: CancellationToken::new(),
@@ -1363,6 +1611,21 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         "starting {} agents against {} at {} per second",
         ctx.args.agents, ctx.args.server, ctx.args.connect_rate
     );
+    match &ctx.alt_components {
+        None => eprintln!(
+            "components: {}",
+            describe_components(ctx.components.as_ref())
+        ),
+        Some((ratio, alt)) => {
+            let alts = (0..ctx.args.agents).filter(|&i| is_alt(i, *ratio)).count();
+            eprintln!(
+                "components: {} agents {}; {alts} agents (label sim.components=alt) {}",
+                ctx.args.agents - alts,
+                describe_components(ctx.components.as_ref()),
+                describe_components(alt.as_ref()),
+            );
+        }
+    }
     let stopper = tokio::spawn(wait_for_stop(ctx.clone()));
     let progress = tokio::spawn(report_progress(ctx.clone()));
 
@@ -1438,10 +1701,17 @@ fn print_summary(s: &serde_json::Value) {
         n("bytes_received")
     );
     println!(
-        "  configs received      {} (applied {}, failed {})",
+        "  configs received      {} (applied {}, failed {}, ignored as known {}, superseded {})",
         n("configs_received"),
         n("configs_applied"),
-        n("configs_failed")
+        n("configs_failed"),
+        n("configs_ignored"),
+        n("configs_superseded")
+    );
+    println!(
+        "  component maps        {} requested, {} sent",
+        n("component_map_requests"),
+        n("component_maps_sent")
     );
     println!(
         "  errors                {} (connect {}, drops {}, polls {}, decode {}, error_response {})",
