@@ -536,6 +536,9 @@ impl AgentActor {
         if let Some(status) = &report.remote_config_status
             && rec.remote_config.as_ref() != Some(status)
         {
+            if status.status == RemoteConfigStatus::Applied {
+                rec.applied_config_hash = Some(status.hash.clone());
+            }
             rec.remote_config = Some(status.clone());
             changed = true;
         }

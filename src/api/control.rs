@@ -15,7 +15,7 @@ use super::dto::{
 };
 use super::{ApiError, ApiState};
 use crate::config::{Configuration, Selector, assign, check_compatible};
-use crate::domain::{AgentRecord, ConfigFile, ConfigMap, RemoteConfigStatus};
+use crate::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::rollout::{
     Action, ConfigurationSpec, ControlError, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS,
     DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, RolloutSpec,
@@ -352,11 +352,7 @@ pub(super) fn agent_config(
             .find(|v| &v.hash == hash)
             .map(|v| v.version)
     };
-    let current = agent
-        .remote_config
-        .as_ref()
-        .filter(|rc| rc.status == RemoteConfigStatus::Applied)
-        .and_then(|rc| version_of(&rc.hash));
+    let current = agent.applied_config_hash.as_ref().and_then(version_of);
     let pending = agent
         .offered_config_hash
         .as_ref()
@@ -371,6 +367,7 @@ pub(super) fn agent_config(
         view.latest_rollout(&config.name).map(Arc::as_ref),
         agent.uid,
         available.as_deref(),
+        agent.remote_config.as_ref().map(|rc| &rc.hash),
     );
     // Judged against what the agent is headed to, else the latest version.
     let judged = directive.version.as_ref().or(config.latest());

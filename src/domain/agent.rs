@@ -49,6 +49,9 @@ pub struct AgentRecord {
     pub remote_config: Option<RemoteConfigState>,
     /// The configuration hash last sent to the agent.
     pub offered_config_hash: Option<ContentHash>,
+    /// The configuration hash the agent last reported APPLIED: what it runs, even after a
+    /// later version failed.
+    pub applied_config_hash: Option<ContentHash>,
     /// The hash of the component set the agent last reported.
     pub components_hash: Option<ContentHash>,
     /// The packages the agent last reported.
@@ -76,6 +79,7 @@ impl AgentRecord {
             effective_config_hash: None,
             remote_config: None,
             offered_config_hash: None,
+            applied_config_hash: None,
             components_hash: None,
             packages: None,
             offered_package_hash: None,

@@ -596,7 +596,8 @@ impl Task {
                 Some(config) => {
                     let available = self.available(agent);
                     let latest = latest_config.get(config.name.as_str()).copied();
-                    directive(config, latest, agent.uid, available.as_deref())
+                    let reported = agent.remote_config.as_ref().map(|rc| &rc.hash);
+                    directive(config, latest, agent.uid, available.as_deref(), reported)
                 }
                 None => Directive::default(),
             };

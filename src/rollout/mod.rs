@@ -131,22 +131,28 @@ impl Directive {
 /// The directive for `agent`, assigned to `config`, given the configuration's latest rollout.
 /// Before any rollout the agent is left alone; after a stable one it runs that version; during
 /// or after an unfinished one, agents the rollout reached run its version (the previous one
-/// after a rollback) and the others keep the previous version.
+/// after a rollback) and the others keep the previous version. Once a rollout has stopped
+/// (error, cancelled), an agent whose wave had started but that never took the version up
+/// (`reported` is not its hash) counts as not reached: nobody new gets a stopped version.
+/// A version the agent lacks components for is never sent: it is left alone, and told why.
 pub fn directive(
     config: &Configuration,
     latest: Option<&Rollout>,
     agent: InstanceUid,
     available: Option<&ComponentSet>,
+    reported: Option<&ContentHash>,
 ) -> Directive {
     let Some((rollout, payload)) = latest.and_then(|r| Some((r, r.config()?))) else {
         return Directive::default();
     };
     let version_of = |n: Option<u32>| n.and_then(|n| config.version(n)).cloned();
     let phase = rollout.progress.agents.get(&agent).copied();
-    let reached = matches!(
-        phase,
-        Some(Phase::Sent { .. } | Phase::Completed | Phase::Failed | Phase::TimedOut)
-    );
+    let stopped = matches!(rollout.progress.state, State::Error | State::Cancelled);
+    let reached = match phase {
+        Some(Phase::Completed | Phase::Failed | Phase::TimedOut) => true,
+        Some(Phase::Sent { .. }) => !stopped || reported == Some(&payload.hash),
+        Some(Phase::Waiting) | None => false,
+    };
     let (desired, headed) = if rollout.progress.state == State::Stable {
         let v = version_of(Some(payload.version));
         (v.clone(), v)
@@ -159,7 +165,7 @@ pub fn directive(
         (v.clone(), v)
     } else {
         let previous = version_of(payload.previous_version);
-        let headed = if rollout.is_terminal() || rollout.progress.state == State::Error {
+        let headed = if rollout.is_terminal() || stopped {
             previous.clone()
         } else {
             version_of(Some(payload.version))
@@ -168,21 +174,118 @@ pub fn directive(
     };
     let mut directive = Directive {
         pending: rollout.is_active() && phase == Some(Phase::Waiting),
-        version: desired,
         ..Directive::default()
     };
-    if let Some(headed) = headed
-        && let Err(missing) = check_compatible(&headed, available)
-    {
-        directive.incompatible = Some(format!(
-            "configuration {} v{} needs components the agent lacks: {}",
-            config.name,
-            headed.version,
-            missing.join(", ")
-        ));
-        if directive.version.as_ref().map(|v| &v.hash) == Some(&headed.hash) {
-            directive.version = None;
+    for version in [&headed, &desired].into_iter().flatten() {
+        if let Err(missing) = check_compatible(version, available) {
+            directive.incompatible.get_or_insert_with(|| {
+                format!(
+                    "configuration {} v{} needs components the agent lacks: {}",
+                    config.name,
+                    version.version,
+                    missing.join(", ")
+                )
+            });
         }
     }
+    directive.version = desired.filter(|v| check_compatible(v, available).is_ok());
     directive
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::domain::{ConfigFile, ConfigMap};
+
+    fn version(n: u32, yaml: &'static str) -> Arc<ConfigVersion> {
+        let files = ConfigMap {
+            files: BTreeMap::from([(
+                "c.yaml".to_string(),
+                ConfigFile {
+                    body: Bytes::from_static(yaml.as_bytes()),
+                    content_type: "text/yaml".into(),
+                },
+            )]),
+        };
+        Arc::new(ConfigVersion::new(n, files, Utc::now()).unwrap())
+    }
+
+    fn config() -> Configuration {
+        Configuration {
+            name: "prod".into(),
+            selector: Selector::default(),
+            priority: 0,
+            versions: vec![
+                version(1, "exporters:\n  kafka:\n"),
+                version(2, "exporters:\n  kafka:\n  debug:\n"),
+            ],
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn rollout(config: &Configuration, state: State, agents: &[(InstanceUid, Phase)]) -> Rollout {
+        Rollout {
+            id: "r".into(),
+            payload: Payload::Config(ConfigPayload {
+                configuration: config.name.clone(),
+                version: 2,
+                hash: config.versions[1].hash.clone(),
+                previous_version: Some(1),
+            }),
+            params: Params::default(),
+            rollback: false,
+            progress: Progress {
+                state,
+                wave: 1,
+                extra_errors: 0,
+                agents: agents.iter().copied().collect(),
+            },
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_incompatible_agent_is_not_given_the_previous_version_either() {
+        let config = config();
+        let agent = InstanceUid::new_v7();
+        let r = rollout(&config, State::Started, &[]);
+        let debug_only: ComponentSet = [("exporters", "debug")].into_iter().collect();
+        let d = directive(&config, Some(&r), agent, Some(&debug_only), None);
+        assert_eq!(d.version, None);
+        assert!(d.incompatible.unwrap().contains("exporters/kafka"));
+    }
+
+    #[test]
+    fn a_stopped_rollout_reaches_nobody_who_had_not_taken_it_up() {
+        let config = config();
+        let (waiting_on_poll, applying) = (InstanceUid::new_v7(), InstanceUid::new_v7());
+        let sent = Phase::Sent { wave: 0, at_ms: 0 };
+        let r = rollout(
+            &config,
+            State::Error,
+            &[(waiting_on_poll, sent), (applying, sent)],
+        );
+        let v2 = &config.versions[1].hash;
+        let d = directive(&config, Some(&r), waiting_on_poll, None, None);
+        assert_eq!(
+            d.version.unwrap().version,
+            1,
+            "back to the previous version"
+        );
+        let d = directive(&config, Some(&r), applying, None, Some(v2));
+        assert_eq!(d.version.unwrap().version, 2, "it has it already");
+        let running = rollout(&config, State::Started, &[(waiting_on_poll, sent)]);
+        let d = directive(&config, Some(&running), waiting_on_poll, None, None);
+        assert_eq!(
+            d.version.unwrap().version,
+            2,
+            "a running rollout still delivers"
+        );
+    }
 }

@@ -88,6 +88,23 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
         }),
         last_seen: at(10),
         connected_at: Some(at(5)),
+        applied_config_hash: Some(crate::domain::ContentHash(vec![8; 32])),
+        offered_package_hash: Some(crate::domain::ContentHash(vec![6; 32])),
+        packages: Some(Arc::new(crate::domain::PackageReports {
+            packages: BTreeMap::from([(
+                String::new(),
+                crate::domain::PackageReport {
+                    agent_has_version: "v0.115.0".into(),
+                    agent_has_hash: crate::domain::ContentHash(vec![1; 32]),
+                    server_offered_version: "v0.116.0".into(),
+                    server_offered_hash: crate::domain::ContentHash(vec![6; 32]),
+                    state: crate::domain::PackageState::Downloading,
+                    error: String::new(),
+                    download_percent: Some(42.5),
+                },
+            )]),
+            ..Default::default()
+        })),
         ..AgentRecord::new(uid, at(0))
     }
 }

@@ -151,6 +151,9 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
         offered_package_hash: row
             .try_get::<Option<Vec<u8>>, _>("offered_package_hash")?
             .map(ContentHash),
+        applied_config_hash: row
+            .try_get::<Option<Vec<u8>>, _>("applied_config_hash")?
+            .map(ContentHash),
         last_seen: from_millis(row.try_get("last_seen_ms")?),
         connected_at: row
             .try_get::<Option<i64>, _>("connected_at_ms")?
@@ -211,8 +214,9 @@ impl Store for SqliteStore {
                 "INSERT INTO agents (instance_uid, status, status_reason, transport, labels,
                     description, capabilities, health, effective_config_hash, remote_config_hash,
                     remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
-                    offered_config_hash, components_hash, packages, offered_package_hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    offered_config_hash, components_hash, packages, offered_package_hash,
+                    applied_config_hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (instance_uid) DO UPDATE SET
                     status = excluded.status, status_reason = excluded.status_reason,
                     transport = excluded.transport, labels = excluded.labels,
@@ -225,7 +229,8 @@ impl Store for SqliteStore {
                     offered_config_hash = excluded.offered_config_hash,
                     components_hash = excluded.components_hash,
                     packages = excluded.packages,
-                    offered_package_hash = excluded.offered_package_hash",
+                    offered_package_hash = excluded.offered_package_hash,
+                    applied_config_hash = excluded.applied_config_hash",
             )
             .bind(agent.uid.as_bytes().as_slice())
             .bind(agent.status.as_str())
@@ -250,6 +255,7 @@ impl Store for SqliteStore {
                     .map(|p| protocol::packages_to_proto(p).encode_to_vec()),
             )
             .bind(agent.offered_package_hash.as_ref().map(|h| h.0.as_slice()))
+            .bind(agent.applied_config_hash.as_ref().map(|h| h.0.as_slice()))
             .execute(&mut *tx)
             .await?;
         }
