@@ -120,6 +120,12 @@ fn parse_list_query(
                 })?;
                 filter.labels.0.push((k.to_string(), v.to_string()));
             }
+            "selector" => {
+                filter.selector = Some(
+                    crate::config::Selector::parse(&value)
+                        .map_err(|e| ApiError::BadRequest(format!("selector: {e}")))?,
+                );
+            }
             "limit" => {
                 limit = value
                     .parse()

@@ -26,6 +26,18 @@ pub enum AgentsCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Restart one agent, or every agent matching a selector (after confirmation).
+    Restart {
+        uid: Option<String>,
+        /// e.g. 'env=staging'; asks before restarting them
+        #[arg(long, conflicts_with = "uid")]
+        selector: Option<String>,
+        /// Do not ask
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Send an agent the configuration it reported failed once more.
     RetryConfig {
         uid: String,
@@ -109,6 +121,71 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             );
             let agent: AgentDetailDto = get_json(client.get(&url)).await?;
             println!("{}", serde_json::to_string_pretty(&agent)?);
+        }
+        AgentsCommand::Restart {
+            uid,
+            selector,
+            yes,
+            server,
+        } => {
+            let uids = match (uid, selector) {
+                (Some(uid), None) => vec![uid],
+                (None, Some(selector)) => {
+                    let mut uids = Vec::new();
+                    let mut cursor: Option<String> = None;
+                    loop {
+                        let mut query = vec![
+                            ("selector", selector.clone()),
+                            ("limit", crate::api::MAX_PAGE.to_string()),
+                        ];
+                        if let Some(c) = &cursor {
+                            query.push(("cursor", c.clone()));
+                        }
+                        let page: AgentListDto =
+                            get_json(client.get(server.url("/api/v1/agents")).query(&query))
+                                .await?;
+                        uids.extend(
+                            page.agents
+                                .into_iter()
+                                .filter(|a| a.status != "disconnected")
+                                .map(|a| a.instance_uid),
+                        );
+                        match page.next_cursor {
+                            Some(c) => cursor = Some(c),
+                            None => break,
+                        }
+                    }
+                    if uids.is_empty() {
+                        println!("no connected agent matches {selector:?}");
+                        return Ok(());
+                    }
+                    if !yes
+                        && !super::packages::confirm(&format!(
+                            "restart {} agents matching {selector:?}?",
+                            uids.len()
+                        ))?
+                    {
+                        println!("nothing restarted");
+                        return Ok(());
+                    }
+                    uids
+                }
+                _ => anyhow::bail!("give an agent uid or --selector"),
+            };
+            let mut failed = 0;
+            for uid in &uids {
+                let url = server.url(&format!("/api/v1/agents/{uid}/restart"));
+                match get_json::<AgentDetailDto>(client.post(&url)).await {
+                    Ok(_) => println!("{uid}: restart sent"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{uid}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} agents could not be restarted", uids.len());
+            }
         }
         AgentsCommand::RetryConfig { uid, server } => {
             let url = server.url(&format!("/api/v1/agents/{uid}/retry-config"));

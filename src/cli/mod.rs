@@ -2,6 +2,7 @@
 
 mod agents;
 mod control;
+mod packages;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
     /// Roll configuration versions out in waves.
     #[command(subcommand)]
     Rollout(control::RolloutCommand),
+    /// Upload and list agent packages.
+    #[command(subcommand)]
+    Package(packages::PackageCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +97,7 @@ pub fn run() -> anyhow::Result<()> {
             Command::Agents(cmd) => agents::run(cmd).await,
             Command::Config(cmd) => control::config(cmd).await,
             Command::Rollout(cmd) => control::rollout(cmd).await,
+            Command::Package(cmd) => packages::run(cmd).await,
         }
     })
 }

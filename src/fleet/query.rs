@@ -19,11 +19,18 @@ impl LabelSelector {
 pub struct AgentFilter {
     pub status: Option<Status>,
     pub labels: LabelSelector,
+    /// A full selector expression, e.g. `env=prod,region in (eu,us)`.
+    pub selector: Option<crate::config::Selector>,
 }
 
 impl AgentFilter {
     pub fn matches(&self, agent: &AgentRecord) -> bool {
-        self.status.is_none_or(|s| agent.status == s) && self.labels.matches(agent)
+        self.status.is_none_or(|s| agent.status == s)
+            && self.labels.matches(agent)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(|k| agent.label(k)))
     }
 }
 

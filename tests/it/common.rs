@@ -36,6 +36,7 @@ pub struct TestServer {
 pub struct Options {
     pub heartbeat_interval: u64,
     pub max_message_size: Option<usize>,
+    pub own_metrics_endpoint: Option<String>,
 }
 
 impl Default for Options {
@@ -43,6 +44,7 @@ impl Default for Options {
         Self {
             heartbeat_interval: 30,
             max_message_size: None,
+            own_metrics_endpoint: None,
         }
     }
 }
@@ -88,6 +90,7 @@ impl TestServer {
             data_dir: Some(dir.path().to_path_buf()),
             heartbeat_interval: Some(options.heartbeat_interval),
             max_message_size: options.max_message_size,
+            own_metrics_endpoint: options.own_metrics_endpoint,
             ..Partial::default()
         }
         .resolve(Partial::default())

@@ -13,4 +13,5 @@ mod liveness;
 mod persistence;
 mod rollout;
 mod sim;
+mod upgrade;
 mod websocket;
