@@ -389,3 +389,106 @@ async fn own_telemetry_destinations_go_to_agents_that_can_send_it() {
         "not to an agent that cannot send metrics"
     );
 }
+
+#[tokio::test]
+async fn the_cli_uploads_packages_starts_upgrades_and_restarts_by_selector() {
+    let server = TestServer::start().await;
+    let agents: Vec<_> = (0..3)
+        .map(|_| {
+            SimAgent::spawn_with(
+                &server,
+                Via::WebSocket,
+                "otelcol",
+                upgradable(&[("env", "staging")]),
+            )
+        })
+        .collect();
+    wait_connected(&server, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("otelcol.tar.gz");
+    std::fs::write(&file, artifact(20_000, 9)).unwrap();
+    let api = format!("http://{}", server.api);
+    let run = |args: Vec<String>| {
+        let api = api.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+                    .args(&args)
+                    .arg("--server")
+                    .arg(api)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (ok, out, err) = run(s(&[
+        "package",
+        "upload",
+        file.to_str().unwrap(),
+        "--version",
+        NEW,
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("20000 bytes"), "{out}");
+    let (_, out, _) = run(s(&["package", "list"])).await;
+    assert!(out.contains(NEW), "{out}");
+    let (ok, out, err) = run(s(&[
+        "rollout",
+        "start",
+        "--package",
+        "",
+        "--version",
+        NEW,
+        "--selector",
+        "env=staging",
+        "--initial",
+        "3",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    wait_state(&server, &id, "stable").await;
+    // They restart into the new build and come back.
+    for agent in &agents {
+        server
+            .wait_agent(&agent.uid, |a| {
+                a.agent.status == "connected"
+                    && a.agent.identifying_attributes["service.version"] == NEW
+            })
+            .await;
+    }
+
+    // Without --yes and without a terminal to say yes, nothing is restarted.
+    let (ok, out, _) = run(s(&["agents", "restart", "--selector", "env=staging"])).await;
+    assert!(ok);
+    assert!(out.contains("nothing restarted"), "{out}");
+    assert!(agents.iter().all(|a| a.seen.lock().restarts == 0));
+    let (ok, out, err) = run(s(&[
+        "agents",
+        "restart",
+        "--selector",
+        "env=staging",
+        "--yes",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("restart sent").count(), 3, "{out}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while agents.iter().any(|a| a.seen.lock().restarts == 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every agent restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
