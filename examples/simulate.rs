@@ -11,8 +11,11 @@
 //! uid, an offered heartbeat interval and remote configs (APPLYING, then APPLIED or FAILED;
 //! the hash it last applied or failed is not applied again), reports its available components
 //! (the hash in full reports, the full map when the server sets ReportAvailableComponents),
-//! reconnects with backoff and says goodbye (agent_disconnect) when stopped. Progress goes to
-//! stderr; the summary to stdout (one JSON object with `--json`).
+//! upgrades its top-level package "" when offered one (downloads it over HTTP, resuming with
+//! range requests, verifies the SHA-256, installs it and restarts with the new
+//! service.version), restarts on the Restart command, reconnects with backoff and says
+//! goodbye (agent_disconnect) when stopped. Progress goes to stderr; the summary to stdout
+//! (one JSON object with `--json`).
 //!
 //! ```text
 //! # 1 agent in 4 lacks exporters/kafka; configs containing "BROKEN" fail
@@ -104,9 +107,26 @@ struct Args {
     /// Gzip plain-HTTP request bodies (Content-Encoding: gzip).
     #[arg(long)]
     gzip: bool,
-    /// service.version the agents report.
-    #[arg(long, default_value = "0.123.0")]
+    /// service.version the agents report: the version of their top-level package ("").
+    #[arg(long, default_value = "v0.115.0")]
     service_version: String,
+    /// Neither AcceptsPackages nor ReportsPackageStatuses: no package offers, no
+    /// package_statuses.
+    #[arg(long)]
+    no_packages: bool,
+    /// No AcceptsRestartCommand.
+    #[arg(long)]
+    no_restart: bool,
+    /// Time to install a downloaded package, jittered by ±50%.
+    #[arg(long, default_value_t = 500)]
+    install_delay_ms: u64,
+    /// Probability that installing a downloaded, verified package fails.
+    #[arg(long, default_value_t = 0.0)]
+    install_failure_ratio: f64,
+    /// Stop reading each download once, after half its bytes, and resume it with a
+    /// `Range: bytes=N-` request.
+    #[arg(long)]
+    interrupt_downloads: bool,
     /// Print the final summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -128,7 +148,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 const REPORTS_STATUS: u64 = 0x1;
 const ACCEPTS_REMOTE_CONFIG: u64 = 0x2;
 const REPORTS_EFFECTIVE_CONFIG: u64 = 0x4;
+const ACCEPTS_PACKAGES: u64 = 0x8;
+const REPORTS_PACKAGE_STATUSES: u64 = 0x10;
 const ACCEPTS_OPAMP_CONNECTION_SETTINGS: u64 = 0x100;
+const ACCEPTS_RESTART_COMMAND: u64 = 0x400;
 const REPORTS_HEALTH: u64 = 0x800;
 const REPORTS_REMOTE_CONFIG: u64 = 0x1000;
 const REPORTS_HEARTBEAT: u64 = 0x2000;
@@ -148,6 +171,23 @@ const RC_UNSET: i32 = 0;
 const RC_APPLIED: i32 = 1;
 const RC_APPLYING: i32 = 2;
 const RC_FAILED: i32 = 3;
+
+const PKG_INSTALLED: i32 = 0;
+const PKG_INSTALL_PENDING: i32 = 1;
+const PKG_INSTALLING: i32 = 2;
+const PKG_INSTALL_FAILED: i32 = 3;
+const PKG_DOWNLOADING: i32 = 4;
+const COMMAND_RESTART: i32 = 0;
+/// The collector itself: the top-level package has an empty name.
+const TOP_LEVEL: &str = "";
+/// Files at least this big report download progress every 25%.
+const PROGRESS_MIN_BYTES: u64 = 256 * 1024;
+/// Attempts (the first request and resumes after errors) before a download fails.
+const DOWNLOAD_ATTEMPTS: u32 = 5;
+/// A download that receives nothing for this long is broken (and resumed).
+const DOWNLOAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause between closing the connection and reconnecting on a restart.
+const RESTART_PAUSE: Duration = Duration::from_millis(200);
 
 const PROTOBUF: &str = "application/x-protobuf";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,6 +239,22 @@ struct Stats {
     heartbeat_offers: AtomicU64,
     immediate_send_limit_hits: AtomicU64,
     disconnects_sent: AtomicU64,
+    /// Packages offered in packages_available (one per package entry).
+    packages_offered: AtomicU64,
+    /// Offers of a hash the agent has, is working on or failed: not downloaded again.
+    packages_ignored: AtomicU64,
+    /// Downloads started.
+    downloads: AtomicU64,
+    /// Downloads that completed (all bytes received, whatever the hash).
+    downloads_completed: AtomicU64,
+    download_bytes: AtomicU64,
+    /// Range requests the server answered with 206 from the right offset.
+    download_resumes: AtomicU64,
+    installs: AtomicU64,
+    /// Download errors, hash mismatches and simulated install failures.
+    install_failures: AtomicU64,
+    /// Restart commands carried out (installs restart too; they are counted as installs).
+    restarts: AtomicU64,
     logged: AtomicU64,
 }
 
@@ -237,6 +293,8 @@ struct Ctx {
     components: Option<Arc<Components>>,
     /// What every 1/ratio-th agent reports instead.
     alt_components: Option<(f64, Option<Arc<Components>>)>,
+    /// Downloads packages (no overall timeout: files may be big).
+    download_client: reqwest::Client,
     start: Instant,
 }
 
@@ -285,11 +343,17 @@ struct Dirty {
     remote: bool,
     /// The full component map (the server asked for it).
     components: bool,
+    packages: bool,
 }
 
 impl Dirty {
     fn any(&self) -> bool {
-        self.description || self.health || self.effective || self.remote || self.components
+        self.description
+            || self.health
+            || self.effective
+            || self.remote
+            || self.components
+            || self.packages
     }
 }
 
@@ -325,6 +389,155 @@ struct Agent {
     /// The agent has news of its own (a config it started applying) to send at once,
     /// whatever the limit on immediate sends.
     must_send: bool,
+    packages: Packages,
+    /// Close the connection and come back as a restarted agent once the news is sent.
+    restart: bool,
+}
+
+/// The agent's top-level package ("", the collector itself) and what it does with offers.
+struct Packages {
+    /// AcceptsPackages and ReportsPackageStatuses.
+    enabled: bool,
+    /// The version it runs (service.version).
+    version: String,
+    /// The package hash it was last installed from (empty: as shipped).
+    hash: Bytes,
+    /// What it reports for "".
+    status: proto::PackageStatus,
+    /// Offers of other packages, refused.
+    others: BTreeMap<String, proto::PackageStatus>,
+    /// all_packages_hash of the last offer.
+    all_hash: Bytes,
+    /// Package hashes installed before, with their versions: installed again from the local
+    /// copy, never downloaded again.
+    installed: std::collections::HashMap<Bytes, String>,
+    /// Package hashes whose download or install failed, with the error: never tried again.
+    failed: std::collections::HashMap<Bytes, String>,
+    job: Option<PackageJob>,
+}
+
+/// The offered package being downloaded or installed.
+struct PackageJob {
+    hash: Bytes,
+    version: String,
+    phase: Phase,
+}
+
+enum Phase {
+    Downloading(DownloadTask),
+    /// InstallPending is reported; Installing follows once that is sent.
+    Pending,
+    Installing {
+        at: Instant,
+        /// Why installing fails (None: it succeeds).
+        fail: Option<String>,
+    },
+}
+
+/// A download running in its own task; dropping this aborts it.
+struct DownloadTask {
+    events: tokio::sync::mpsc::UnboundedReceiver<DownloadEvent>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for DownloadTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum DownloadEvent {
+    Progress {
+        percent: f64,
+        bytes_per_second: f64,
+    },
+    /// The server answered a Range request with 206 from the right offset.
+    Resumed,
+    /// Something worth logging.
+    Note(String),
+    /// All bytes arrived; whether their SHA-256 matched.
+    Done {
+        bytes: u64,
+        verified: Result<(), String>,
+    },
+    /// The transfer failed for good.
+    Failed(String),
+}
+
+impl Packages {
+    fn new(version: &str, enabled: bool) -> Self {
+        Self {
+            enabled,
+            version: version.to_string(),
+            hash: Bytes::new(),
+            status: proto::PackageStatus {
+                name: TOP_LEVEL.to_string(),
+                agent_has_version: version.to_string(),
+                status: PKG_INSTALLED,
+                ..Default::default()
+            },
+            others: BTreeMap::new(),
+            all_hash: Bytes::new(),
+            installed: std::collections::HashMap::new(),
+            failed: std::collections::HashMap::new(),
+            job: None,
+        }
+    }
+
+    /// The status of the package it has, with nothing offered or in progress.
+    fn idle_status(&self) -> proto::PackageStatus {
+        proto::PackageStatus {
+            name: TOP_LEVEL.to_string(),
+            agent_has_version: self.version.clone(),
+            agent_has_hash: self.hash.clone(),
+            status: PKG_INSTALLED,
+            ..Default::default()
+        }
+    }
+
+    /// A status about an offered package.
+    fn offered_status(&self, hash: &Bytes, version: &str, status: i32) -> proto::PackageStatus {
+        proto::PackageStatus {
+            server_offered_version: version.to_string(),
+            server_offered_hash: hash.clone(),
+            status,
+            ..self.idle_status()
+        }
+    }
+
+    fn report(&self) -> proto::PackageStatuses {
+        let mut packages = self.others.clone();
+        packages.insert(TOP_LEVEL.to_string(), self.status.clone());
+        proto::PackageStatuses {
+            packages,
+            server_provided_all_packages_hash: self.all_hash.clone(),
+            error_message: String::new(),
+        }
+    }
+
+    fn downloading(&self) -> bool {
+        matches!(
+            self.job,
+            Some(PackageJob {
+                phase: Phase::Downloading(_),
+                ..
+            })
+        )
+    }
+}
+
+/// The next event of the running download (pending forever if there is none).
+async fn download_event(job: &mut Option<PackageJob>) -> DownloadEvent {
+    match job {
+        Some(PackageJob {
+            phase: Phase::Downloading(d),
+            ..
+        }) => match d.events.recv().await {
+            Some(e) => e,
+            None => DownloadEvent::Failed("the download task ended without a result".into()),
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 fn now_nanos() -> u64 {
@@ -380,11 +593,17 @@ impl Agent {
             ));
         }
         non_identifying.extend(ctx.args.labels.iter().map(|(k, v)| kv(k, v)));
-        let capabilities = if components.is_some() {
+        let mut capabilities = if components.is_some() {
             CAPABILITIES | REPORTS_AVAILABLE_COMPONENTS
         } else {
             CAPABILITIES
         };
+        if !ctx.args.no_packages {
+            capabilities |= ACCEPTS_PACKAGES | REPORTS_PACKAGE_STATUSES;
+        }
+        if !ctx.args.no_restart {
+            capabilities |= ACCEPTS_RESTART_COMMAND;
+        }
         let description = proto::AgentDescription {
             identifying_attributes: vec![
                 kv("service.name", "otelcol-contrib"),
@@ -438,6 +657,8 @@ impl Agent {
             retry_after: None,
             immediate_sends: 0,
             must_send: false,
+            packages: Packages::new(&ctx.args.service_version, !ctx.args.no_packages),
+            restart: false,
         }
     }
 
@@ -469,6 +690,8 @@ impl Agent {
                 config_map: Some(self.effective.clone()),
             }),
             remote_config_status: (full || d.remote).then(|| self.remote_status.clone()),
+            package_statuses: (self.packages.enabled && (full || d.packages))
+                .then(|| self.packages.report()),
             ..Default::default()
         };
         if full {
@@ -540,6 +763,11 @@ impl Agent {
             // Only instance_uid may accompany an error response.
             return false;
         }
+        if let Some(command) = msg.command {
+            self.on_command(command.r#type, ctx);
+            // Only instance_uid and capabilities may accompany a command.
+            return self.wants_to_send();
+        }
         if msg.flags & FLAG_REPORT_FULL_STATE != 0 {
             inc(&st.full_state_requests);
             self.send_full = true;
@@ -578,7 +806,294 @@ impl Agent {
         if let Some(rc) = msg.remote_config {
             self.on_remote_config(rc, ctx);
         }
+        if let Some(offer) = msg.packages_available {
+            self.on_packages_available(offer, ctx);
+        }
         self.wants_to_send()
+    }
+
+    fn on_command(&mut self, kind: i32, ctx: &Ctx) {
+        if kind != COMMAND_RESTART {
+            ctx.log(self.index, format!("unknown command type {kind} ignored"));
+            return;
+        }
+        if self.capabilities & ACCEPTS_RESTART_COMMAND == 0 {
+            ctx.log(
+                self.index,
+                "restart command ignored: the agent did not set AcceptsRestartCommand",
+            );
+            return;
+        }
+        inc(&ctx.stats.restarts);
+        // A restart abandons a download or install under way; the server may offer it again.
+        if self.packages.job.take().is_some() {
+            self.packages.status = self.packages.idle_status();
+        }
+        self.restart = true;
+    }
+
+    fn on_packages_available(&mut self, offer: proto::PackagesAvailable, ctx: &Ctx) {
+        if !self.packages.enabled {
+            ctx.log(
+                self.index,
+                "packages_available ignored: the agent did not set AcceptsPackages",
+            );
+            return;
+        }
+        if offer.all_packages_hash != self.packages.all_hash {
+            self.packages.all_hash = offer.all_packages_hash;
+            self.dirty.packages = true;
+        }
+        for (name, package) in offer.packages {
+            inc(&ctx.stats.packages_offered);
+            if name == TOP_LEVEL {
+                self.offer_top_level(package, ctx);
+                continue;
+            }
+            inc(&ctx.stats.install_failures);
+            ctx.log(
+                self.index,
+                format!("package {name:?} refused: not top-level"),
+            );
+            self.packages.others.insert(
+                name.clone(),
+                proto::PackageStatus {
+                    name,
+                    server_offered_version: package.version,
+                    server_offered_hash: package.hash,
+                    status: PKG_INSTALL_FAILED,
+                    error_message: "the simulated agent installs only the top-level package \"\""
+                        .to_string(),
+                    ..Default::default()
+                },
+            );
+            self.dirty.packages = true;
+            self.must_send = true;
+        }
+    }
+
+    /// Acts on an offer of the top-level package: downloads it unless it is the one
+    /// installed, the one under way, or one that failed; installs a hash installed before
+    /// from the local copy.
+    fn offer_top_level(&mut self, offer: proto::PackageAvailable, ctx: &Ctx) {
+        let st = &ctx.stats;
+        let pkg = &mut self.packages;
+        let hash = offer.hash;
+        let version = offer.version;
+        self.dirty.packages = true;
+        self.must_send = true;
+        if hash == pkg.hash && !hash.is_empty() {
+            inc(&st.packages_ignored);
+            if pkg.job.take().is_some() || pkg.status.server_offered_hash != hash {
+                pkg.status = pkg.offered_status(&hash, &version, PKG_INSTALLED);
+            }
+            return;
+        }
+        if pkg.job.as_ref().is_some_and(|j| j.hash == hash) {
+            inc(&st.packages_ignored);
+            return;
+        }
+        // A different package replaces one under way.
+        pkg.job = None;
+        if let Some(error) = pkg.failed.get(&hash) {
+            inc(&st.packages_ignored);
+            pkg.status = proto::PackageStatus {
+                error_message: error.clone(),
+                ..pkg.offered_status(&hash, &version, PKG_INSTALL_FAILED)
+            };
+            return;
+        }
+        let file = offer.file.unwrap_or_default();
+        let problem = if hash.is_empty() {
+            Some("the offer has no hash")
+        } else if file.download_url.is_empty() {
+            Some("the offer has no file.download_url")
+        } else if file.content_hash.len() != 32 {
+            Some("the offer's file.content_hash is not a SHA-256")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.fail_package(hash, version, problem.to_string(), ctx);
+            return;
+        }
+        if pkg.installed.contains_key(&hash) {
+            // Installed before: the local copy is installed again, no download.
+            pkg.status = pkg.offered_status(&hash, &version, PKG_INSTALL_PENDING);
+            pkg.job = Some(PackageJob {
+                hash,
+                version,
+                phase: Phase::Pending,
+            });
+            return;
+        }
+        inc(&st.downloads);
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(download(
+            ctx.download_client.clone(),
+            file.download_url,
+            file.content_hash,
+            ctx.args.interrupt_downloads,
+            tx,
+        ))
+        .abort_handle();
+        pkg.status = proto::PackageStatus {
+            download_details: Some(proto::PackageDownloadDetails::default()),
+            ..pkg.offered_status(&hash, &version, PKG_DOWNLOADING)
+        };
+        pkg.job = Some(PackageJob {
+            hash,
+            version,
+            phase: Phase::Downloading(DownloadTask { events, task }),
+        });
+    }
+
+    /// Reports InstallFailed for an offered package and never tries it again.
+    fn fail_package(&mut self, hash: Bytes, version: String, error: String, ctx: &Ctx) {
+        inc(&ctx.stats.install_failures);
+        ctx.log(self.index, format!("package {version} failed: {error}"));
+        let pkg = &mut self.packages;
+        pkg.job = None;
+        pkg.status = proto::PackageStatus {
+            error_message: error.clone(),
+            ..pkg.offered_status(&hash, &version, PKG_INSTALL_FAILED)
+        };
+        pkg.failed.insert(hash, error);
+        self.dirty.packages = true;
+        self.must_send = true;
+    }
+
+    fn on_download_event(&mut self, event: DownloadEvent, ctx: &Ctx) {
+        let Some((hash, version)) = self
+            .packages
+            .job
+            .as_ref()
+            .map(|j| (j.hash.clone(), j.version.clone()))
+        else {
+            return;
+        };
+        match event {
+            DownloadEvent::Progress {
+                percent,
+                bytes_per_second,
+            } => {
+                self.packages.status.download_details = Some(proto::PackageDownloadDetails {
+                    download_percent: percent,
+                    download_bytes_per_second: bytes_per_second,
+                });
+                self.dirty.packages = true;
+                self.must_send = true;
+            }
+            DownloadEvent::Resumed => inc(&ctx.stats.download_resumes),
+            DownloadEvent::Note(text) => ctx.log(self.index, text),
+            DownloadEvent::Done { bytes, verified } => {
+                inc(&ctx.stats.downloads_completed);
+                ctx.stats.download_bytes.fetch_add(bytes, Relaxed);
+                match verified {
+                    Ok(()) => {
+                        self.packages.status =
+                            self.packages
+                                .offered_status(&hash, &version, PKG_INSTALL_PENDING);
+                        self.packages.job = Some(PackageJob {
+                            hash,
+                            version,
+                            phase: Phase::Pending,
+                        });
+                        self.dirty.packages = true;
+                        self.must_send = true;
+                    }
+                    Err(e) => self.fail_package(hash, version, e, ctx),
+                }
+            }
+            DownloadEvent::Failed(e) => self.fail_package(hash, version, e, ctx),
+        }
+    }
+
+    /// When the next install step is due: at once after InstallPending is sent, at the end
+    /// of the install delay after Installing is sent.
+    fn install_at(&self) -> Option<Instant> {
+        if self.dirty.packages {
+            return None;
+        }
+        match self.packages.job.as_ref()?.phase {
+            Phase::Pending => Some(Instant::now()),
+            Phase::Installing { at, .. } => Some(at),
+            Phase::Downloading(_) => None,
+        }
+    }
+
+    /// InstallPending → Installing, or Installing → Installed (then a restart) or
+    /// InstallFailed.
+    fn install_due(&mut self, ctx: &Ctx) {
+        let Some(mut job) = self.packages.job.take() else {
+            return;
+        };
+        match job.phase {
+            Phase::Pending => {
+                let (delay, fail) = {
+                    let mut rng = rand::rng();
+                    let base = ctx.args.install_delay_ms as f64;
+                    let ms = if base > 0.0 {
+                        rng.random_range(base * 0.5..=base * 1.5)
+                    } else {
+                        0.0
+                    };
+                    let fail = rng.random_bool(ctx.args.install_failure_ratio).then(|| {
+                        format!(
+                            "simulated failure installing {}: the new collector did not start (--install-failure-ratio)",
+                            job.version
+                        )
+                    });
+                    (Duration::from_micros((ms * 1000.0) as u64), fail)
+                };
+                self.packages.status =
+                    self.packages
+                        .offered_status(&job.hash, &job.version, PKG_INSTALLING);
+                job.phase = Phase::Installing {
+                    at: Instant::now() + delay,
+                    fail,
+                };
+                self.packages.job = Some(job);
+            }
+            Phase::Installing { fail: Some(e), .. } => {
+                self.fail_package(job.hash, job.version, e, ctx);
+                return;
+            }
+            Phase::Installing { fail: None, .. } => {
+                inc(&ctx.stats.installs);
+                let pkg = &mut self.packages;
+                pkg.installed.insert(job.hash.clone(), job.version.clone());
+                pkg.version = job.version;
+                pkg.hash = job.hash;
+                pkg.status = pkg.offered_status(&pkg.hash, &pkg.version, PKG_INSTALLED);
+                self.restart = true;
+            }
+            Phase::Downloading(_) => {
+                self.packages.job = Some(job);
+                return;
+            }
+        }
+        self.dirty.packages = true;
+        self.must_send = true;
+    }
+
+    /// The agent process starts again: new OpAMP client state, the installed version, a
+    /// full report first.
+    fn restarted(&mut self) {
+        self.seq = 0;
+        self.send_full = true;
+        self.dirty = Dirty::default();
+        self.offered_interval = None;
+        self.retry_after = None;
+        self.immediate_sends = 0;
+        self.must_send = false;
+        self.restart = false;
+        let version = self.packages.version.clone();
+        for attr in &mut self.description.identifying_attributes {
+            if attr.key == "service.version" {
+                *attr = kv("service.version", &version);
+            }
+        }
     }
 
     /// Starts applying a remote config: APPLYING at once, APPLIED or FAILED after the apply
@@ -706,6 +1221,7 @@ impl Carries for proto::AgentToServer {
             || self.effective_config.is_some()
             || self.remote_config_status.is_some()
             || self.available_components.is_some()
+            || self.package_statuses.is_some()
     }
 }
 
@@ -755,7 +1271,18 @@ type Ws = WebSocketStream<TcpStream>;
 
 enum SessionEnd {
     Stopped,
-    Dropped { reason: String, got_reply: bool },
+    /// The agent said goodbye to restart (a restart command or a package installed).
+    Restart,
+    Dropped {
+        reason: String,
+        got_reply: bool,
+    },
+}
+
+/// How a connection's conversation ended without an error.
+enum Exit {
+    Stopped,
+    Restart,
 }
 
 async fn connect_ws(
@@ -820,6 +1347,7 @@ async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new();
     let mut ever = false;
     let mut attempts = 0u64;
+    let mut restarting = false;
     loop {
         if ctx.stop.is_cancelled() {
             return;
@@ -828,7 +1356,10 @@ async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
             _ = ctx.stop.cancelled() => return,
             r = connect_ws(agent.index, url, *addr, sources) => r,
         };
-        attempts += 1;
+        // A restarted agent's first connection is not a reconnect.
+        if !std::mem::take(&mut restarting) {
+            attempts += 1;
+        }
         let mut ws = match connected {
             Ok(ws) => ws,
             Err(e) => {
@@ -847,6 +1378,16 @@ async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         agent.send_full = true;
         match ws_session(&mut agent, &mut ws, &ctx, &mut ever).await {
             SessionEnd::Stopped => return,
+            SessionEnd::Restart => {
+                drop(ws);
+                if !pause(&ctx, RESTART_PAUSE).await {
+                    return;
+                }
+                agent.restarted();
+                backoff.reset();
+                attempts = 1;
+                restarting = true;
+            }
             SessionEnd::Dropped { reason, got_reply } => {
                 inc(&ctx.stats.connection_drops);
                 ctx.log(agent.index, format!("connection dropped: {reason}"));
@@ -868,34 +1409,41 @@ async fn ws_session(agent: &mut Agent, ws: &mut Ws, ctx: &Ctx, ever: &mut bool) 
         ctx.mark_disconnected();
     }
     match end {
-        Ok(()) => SessionEnd::Stopped,
+        Ok(Exit::Stopped) => SessionEnd::Stopped,
+        Ok(Exit::Restart) => SessionEnd::Restart,
         Err(reason) => SessionEnd::Dropped { reason, got_reply },
     }
 }
 
-/// One connection's conversation. Ok when the simulation stopped (goodbye said), Err with
-/// the reason when the connection broke.
+/// One connection's conversation. Ok when the simulation stopped or the agent restarts
+/// (goodbye said), Err with the reason when the connection broke.
 async fn ws_exchange(
     agent: &mut Agent,
     ws: &mut Ws,
     ctx: &Ctx,
     ever: &mut bool,
     got_reply: &mut bool,
-) -> Result<(), String> {
+) -> Result<Exit, String> {
     let msg = agent.next_message(ctx);
     ws_send(ws, &msg, ctx).await?;
     agent.delivered();
     let mut last_send = Instant::now();
     loop {
+        if agent.restart {
+            ws_goodbye(agent, ws, ctx).await;
+            return Ok(Exit::Restart);
+        }
         let next_heartbeat = agent
             .ws_heartbeat(ctx)
             .map_or_else(far_future, |d| last_send + d);
         let apply_at = agent.apply_at();
+        let install_at = agent.install_at();
+        let downloading = agent.packages.downloading();
         let mut heartbeat_due = false;
         tokio::select! {
             _ = ctx.stop.cancelled() => {
                 ws_goodbye(agent, ws, ctx).await;
-                return Ok(());
+                return Ok(Exit::Stopped);
             }
             frame = ws.next() => match frame {
                 None => return Err("closed".to_string()),
@@ -943,10 +1491,20 @@ async fn ws_exchange(
             _ = sleep_until(apply_at.unwrap_or_else(far_future)), if apply_at.is_some() => {
                 agent.apply_due(ctx);
             }
+            _ = sleep_until(install_at.unwrap_or_else(far_future)), if install_at.is_some() => {
+                agent.install_due(ctx);
+            }
+            event = download_event(&mut agent.packages.job), if downloading => {
+                agent.on_download_event(event, ctx);
+                if !agent.wants_to_send() {
+                    continue;
+                }
+            }
         }
         if heartbeat_due {
             agent.immediate_sends = 0;
         }
+        agent.must_send = false;
         let msg = agent.next_message(ctx);
         ws_send(ws, &msg, ctx).await?;
         agent.delivered();
@@ -1085,7 +1643,28 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     let mut failed = false;
     let mut next_poll = Instant::now();
     loop {
+        if agent.restart {
+            // Goodbye with one last poll, then a new process polls with a full report.
+            let msg = agent.goodbye(&ctx);
+            match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &msg)).await {
+                Ok(Ok(_)) => inc(&ctx.stats.disconnects_sent),
+                Ok(Err(e)) => ctx.log(agent.index, format!("goodbye before restart: {e}")),
+                Err(_) => ctx.log(agent.index, "goodbye before restart: timed out"),
+            }
+            if connected {
+                connected = false;
+                ctx.mark_disconnected();
+            }
+            if !pause(&ctx, RESTART_PAUSE).await {
+                return;
+            }
+            agent.restarted();
+            backoff.reset();
+            next_poll = Instant::now();
+        }
         let apply_at = agent.apply_at();
+        let install_at = agent.install_at();
+        let downloading = agent.packages.downloading();
         let mut timer = false;
         tokio::select! {
             _ = ctx.stop.cancelled() => break,
@@ -1093,10 +1672,20 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
             _ = sleep_until(apply_at.unwrap_or_else(far_future)), if apply_at.is_some() => {
                 agent.apply_due(&ctx);
             }
+            _ = sleep_until(install_at.unwrap_or_else(far_future)), if install_at.is_some() => {
+                agent.install_due(&ctx);
+            }
+            event = download_event(&mut agent.packages.job), if downloading => {
+                agent.on_download_event(event, &ctx);
+                if !agent.wants_to_send() {
+                    continue;
+                }
+            }
         }
         if timer {
             agent.immediate_sends = 0;
         }
+        agent.must_send = false;
         let msg = agent.next_message(&ctx);
         let outcome = tokio::select! {
             _ = ctx.stop.cancelled() => break,
@@ -1159,6 +1748,170 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     if connected {
         ctx.mark_disconnected();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Package downloads
+
+/// Downloads a package file in its own task, reporting progress, and verifies its SHA-256.
+async fn download(
+    client: reqwest::Client,
+    url: String,
+    content_hash: Bytes,
+    interrupt: bool,
+    events: tokio::sync::mpsc::UnboundedSender<DownloadEvent>,
+) {
+    let last = fetch(&client, &url, &content_hash, interrupt, &events).await;
+    let _ = events.send(last);
+}
+
+/// The transfer: resumes with `Range: bytes=N-` after a broken connection (and once on
+/// purpose with `interrupt`). Returns the final event.
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    content_hash: &[u8],
+    mut interrupt: bool,
+    events: &tokio::sync::mpsc::UnboundedSender<DownloadEvent>,
+) -> DownloadEvent {
+    use sha2::Digest as _;
+    let started = Instant::now();
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    let mut total: Option<u64> = None;
+    let mut next_mark = 25u64;
+    let mut failures = 0u32;
+    let mut last_error = String::new();
+    'attempts: loop {
+        if failures >= DOWNLOAD_ATTEMPTS {
+            return DownloadEvent::Failed(format!(
+                "download of {url} failed after {failures} attempts ({got} bytes received): {last_error}"
+            ));
+        }
+        if failures > 0 {
+            sleep(Duration::from_millis(250 << failures)).await;
+        }
+        let mut request = client.get(url);
+        if got > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={got}-"));
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                last_error = error_chain(&e);
+                continue;
+            }
+        };
+        let status = response.status();
+        match status.as_u16() {
+            200 => {
+                if got > 0 {
+                    let _ = events.send(DownloadEvent::Note(format!(
+                        "download: the server ignored Range: bytes={got}- (HTTP 200); starting again"
+                    )));
+                    hasher = sha2::Sha256::new();
+                    got = 0;
+                }
+                total = response.content_length();
+            }
+            206 if got > 0 => match content_range(response.headers()) {
+                Some((start, size)) if start == got => {
+                    total = size.or(total);
+                    let _ = events.send(DownloadEvent::Resumed);
+                }
+                other => {
+                    return DownloadEvent::Failed(format!(
+                        "resuming {url} at byte {got}: the server answered 206 with Content-Range {:?} (parsed {other:?})",
+                        response.headers().get(reqwest::header::CONTENT_RANGE)
+                    ));
+                }
+            },
+            // Everything had arrived before the connection broke.
+            416 if total == Some(got) => break,
+            500..=599 => {
+                failures += 1;
+                last_error = format!("HTTP {status}");
+                continue;
+            }
+            _ => {
+                return DownloadEvent::Failed(format!(
+                    "GET {url} (from byte {got}): HTTP {status}"
+                ));
+            }
+        }
+        let mut body = response.bytes_stream();
+        loop {
+            let chunk = match timeout(DOWNLOAD_READ_TIMEOUT, body.next()).await {
+                Ok(Some(Ok(chunk))) => chunk,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    failures += 1;
+                    last_error = error_chain(&e);
+                    continue 'attempts;
+                }
+                Err(_) => {
+                    failures += 1;
+                    last_error = format!("nothing received for {DOWNLOAD_READ_TIMEOUT:?}");
+                    continue 'attempts;
+                }
+            };
+            hasher.update(&chunk);
+            got += chunk.len() as u64;
+            if let Some(size) = total.filter(|t| *t >= PROGRESS_MIN_BYTES) {
+                let percent = got * 100 / size;
+                if percent >= next_mark && percent < 100 {
+                    let seconds = started.elapsed().as_secs_f64().max(1e-6);
+                    let _ = events.send(DownloadEvent::Progress {
+                        percent: percent as f64,
+                        bytes_per_second: got as f64 / seconds,
+                    });
+                    while next_mark <= percent {
+                        next_mark += 25;
+                    }
+                }
+            }
+            if interrupt && total.is_some_and(|t| got * 2 >= t && got < t) {
+                // Stop reading (the connection is dropped) and resume with a range request.
+                interrupt = false;
+                continue 'attempts;
+            }
+        }
+        match total {
+            Some(size) if got < size => {
+                failures += 1;
+                last_error = format!("the connection ended after {got} of {size} bytes");
+            }
+            Some(size) if got > size => {
+                return DownloadEvent::Failed(format!(
+                    "received {got} bytes from {url}, more than the {size} announced"
+                ));
+            }
+            _ => break,
+        }
+    }
+    let digest = hasher.finalize();
+    let verified = if digest.as_slice() == content_hash {
+        Ok(())
+    } else {
+        Err(format!(
+            "SHA-256 mismatch: the downloaded file ({got} bytes) hashes to {}, but the offer's file.content_hash is {}",
+            hex_string(&digest),
+            hex_string(content_hash)
+        ))
+    };
+    DownloadEvent::Done {
+        bytes: got,
+        verified,
+    }
+}
+
+/// `Content-Range: bytes START-END/SIZE` as (START, SIZE); SIZE may be `*`.
+fn content_range(headers: &reqwest::header::HeaderMap) -> Option<(u64, Option<u64>)> {
+    let value = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, size.trim().parse().ok()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1359,7 +2112,7 @@ fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
         + get(&s.poll_errors)
         + get(&s.decode_errors)
         + get(&s.error_responses);
-    serde_json::json!({
+    let mut summary = serde_json::json!({
         "server": ctx.args.server,
         "transport": transport,
         "agents": ctx.args.agents,
@@ -1396,7 +2149,23 @@ fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
         "disconnects_sent": get(&s.disconnects_sent),
         "cpu_user_s": user,
         "cpu_system_s": system,
-    })
+    });
+    // A second object: one json! of everything exceeds the macro recursion limit.
+    let packages = serde_json::json!({
+        "packages_offered": get(&s.packages_offered),
+        "packages_ignored": get(&s.packages_ignored),
+        "downloads": get(&s.downloads),
+        "downloads_completed": get(&s.downloads_completed),
+        "download_bytes": get(&s.download_bytes),
+        "download_resumes": get(&s.download_resumes),
+        "installs": get(&s.installs),
+        "install_failures": get(&s.install_failures),
+        "restarts": get(&s.restarts),
+    });
+    if let (Some(all), serde_json::Value::Object(more)) = (summary.as_object_mut(), packages) {
+        all.extend(more);
+    }
+    summary
 }
 
 /// This process's user and system CPU seconds (Linux; clock ticks assumed 100 Hz).
@@ -1413,7 +2182,7 @@ fn own_cpu_seconds() -> Option<(f64, f64)> {
 fn progress_line(ctx: &Ctx) -> String {
     let s = &ctx.stats;
     format!(
-        "[{:>7.1}s] spawned {} connected {} sent {} received {} configs {} applied {} failed {} errors {} reconnects {}",
+        "[{:>7.1}s] spawned {} connected {} sent {} received {} configs {} applied {} failed {} errors {} reconnects {} downloads {} installs {} install-failures {} restarts {}",
         ctx.start.elapsed().as_secs_f64(),
         get(&s.spawned),
         s.connected.load(Relaxed),
@@ -1428,6 +2197,10 @@ fn progress_line(ctx: &Ctx) -> String {
             + get(&s.decode_errors)
             + get(&s.error_responses),
         get(&s.reconnects),
+        get(&s.downloads),
+        get(&s.installs),
+        get(&s.install_failures),
+        get(&s.restarts),
     )
 }
 
@@ -1572,6 +2345,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     if !(0.0..=1.0).contains(&args.failure_ratio) {
         return Err("--failure-ratio must be between 0 and 1".into());
     }
+    if !(0.0..=1.0).contains(&args.install_failure_ratio) {
+        return Err("--install-failure-ratio must be between 0 and 1".into());
+    }
     if args.fail_on.iter().any(String::is_empty) {
         return Err("--fail-on needs a non-empty substring".into());
     }
@@ -1589,6 +2365,11 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         _ => None,
     };
     let target = build_target(&args).await?;
+    let download_client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("download client: {e}"))?;
     if let Target::WebSocket { sources, .. } = &target {
         if sources.len() > 1 {
             eprintln!(
@@ -1602,6 +2383,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         components,
         alt_components,
         target,
+        download_client,
         stats: Stats::default(),
         stop: CancellationToken::new(),
         start: Instant::now(),
@@ -1727,6 +2509,21 @@ fn print_summary(s: &serde_json::Value) {
     println!("  uid reassignments     {}", n("uid_reassignments"));
     println!("  heartbeat offers      {}", n("heartbeat_offers"));
     println!("  disconnects sent      {}", n("disconnects_sent"));
+    println!(
+        "  packages offered      {} (ignored as known {}); downloads {} (completed {}, {} bytes, resumed {})",
+        n("packages_offered"),
+        n("packages_ignored"),
+        n("downloads"),
+        n("downloads_completed"),
+        n("download_bytes"),
+        n("download_resumes")
+    );
+    println!(
+        "  installs              {} (failed {}); restart commands {}",
+        n("installs"),
+        n("install_failures"),
+        n("restarts")
+    );
     println!(
         "  simulator CPU         user {} s, system {} s",
         n("cpu_user_s"),

@@ -706,7 +706,11 @@ fn package_directive(
         Some(Phase::Sent { .. } | Phase::Completed | Phase::Failed | Phase::TimedOut)
     );
     let offered = rollout.progress.state == State::Stable || reached;
-    let package = offered
+    // An agent already running that version needs nothing, whatever hash it reports.
+    let runs_it = agent
+        .label("service.version")
+        .is_some_and(|v| v.trim_start_matches('v') == payload.version.trim_start_matches('v'));
+    let package = (offered && !runs_it)
         .then(|| choose(packages, &payload.name, &payload.version, agent).cloned())
         .flatten();
     (
