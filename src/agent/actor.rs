@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{
-    AgentContext, Command, ConnId, DEFAULT_HEARTBEAT, FullStateTracker, LinkState, Liveness,
-    Outgoing, SERVER_CAPABILITIES, Source,
+    AgentContext, Command, ConnId, DEFAULT_HEARTBEAT, Delivery, FullStateTracker, LinkState,
+    Liveness, Outgoing, SERVER_CAPABILITIES, Source,
 };
 use crate::domain::{
     AgentCapabilities as Caps, AgentRecord, AgentReport, HISTORY_LIMIT, HistoryEntry, OwnTelemetry,
@@ -135,13 +135,14 @@ impl AgentActor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Report {
-                raw_uid,
-                report,
-                source,
-                assigned,
-                origin,
-            } => {
+            Command::Report(delivery) => {
+                let Delivery {
+                    raw_uid,
+                    report,
+                    source,
+                    assigned,
+                    origin,
+                } = *delivery;
                 if origin.is_some() {
                     self.origin = origin;
                 }
@@ -152,16 +153,17 @@ impl AgentActor {
             }
             Command::ConnectionClosed { conn, reason } => {
                 if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
-                    self.go_offline(None, reason);
+                    self.go_offline(None, reason.into());
                 }
             }
-            Command::SetLabels { labels, done } => {
+            Command::SetLabels(request) => {
+                let (labels, done) = *request;
                 let mut rec = (*self.record).clone();
                 rec.labels = labels;
                 self.publish(rec, true);
                 let _ = done.send(self.record.clone());
             }
-            Command::Direct(directive) => self.on_directive(directive),
+            Command::Direct(directive) => self.on_directive(*directive),
             Command::RetryConfig { done } => {
                 let failed_target = self.directive.version.as_ref().is_some_and(|v| {
                     self.record.remote_config.as_ref().is_some_and(|rc| {
@@ -318,13 +320,7 @@ impl AgentActor {
         })
     }
 
-    fn on_report(
-        &mut self,
-        raw_uid: Bytes,
-        report: Box<AgentReport>,
-        source: Source,
-        assigned: bool,
-    ) {
+    fn on_report(&mut self, raw_uid: Bytes, report: AgentReport, source: Source, assigned: bool) {
         let now = Utc::now();
         let instant = Instant::now();
         let transport = match &source {

@@ -7,6 +7,7 @@ mod actor;
 mod liveness;
 mod sequence;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -63,27 +64,30 @@ pub enum Source {
     },
 }
 
+/// One message from an agent, on its way to the agent's actor.
+#[derive(Debug)]
+pub struct Delivery {
+    pub raw_uid: Bytes,
+    pub report: AgentReport,
+    pub source: Source,
+    /// The server just chose this agent's uid: tell it in the reply.
+    pub assigned: bool,
+    /// How the agent reached us (`http://host:port`), for the download URLs we give it.
+    pub origin: Option<Arc<str>>,
+}
+
+/// What an actor's mailbox carries. Kept to two words: a channel allocates its slots in
+/// blocks, so every idle agent pays for the largest variant many times over.
 #[derive(Debug)]
 pub enum Command {
-    Report {
-        raw_uid: Bytes,
-        report: Box<AgentReport>,
-        source: Source,
-        /// The server just chose this agent's uid: tell it in the reply.
-        assigned: bool,
-        /// How the agent reached us (`http://host:port`), for the download URLs we give it.
-        origin: Option<Arc<str>>,
-    },
+    Report(Box<Delivery>),
     ConnectionClosed {
         conn: ConnId,
-        reason: String,
+        reason: Box<str>,
     },
-    SetLabels {
-        labels: std::collections::BTreeMap<String, String>,
-        done: oneshot::Sender<Arc<AgentRecord>>,
-    },
+    SetLabels(Box<(BTreeMap<String, String>, oneshot::Sender<Arc<AgentRecord>>)>),
     /// What the rollout controller wants of this agent now.
-    Direct(Directive),
+    Direct(Box<Directive>),
     /// An admin asks the agent to restart.
     Restart {
         done: oneshot::Sender<Result<(), String>>,
@@ -192,7 +196,9 @@ impl AgentHandle {
 
     /// Hands over a directive without waiting; `false` when the mailbox is full (try later).
     pub fn try_direct(&self, directive: Directive) -> bool {
-        self.mailbox.try_send(Command::Direct(directive)).is_ok()
+        self.mailbox
+            .try_send(Command::Direct(Box::new(directive)))
+            .is_ok()
     }
 
     /// The agent's latest published state; its `last_seen` may lag behind heartbeats.
@@ -218,10 +224,11 @@ impl AgentHandle {
 
     pub async fn set_labels(
         &self,
-        labels: std::collections::BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
     ) -> Result<Arc<AgentRecord>, ActorGone> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::SetLabels { labels, done }).await?;
+        self.send(Command::SetLabels(Box::new((labels, done))))
+            .await?;
         rx.await.map_err(|_| ActorGone)
     }
 
@@ -242,5 +249,24 @@ impl AgentHandle {
 
     pub fn uid(&self) -> InstanceUid {
         self.view.borrow().uid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_slots_stay_small() {
+        assert!(
+            std::mem::size_of::<Command>() <= 32,
+            "{}",
+            std::mem::size_of::<Command>()
+        );
+        assert!(
+            std::mem::size_of::<Outgoing>() <= 32,
+            "{}",
+            std::mem::size_of::<Outgoing>()
+        );
     }
 }

@@ -9,7 +9,7 @@ use chrono::Utc;
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{AgentContext, AgentHandle, Command, Source};
+use crate::agent::{AgentContext, AgentHandle, Command, Delivery, Source};
 use crate::domain::{AgentRecord, InstanceUid};
 use crate::protocol::Inbound;
 
@@ -108,13 +108,13 @@ impl Fleet {
         };
         let handle = self.get_or_spawn(target);
         handle
-            .send(Command::Report {
+            .send(Command::Report(Box::new(Delivery {
                 raw_uid,
-                report: Box::new(report),
+                report,
                 source,
                 assigned: reassign,
                 origin,
-            })
+            })))
             .await
             .map_err(|_| DispatchError::Unavailable)?;
         Ok(target)
@@ -141,7 +141,7 @@ impl Fleet {
                 let _ = handle
                     .send(Command::ConnectionClosed {
                         conn,
-                        reason: reason.to_string(),
+                        reason: reason.into(),
                     })
                     .await;
             }

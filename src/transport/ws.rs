@@ -21,9 +21,11 @@ const UNSUPPORTED_DATA: u16 = 1003;
 const INVALID_PAYLOAD: u16 = 1007;
 const MESSAGE_TOO_BIG: u16 = 1009;
 
-/// Socket buffers per connection: small, since OpAMP messages are few and mostly tiny.
-const READ_BUFFER: usize = 4 * 1024;
-const WRITE_BUFFER: usize = 4 * 1024;
+/// Per-connection buffers: small, since OpAMP messages are few and mostly tiny (a heartbeat is
+/// a few dozen bytes). Larger messages grow the read buffer as needed, up to the message cap;
+/// replies are written out at once instead of gathered.
+const READ_BUFFER: usize = 1024;
+const WRITE_BUFFER: usize = 0;
 
 pub(super) async fn upgrade(
     State(state): State<OpampState>,
