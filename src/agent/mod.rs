@@ -76,6 +76,9 @@ pub struct Delivery {
     pub origin: Option<Arc<str>>,
 }
 
+/// New admin labels, and where to send the agent's record once they are set.
+pub type LabelsRequest = (BTreeMap<String, String>, oneshot::Sender<Arc<AgentRecord>>);
+
 /// What an actor's mailbox carries. Kept to two words: a channel allocates its slots in
 /// blocks, so every idle agent pays for the largest variant many times over.
 #[derive(Debug)]
@@ -85,7 +88,7 @@ pub enum Command {
         conn: ConnId,
         reason: Box<str>,
     },
-    SetLabels(Box<(BTreeMap<String, String>, oneshot::Sender<Arc<AgentRecord>>)>),
+    SetLabels(Box<LabelsRequest>),
     /// What the rollout controller wants of this agent now.
     Direct(Box<Directive>),
     /// An admin asks the agent to restart.
