@@ -73,6 +73,7 @@ pub async fn serve(
             traces: settings.own_traces_endpoint.clone(),
         },
         components: components.clone(),
+        changes: Arc::default(),
         metrics: metrics.clone(),
         writes: writes.clone(),
         cancel: shutdown.clone(),

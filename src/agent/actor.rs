@@ -762,6 +762,7 @@ impl AgentActor {
     fn publish(&mut self, rec: AgentRecord, persist: bool) {
         self.record = Arc::new(rec);
         self.view.send_replace(self.record.clone());
+        self.ctx.changes.fetch_add(1, Ordering::Relaxed);
         if persist {
             self.ctx.writes.agent(self.record.clone());
             self.unsaved = false;

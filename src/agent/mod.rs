@@ -113,6 +113,9 @@ pub struct AgentContext {
     pub metrics: Arc<Metrics>,
     pub writes: Arc<WriteBuffer>,
     pub cancel: CancellationToken,
+    /// Bumped whenever any agent publishes a changed record, so the rollout controller can
+    /// tell a quiet fleet (heartbeats only) from one it must look at again.
+    pub changes: Arc<AtomicU64>,
 }
 
 /// Facts about an agent's live connection that the router reads without asking the actor.

@@ -153,6 +153,11 @@ impl Fleet {
         self.agents.iter().map(|h| h.record()).collect()
     }
 
+    /// A number that changes whenever any agent's published record does.
+    pub fn changes(&self) -> u64 {
+        self.ctx.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A component set an agent reported, by its hash.
     pub fn components(
         &self,

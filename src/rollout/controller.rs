@@ -224,6 +224,8 @@ pub async fn spawn_controller(
         packages,
         skipped: HashMap::new(),
         told: HashMap::new(),
+        seen_changes: None,
+        retry: false,
         view_tx,
     };
     task.publish();
@@ -242,6 +244,10 @@ struct Task {
     skipped: HashMap<String, BTreeMap<InstanceUid, String>>,
     /// The directive each agent was last given, to tell it only changes.
     told: HashMap<InstanceUid, DirectiveKey>,
+    /// The fleet's change counter at the last full tick; `None` forces the next one.
+    seen_changes: Option<u64>,
+    /// A directive could not be handed over (full mailbox): try again next tick.
+    retry: bool,
     view_tx: watch::Sender<Arc<ControlView>>,
 }
 
@@ -287,6 +293,7 @@ impl Task {
         }
         self.publish();
         // Act on the change now rather than at the next tick.
+        self.seen_changes = None;
         self.tick().await;
     }
 
@@ -488,6 +495,16 @@ impl Task {
 
     /// Steps running rollouts and refreshes every agent's directive.
     async fn tick(&mut self) {
+        // A fleet that only heartbeats, with no rollout running, needs nothing: no scan.
+        let changes = self.fleet.changes();
+        let running = self
+            .rollouts
+            .iter()
+            .any(|r| r.is_active() || r.progress.state == State::Error);
+        if !running && self.seen_changes == Some(changes) && self.told_all() {
+            return;
+        }
+        self.seen_changes = Some(changes);
         let now = Utc::now();
         let now_ms = now.timestamp_millis().max(0) as u64;
         let agents = self.fleet.records();
@@ -589,6 +606,7 @@ impl Task {
             .rev()
             .filter(|r| r.package().is_some())
             .collect();
+        self.retry = false;
         let mut seen = HashSet::with_capacity(agents.len());
         for (agent, config) in agents.iter().zip(&assignment) {
             seen.insert(agent.uid);
@@ -614,13 +632,20 @@ impl Task {
             if self.told.get(&agent.uid) == Some(&key) {
                 continue;
             }
-            if let Some(handle) = self.fleet.get(&agent.uid)
-                && handle.try_direct(directive)
-            {
-                self.told.insert(agent.uid, key);
+            match self.fleet.get(&agent.uid) {
+                Some(handle) if handle.try_direct(directive) => {
+                    self.told.insert(agent.uid, key);
+                }
+                Some(_) => self.retry = true,
+                None => {}
             }
         }
         self.told.retain(|uid, _| seen.contains(uid));
+    }
+
+    /// Every directive was handed over (a full mailbox leaves one to retry).
+    fn told_all(&self) -> bool {
+        !self.retry
     }
 
     fn eligible(&self, agent: &AgentRecord, version: &ConfigVersion) -> bool {
