@@ -226,6 +226,76 @@ impl TestServer {
         req.send().await.expect("opamp post")
     }
 
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.api_url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Starts a rollout; panics unless the API accepts it. Returns its id.
+    pub async fn start_rollout(&self, request: Value) -> String {
+        let (status, body) = self.post_json("/api/v1/rollouts", &request).await;
+        assert_eq!(status, 200, "{body}");
+        body["id"].as_str().expect("rollout id").to_string()
+    }
+
+    pub async fn rollout(&self, id: &str) -> Value {
+        self.get(&format!("/api/v1/rollouts/{id}")).await.1
+    }
+
+    /// Polls the rollout until it is in `state`.
+    pub async fn wait_rollout(&self, id: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.rollout(id).await;
+            if r["state"] == state {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout never became {state}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until at least `n` agents are connected.
+    pub async fn wait_connected(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.fleet().await.by_status["connected"] < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                self.fleet().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs the `corral` CLI against this server's API.
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
+            .args(args)
+            .arg("--server")
+            .arg(format!("http://{}", self.api))
+            .stdin(std::process::Stdio::null());
+        let out = tokio::task::spawn_blocking(move || command.output().expect("run corral"))
+            .await
+            .expect("cli task");
+        CliOutput {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// One plain-HTTP exchange.
     pub async fn poll(&self, msg: &proto::AgentToServer) -> proto::ServerToAgent {
         let response = self
@@ -235,6 +305,18 @@ impl TestServer {
         assert_eq!(response.headers()["content-type"], "application/x-protobuf");
         proto::ServerToAgent::decode(response.bytes().await.expect("body")).expect("reply")
     }
+}
+
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The output of a CLI run that must succeed.
+pub fn succeeded(out: CliOutput) -> String {
+    assert!(out.ok, "{}", out.stderr);
+    out.stdout
 }
 
 pub fn uuid_str(uid: &[u8]) -> String {

@@ -32,38 +32,6 @@ async fn put_config(server: &TestServer, name: &str, selector: &str, body: &str)
     )
 }
 
-async fn start_rollout(server: &TestServer, request: Value) -> String {
-    let response = reqwest::Client::new()
-        .post(server.api_url("/api/v1/rollouts"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    body["id"].as_str().unwrap().to_string()
-}
-
-async fn rollout(server: &TestServer, id: &str) -> Value {
-    server.get(&format!("/api/v1/rollouts/{id}")).await.1
-}
-
-async fn wait_rollout(server: &TestServer, id: &str, state: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = rollout(server, id).await;
-        if r["state"] == state {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rollout never became {state}: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn fleet(
     server: &TestServer,
     n: usize,
@@ -73,20 +41,8 @@ async fn fleet(
     let agents: Vec<_> = (0..n)
         .map(|i| SimAgent::spawn(server, via(i), "otelcol", labels, None))
         .collect();
-    wait_connected(server, n).await;
+    server.wait_connected(n as i64).await;
     agents
-}
-
-async fn wait_connected(server: &TestServer, n: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.fleet().await.by_status["connected"] < n as i64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            server.fleet().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn mixed(i: usize) -> Via {
@@ -109,17 +65,17 @@ async fn fifty_mixed_agents_roll_out_in_waves_of_3_15_32() {
     let server = TestServer::start().await;
     let agents = fleet(&server, 50, mixed, &[("env", "prod")]).await;
     let (_, hash) = put_config(&server, "prod", "env=prod", GOOD).await;
-    let id = start_rollout(
-        &server,
-        json!({"configuration": "prod", "initial": 3, "multiplier": 5, "maximum": 100}),
-    )
-    .await;
+    let id = server
+        .start_rollout(
+            json!({"configuration": "prod", "initial": 3, "multiplier": 5, "maximum": 100}),
+        )
+        .await;
 
     let mut saw_pending = false;
     let mut most_by_wave = [0u64; 4];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let last = loop {
-        let r = rollout(&server, &id).await;
+        let r = server.rollout(&id).await;
         let wave = r["wave"].as_u64().unwrap() as usize;
         if wave < 4 {
             most_by_wave[wave] = most_by_wave[wave].max(sent(&r));
@@ -175,16 +131,14 @@ async fn a_failing_version_stops_at_max_errors_and_leaves_the_rest_untouched() {
     let server = TestServer::start().await;
     let agents = fleet(&server, 20, mixed, &[("env", "prod")]).await;
     let (_, hash) = put_config(&server, "prod", "env=prod", &yaml(FAIL_MARKER)).await;
-    let id = start_rollout(
-        &server,
-        json!({"configuration": "prod", "initial": 3, "max_errors": 0}),
-    )
-    .await;
-    wait_rollout(&server, &id, "error").await;
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 3, "max_errors": 0}))
+        .await;
+    server.wait_rollout(&id, "error").await;
     // The rest of the first wave may still be applying when it stops.
     let deadline = tokio::time::Instant::now() + WAIT;
     let r = loop {
-        let r = rollout(&server, &id).await;
+        let r = server.rollout(&id).await;
         if r["counts"]["configuring"] == 0 {
             break r;
         }
@@ -226,16 +180,16 @@ async fn rollback_returns_the_agents_that_took_a_failing_version() {
     let server = TestServer::start().await;
     let agents = fleet(&server, 8, mixed, &[("env", "prod")]).await;
     let (_, good) = put_config(&server, "prod", "env=prod", GOOD).await;
-    let id = start_rollout(&server, json!({"configuration": "prod", "initial": 8})).await;
-    wait_rollout(&server, &id, "stable").await;
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 8}))
+        .await;
+    server.wait_rollout(&id, "stable").await;
     let (version, _) = put_config(&server, "prod", "env=prod", &yaml(FAIL_MARKER)).await;
     assert_eq!(version, 2);
-    let id = start_rollout(
-        &server,
-        json!({"configuration": "prod", "initial": 2, "rollback_on_failure": true}),
-    )
-    .await;
-    let r = wait_rollout(&server, &id, "error").await;
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 2, "rollback_on_failure": true}))
+        .await;
+    let r = server.wait_rollout(&id, "error").await;
     assert_eq!(r["previous_version"], 1);
     let good_bytes = hex::decode(&good).unwrap();
     for agent in &agents {
@@ -267,11 +221,9 @@ async fn pause_holds_the_next_wave_and_resume_finishes() {
     let server = TestServer::start().await;
     let _agents = fleet(&server, 12, mixed, &[("env", "prod")]).await;
     put_config(&server, "prod", "env=prod", GOOD).await;
-    let id = start_rollout(
-        &server,
-        json!({"configuration": "prod", "initial": 2, "multiplier": 2}),
-    )
-    .await;
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 2, "multiplier": 2}))
+        .await;
     let client = reqwest::Client::new();
     let paused: Value = client
         .post(server.api_url(&format!("/api/v1/rollouts/{id}/pause")))
@@ -283,7 +235,7 @@ async fn pause_holds_the_next_wave_and_resume_finishes() {
         .unwrap();
     assert_eq!(paused["state"], "paused", "{paused}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let r = rollout(&server, &id).await;
+    let r = server.rollout(&id).await;
     assert_eq!(r["state"], "paused");
     assert!(sent(&r) <= 2, "only the first wave went out: {r}");
     let response = client
@@ -297,7 +249,7 @@ async fn pause_holds_the_next_wave_and_resume_finishes() {
         .send()
         .await
         .unwrap();
-    let r = wait_rollout(&server, &id, "stable").await;
+    let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["completed"], 12);
 }
 
@@ -306,14 +258,14 @@ async fn a_restart_mid_rollout_resumes_in_the_same_wave_without_resending() {
     let server = TestServer::start().await;
     let agents = fleet(&server, 12, |_| Via::WebSocket, &[("env", "prod")]).await;
     let (_, hash) = put_config(&server, "prod", "env=prod", GOOD).await;
-    let id = start_rollout(
-        &server,
-        json!({"configuration": "prod", "initial": 3, "multiplier": 1, "maximum": 3}),
-    )
-    .await;
+    let id = server
+        .start_rollout(
+            json!({"configuration": "prod", "initial": 3, "multiplier": 1, "maximum": 3}),
+        )
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let before = loop {
-        let r = rollout(&server, &id).await;
+        let r = server.rollout(&id).await;
         if r["wave"].as_u64().unwrap() >= 2 {
             break r;
         }
@@ -323,13 +275,13 @@ async fn a_restart_mid_rollout_resumes_in_the_same_wave_without_resending() {
     let (opamp, api) = (server.opamp, server.api);
     let dir = server.stop().await;
     let server = TestServer::restart_at(dir, opamp, api).await;
-    let after = rollout(&server, &id).await;
+    let after = server.rollout(&id).await;
     assert_eq!(after["state"], "started", "{after}");
     assert!(
         after["wave"].as_u64() >= before["wave"].as_u64(),
         "{before} {after}"
     );
-    let r = wait_rollout(&server, &id, "stable").await;
+    let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["completed"], 12, "{r}");
     let hash_bytes = hex::decode(&hash).unwrap();
     for agent in &agents {
@@ -372,7 +324,7 @@ async fn incompatible_agents_are_skipped_with_the_reason() {
             )
         })
         .collect();
-    wait_connected(&server, 6).await;
+    server.wait_connected(6).await;
     let (_, hash) = put_config(&server, "prod", "env=prod", NEEDS_KAFKA).await;
     let (_, v) = server.get("/api/v1/configurations/prod/versions/1").await;
     assert!(
@@ -382,8 +334,10 @@ async fn incompatible_agents_are_skipped_with_the_reason() {
             .contains(&json!("exporters/kafka")),
         "{v}"
     );
-    let id = start_rollout(&server, json!({"configuration": "prod", "initial": 10})).await;
-    let r = wait_rollout(&server, &id, "stable").await;
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 10}))
+        .await;
+    let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["total"], 3, "{r}");
     let hash_bytes = hex::decode(&hash).unwrap();
     for agent in &unable {
@@ -504,8 +458,10 @@ async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
     msg.available_components = Some(only_hash);
     let mut agent2 = WsAgent::connect(&server.ws_url()).await;
     assert_eq!(agent2.exchange(&msg).await.flags & 0x2, 0);
-    let id = start_rollout(&server, json!({"configuration": "prod", "initial": 5})).await;
-    wait_rollout(&server, &id, "stable").await;
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 5}))
+        .await;
+    server.wait_rollout(&id, "stable").await;
     for uid in [&uid, &other] {
         let a = server.wait_status(uid, "incompatible").await.agent;
         assert!(
@@ -541,7 +497,7 @@ async fn a_failed_version_is_sent_again_only_when_an_admin_asks() {
         });
     agent.exchange(&first).await;
     put_config(&server, "prod", "env=prod", GOOD).await;
-    let id = start_rollout(&server, json!({"configuration": "prod"})).await;
+    let id = server.start_rollout(json!({"configuration": "prod"})).await;
     let pushed = agent.recv().await;
     let config = pushed.remote_config.expect("the rollout pushes the config");
     let mut failed = heartbeat(&uid, 2);
@@ -551,7 +507,7 @@ async fn a_failed_version_is_sent_again_only_when_an_admin_asks() {
         "port in use",
     ));
     agent.exchange(&failed).await;
-    wait_rollout(&server, &id, "error").await;
+    server.wait_rollout(&id, "error").await;
     let a = server.wait_status(&uid, "error").await;
     assert!(a.agent.status_reason.contains("port in use"));
     // Heartbeats do not bring it back.
@@ -589,68 +545,54 @@ async fn the_cli_applies_a_configuration_and_watches_its_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("collector.yaml");
     std::fs::write(&file, GOOD).unwrap();
-    let api = format!("http://{}", server.api);
-    let run = |args: Vec<String>| {
-        let api = api.clone();
-        async move {
-            let out = tokio::task::spawn_blocking(move || {
-                std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-                    .args(&args)
-                    .arg("--server")
-                    .arg(api)
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let file = file.to_str().unwrap();
-    let out = run(s(&[
-        "config",
-        "apply",
-        "prod",
-        "-f",
-        file,
-        "--selector",
-        "env=prod",
-    ]))
-    .await;
+    let out = succeeded(
+        server
+            .cli(&[
+                "config",
+                "apply",
+                "prod",
+                "-f",
+                file,
+                "--selector",
+                "env=prod",
+            ])
+            .await,
+    );
     assert!(out.contains("prod created version 1"), "{out}");
-    let out = run(s(&[
-        "config",
-        "apply",
-        "prod",
-        "-f",
-        file,
-        "--selector",
-        "env=prod",
-    ]))
-    .await;
+    let out = succeeded(
+        server
+            .cli(&[
+                "config",
+                "apply",
+                "prod",
+                "-f",
+                file,
+                "--selector",
+                "env=prod",
+            ])
+            .await,
+    );
     assert!(out.contains("unchanged at version 1"), "{out}");
-    let out = run(s(&["config", "list"])).await;
+    let out = succeeded(server.cli(&["config", "list"]).await);
     assert!(out.contains("env=prod") && out.contains(" 6 "), "{out}");
-    let out = run(s(&[
-        "rollout",
-        "start",
-        "prod",
-        "--initial",
-        "2",
-        "--multiplier",
-        "2",
-    ]))
-    .await;
+    let out = succeeded(
+        server
+            .cli(&[
+                "rollout",
+                "start",
+                "prod",
+                "--initial",
+                "2",
+                "--multiplier",
+                "2",
+            ])
+            .await,
+    );
     let id = out.split_whitespace().nth(1).unwrap().to_string();
-    let out = run(s(&["rollout", "status", &id, "--watch"])).await;
+    let out = succeeded(server.cli(&["rollout", "status", &id, "--watch"]).await);
     assert!(out.contains("stable"), "{out}");
     assert!(out.contains("6 of 6 completed"), "{out}");
-    let out = run(s(&["rollout", "list"])).await;
+    let out = succeeded(server.cli(&["rollout", "list"]).await);
     assert!(out.contains(&id) && out.contains("6/6"), "{out}");
 }

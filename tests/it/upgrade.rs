@@ -28,31 +28,6 @@ async fn upload(server: &TestServer, bytes: Vec<u8>, query: &str) -> Value {
     body
 }
 
-async fn start(server: &TestServer, request: Value) -> String {
-    let response = reqwest::Client::new()
-        .post(server.api_url("/api/v1/rollouts"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    body["id"].as_str().unwrap().to_string()
-}
-
-async fn wait_state(server: &TestServer, id: &str, state: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, r) = server.get(&format!("/api/v1/rollouts/{id}")).await;
-        if r["state"] == state {
-            return r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never {state}: {r}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn upgradable(labels: &[(&str, &str)]) -> SimOptions {
     SimOptions {
         labels: labels
@@ -61,18 +36,6 @@ fn upgradable(labels: &[(&str, &str)]) -> SimOptions {
             .collect(),
         packages: true,
         ..SimOptions::default()
-    }
-}
-
-async fn wait_connected(server: &TestServer, n: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.fleet().await.by_status["connected"] < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            server.fleet().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -100,19 +63,17 @@ async fn an_upgrade_rolls_out_in_waves_and_skips_agents_without_packages() {
             )
         })
         .collect();
-    wait_connected(&server, 33).await;
+    server.wait_connected(33).await;
     let bytes = artifact(300_000, 1);
     let package = upload(&server, bytes.clone(), &format!("version={NEW}")).await;
     assert_eq!(package["sha256"], hex::encode(sha2::Sha256::digest(&bytes)));
     let (_, list) = server.get("/api/v1/packages").await;
     assert_eq!(list["packages"].as_array().unwrap().len(), 1);
 
-    let id = start(
-        &server,
-        json!({"package": {"name": "", "version": NEW}, "selector": "os.type=linux", "initial": 3, "multiplier": 3}),
+    let id = server.start_rollout(json!({"package": {"name": "", "version": NEW}, "selector": "os.type=linux", "initial": 3, "multiplier": 3}),
     )
     .await;
-    let r = wait_state(&server, &id, "stable").await;
+    let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["completed"], 30, "{r}");
     assert_eq!(r["counts"]["errors"], 0);
     assert_eq!(r["wave"], 3, "waves of 3, 9, 18: {r}");
@@ -163,7 +124,7 @@ async fn a_corrupt_download_is_install_failed_and_an_error() {
     let agents: Vec<_> = (0..4)
         .map(|_| SimAgent::spawn_with(&server, Via::WebSocket, "otelcol", upgradable(&[])))
         .collect();
-    wait_connected(&server, 4).await;
+    server.wait_connected(4).await;
     let bytes = artifact(50_000, 2);
     let package = upload(&server, bytes.clone(), &format!("version={NEW}")).await;
     // The stored bytes go bad on disk.
@@ -173,12 +134,12 @@ async fn a_corrupt_download_is_install_failed_and_an_error() {
         .join("packages")
         .join(package["sha256"].as_str().unwrap());
     std::fs::write(&path, artifact(50_000, 3)).unwrap();
-    let id = start(
-        &server,
-        json!({"package": {"name": "", "version": NEW}, "initial": 1, "max_errors": 0}),
-    )
-    .await;
-    let r = wait_state(&server, &id, "error").await;
+    let id = server
+        .start_rollout(
+            json!({"package": {"name": "", "version": NEW}, "initial": 1, "max_errors": 0}),
+        )
+        .await;
+    let r = server.wait_rollout(&id, "error").await;
     assert_eq!(r["counts"]["errors"], 1, "{r}");
     let failed: Vec<_> = agents
         .iter()
@@ -209,19 +170,17 @@ async fn packages_go_only_to_agents_of_their_platform() {
         "otelcol",
         upgradable(&[("os.type", "windows")]),
     );
-    wait_connected(&server, 2).await;
+    server.wait_connected(2).await;
     upload(
         &server,
         artifact(10_000, 4),
         &format!("version={NEW}&platform=windows"),
     )
     .await;
-    let id = start(
-        &server,
-        json!({"package": {"name": "", "version": NEW}, "initial": 5}),
-    )
-    .await;
-    let r = wait_state(&server, &id, "stable").await;
+    let id = server
+        .start_rollout(json!({"package": {"name": "", "version": NEW}, "initial": 5}))
+        .await;
+    let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["completed"], 1, "{r}");
     assert!(
         r["skipped"][0]["reason"]
@@ -336,7 +295,7 @@ async fn the_restart_command_round_trips_and_needs_the_capability() {
     let ws = SimAgent::spawn_with(&server, Via::WebSocket, "otelcol", upgradable(&[]));
     let http = SimAgent::spawn_with(&server, Via::Http, "otelcol", upgradable(&[]));
     let plain = SimAgent::spawn(&server, Via::WebSocket, "otelcol", &[], None);
-    wait_connected(&server, 3).await;
+    server.wait_connected(3).await;
     let client = reqwest::Client::new();
     for agent in [&ws, &http] {
         let path = format!("/api/v1/agents/{}/restart", uuid_str(&agent.uid));
@@ -403,61 +362,52 @@ async fn the_cli_uploads_packages_starts_upgrades_and_restarts_by_selector() {
             )
         })
         .collect();
-    wait_connected(&server, 3).await;
+    server.wait_connected(3).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("otelcol.tar.gz");
     std::fs::write(&file, artifact(20_000, 9)).unwrap();
-    let api = format!("http://{}", server.api);
-    let run = |args: Vec<String>| {
-        let api = api.clone();
-        async move {
-            let out = tokio::task::spawn_blocking(move || {
-                std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-                    .args(&args)
-                    .arg("--server")
-                    .arg(api)
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let (ok, out, err) = run(s(&[
-        "package",
-        "upload",
-        file.to_str().unwrap(),
-        "--version",
-        NEW,
-    ]))
-    .await;
+    let CliOutput {
+        ok,
+        stdout: out,
+        stderr: err,
+    } = server
+        .cli(&[
+            "package",
+            "upload",
+            file.to_str().unwrap(),
+            "--version",
+            NEW,
+        ])
+        .await;
     assert!(ok, "{err}");
     assert!(out.contains("20000 bytes"), "{out}");
-    let (_, out, _) = run(s(&["package", "list"])).await;
+    let CliOutput {
+        ok: _,
+        stdout: out,
+        stderr: _,
+    } = server.cli(&["package", "list"]).await;
     assert!(out.contains(NEW), "{out}");
-    let (ok, out, err) = run(s(&[
-        "rollout",
-        "start",
-        "--package",
-        "",
-        "--version",
-        NEW,
-        "--selector",
-        "env=staging",
-        "--initial",
-        "3",
-    ]))
-    .await;
+    let CliOutput {
+        ok,
+        stdout: out,
+        stderr: err,
+    } = server
+        .cli(&[
+            "rollout",
+            "start",
+            "--package",
+            "",
+            "--version",
+            NEW,
+            "--selector",
+            "env=staging",
+            "--initial",
+            "3",
+        ])
+        .await;
     assert!(ok, "{err}");
     let id = out.split_whitespace().nth(1).unwrap().to_string();
-    wait_state(&server, &id, "stable").await;
+    server.wait_rollout(&id, "stable").await;
     // They restart into the new build and come back.
     for agent in &agents {
         server
@@ -469,18 +419,23 @@ async fn the_cli_uploads_packages_starts_upgrades_and_restarts_by_selector() {
     }
 
     // Without --yes and without a terminal to say yes, nothing is restarted.
-    let (ok, out, _) = run(s(&["agents", "restart", "--selector", "env=staging"])).await;
+    let CliOutput {
+        ok,
+        stdout: out,
+        stderr: _,
+    } = server
+        .cli(&["agents", "restart", "--selector", "env=staging"])
+        .await;
     assert!(ok);
     assert!(out.contains("nothing restarted"), "{out}");
     assert!(agents.iter().all(|a| a.seen.lock().restarts == 0));
-    let (ok, out, err) = run(s(&[
-        "agents",
-        "restart",
-        "--selector",
-        "env=staging",
-        "--yes",
-    ]))
-    .await;
+    let CliOutput {
+        ok,
+        stdout: out,
+        stderr: err,
+    } = server
+        .cli(&["agents", "restart", "--selector", "env=staging", "--yes"])
+        .await;
     assert!(ok, "{err}");
     assert_eq!(out.matches("restart sent").count(), 3, "{out}");
     let deadline = tokio::time::Instant::now() + WAIT;
