@@ -13,7 +13,6 @@ CREATE TABLE packages (
 
 ALTER TABLE agents ADD COLUMN packages BLOB;           -- protobuf PackageStatuses
 ALTER TABLE agents ADD COLUMN offered_package_hash BLOB;
-ALTER TABLE agents ADD COLUMN applied_config_hash BLOB; -- the configuration it last applied
 
 ALTER TABLE rollouts ADD COLUMN package_name TEXT;     -- set for upgrade rollouts
 ALTER TABLE rollouts ADD COLUMN package_version TEXT;

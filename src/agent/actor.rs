@@ -177,8 +177,7 @@ impl AgentActor {
                     return;
                 }
                 self.retry_failed = true;
-                let directive = std::mem::take(&mut self.directive);
-                self.on_directive(directive);
+                self.on_directive(self.directive.clone());
                 let _ = done.send(Ok(self.record.clone()));
             }
         }
@@ -187,6 +186,10 @@ impl AgentActor {
     fn on_directive(&mut self, directive: Directive) {
         if directive == self.directive && !self.retry_failed {
             return;
+        }
+        if directive.version != self.directive.version {
+            // A retry is for the version that failed, not for whatever comes next.
+            self.retry_failed = false;
         }
         self.directive = directive;
         let mut rec = (*self.record).clone();
@@ -249,6 +252,25 @@ impl AgentActor {
     /// The package to offer now, if the directive wants one the agent neither has nor is
     /// working on; records it as offered. Once per connection, like configurations.
     fn take_package_offer(&mut self, rec: &mut AgentRecord) -> Option<PackageOffer> {
+        let (package, base) = self.package_due(rec)?;
+        let hash = package.hash();
+        rec.offered_package_hash = Some(hash.clone());
+        self.offered_package_here = true;
+        Some(PackageOffer {
+            name: package.name.clone(),
+            version: package.version.clone(),
+            hash,
+            content_hash: package.sha256.clone(),
+            download_url: format!(
+                "{base}{}{}",
+                crate::transport::PACKAGES_PATH,
+                package.sha256.to_hex()
+            ),
+        })
+    }
+
+    /// The package to offer `rec` now, with the base URL to offer it from, if one is due.
+    fn package_due(&self, rec: &AgentRecord) -> Option<(Arc<crate::packages::Package>, String)> {
         let package = self.directive.package.as_ref()?;
         if self.live.is_none() || !rec.capabilities.contains(Caps::ACCEPTS_PACKAGES) {
             return None;
@@ -275,25 +297,25 @@ impl AgentActor {
             .as_deref()
             .or(self.origin.as_deref())?
             .to_string();
-        rec.offered_package_hash = Some(hash.clone());
-        self.offered_package_here = true;
-        Some(PackageOffer {
-            name: package.name.clone(),
-            version: package.version.clone(),
-            hash,
-            content_hash: package.sha256.clone(),
-            download_url: format!(
-                "{base}{}{}",
-                crate::transport::PACKAGES_PATH,
-                package.sha256.to_hex()
-            ),
-        })
+        Some((package.clone(), base))
     }
 
     /// The configuration to send now, if the directive wants one the agent has not reported;
     /// records it as offered. Sent once per connection: a reconnecting agent that never
     /// reported it gets it again, since it may have missed it.
     fn take_offer(&mut self, rec: &mut AgentRecord) -> Option<RemoteConfigOffer> {
+        let version = self.config_due(rec)?;
+        self.retry_failed = false;
+        rec.offered_config_hash = Some(version.hash.clone());
+        self.offered_config_here = true;
+        Some(RemoteConfigOffer {
+            hash: version.hash.clone(),
+            files: version.files.clone(),
+        })
+    }
+
+    /// The configuration version to send `rec` now, if one is due.
+    fn config_due(&self, rec: &AgentRecord) -> Option<Arc<crate::config::ConfigVersion>> {
         let version = self.directive.version.as_ref()?;
         if self.live.is_none() || !rec.capabilities.contains(Caps::ACCEPTS_REMOTE_CONFIG) {
             return None;
@@ -311,13 +333,7 @@ impl AgentActor {
                 return None;
             }
         }
-        self.retry_failed = false;
-        rec.offered_config_hash = Some(version.hash.clone());
-        self.offered_config_here = true;
-        Some(RemoteConfigOffer {
-            hash: version.hash.clone(),
-            files: version.files.clone(),
-        })
+        Some(version.clone())
     }
 
     fn on_report(&mut self, raw_uid: Bytes, report: AgentReport, source: Source, assigned: bool) {
@@ -363,38 +379,43 @@ impl AgentActor {
             && self.record.transport == Some(transport);
         let mut offer = None;
         let mut packages = None;
-        let report_full_state = if unchanged && !self.wants_offer() && !self.wants_package() {
-            self.full_state
-                .observe(report.sequence_num, false, missing_state(&self.record))
-        } else {
-            let mut rec = (*self.record).clone();
-            let mut persist = self.unsaved || fresh;
-            if fresh {
-                rec.connected_at = Some(now);
-            }
-            rec.last_seen = now;
-            if rec.transport != Some(transport) {
-                rec.transport = Some(transport);
-                persist = true;
-            }
-            persist |= self.merge(&mut rec, &report);
-            offer = self.take_offer(&mut rec);
-            packages = self.take_package_offer(&mut rec);
-            persist |= offer.is_some() || packages.is_some();
-            let full = self.full_state.observe(
-                report.sequence_num,
-                report.description.is_some(),
-                missing_state(&rec),
-            );
-            let connection = if report.disconnect {
-                Connection::Lost("agent disconnected".into())
+        // A restart goes alone: offers wait for the polls after it.
+        let restarting = self.restart_pending && transport == Transport::Http;
+        let report_full_state =
+            if unchanged && (restarting || (!self.wants_offer() && !self.wants_package())) {
+                self.full_state
+                    .observe(report.sequence_num, false, missing_state(&self.record))
             } else {
-                Connection::Live
+                let mut rec = (*self.record).clone();
+                let mut persist = self.unsaved || fresh;
+                if fresh {
+                    rec.connected_at = Some(now);
+                }
+                rec.last_seen = now;
+                if rec.transport != Some(transport) {
+                    rec.transport = Some(transport);
+                    persist = true;
+                }
+                persist |= self.merge(&mut rec, &report);
+                if !restarting {
+                    offer = self.take_offer(&mut rec);
+                    packages = self.take_package_offer(&mut rec);
+                }
+                persist |= offer.is_some() || packages.is_some();
+                let full = self.full_state.observe(
+                    report.sequence_num,
+                    report.description.is_some(),
+                    missing_state(&rec),
+                );
+                let connection = if report.disconnect {
+                    Connection::Lost("agent disconnected".into())
+                } else {
+                    Connection::Live
+                };
+                persist |= self.settle(&mut rec, connection);
+                self.publish(rec, persist);
+                full
             };
-            persist |= self.settle(&mut rec, connection);
-            self.publish(rec, persist);
-            full
-        };
         self.link
             .last_seq
             .store(report.sequence_num, Ordering::Release);
@@ -406,6 +427,16 @@ impl AgentActor {
         let watched = transport == Transport::Http || caps.contains(Caps::REPORTS_HEARTBEAT);
         self.deadline = (watched && !report.disconnect).then(|| instant + self.liveness.grace());
 
+        if restarting {
+            self.restart_pending = false;
+            let reply = ServerReply {
+                capabilities: Some(SERVER_CAPABILITIES),
+                restart: true,
+                ..ServerReply::default()
+            };
+            self.reply(source, protocol::reply_to_proto(raw_uid, &reply));
+            return;
+        }
         let own_telemetry = self.own_telemetry_offer();
         let first_on_connection = !self.offered_settings;
         let heartbeat_interval_seconds = (accepts_settings && first_on_connection)
@@ -413,7 +444,6 @@ impl AgentActor {
         let own_telemetry = own_telemetry.filter(|_| first_on_connection);
         self.offered_settings = true;
         let report_available_components = self.wants_components(&report);
-        let restart = std::mem::take(&mut self.restart_pending) && transport == Transport::Http;
         let reply = ServerReply {
             capabilities: Some(SERVER_CAPABILITIES),
             report_full_state,
@@ -422,7 +452,6 @@ impl AgentActor {
             heartbeat_interval_seconds,
             remote_config: offer,
             packages,
-            restart,
             own_telemetry,
             ..ServerReply::default()
         };
@@ -467,20 +496,12 @@ impl AgentActor {
 
     /// Whether a package is due that has not been offered on this connection.
     fn wants_package(&self) -> bool {
-        self.directive.package.as_ref().is_some_and(|p| {
-            self.record.offered_package_hash.as_ref() != Some(&p.hash())
-                || !self.offered_package_here
-        })
+        self.package_due(&self.record).is_some()
     }
 
     /// Whether a configuration is due that the last published record has not been offered.
     fn wants_offer(&self) -> bool {
-        self.retry_failed
-            || self.directive.version.as_ref().is_some_and(|v| {
-                self.record.remote_config.as_ref().map(|rc| &rc.hash) != Some(&v.hash)
-                    && (self.record.offered_config_hash.as_ref() != Some(&v.hash)
-                        || !self.offered_config_here)
-            })
+        self.config_due(&self.record).is_some()
     }
 
     /// Asks for the full component map when the agent sent only a hash we do not know, once

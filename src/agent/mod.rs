@@ -40,6 +40,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 pub const SERVER_CAPABILITIES: ServerCapabilities = ServerCapabilities::ACCEPTS_STATUS
     .union(ServerCapabilities::OFFERS_REMOTE_CONFIG)
     .union(ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG)
+    .union(ServerCapabilities::OFFERS_PACKAGES)
+    .union(ServerCapabilities::ACCEPTS_PACKAGES_STATUS)
     .union(ServerCapabilities::OFFERS_CONNECTION_SETTINGS);
 
 /// Identifies one WebSocket connection for as long as the process runs. Never 0.

@@ -114,7 +114,7 @@ impl OpampState {
 pub fn router(state: OpampState) -> Router {
     let metrics = state.fleet.clone();
     let not_found_metrics = state.fleet.clone();
-    Router::new()
+    let opamp = Router::new()
         .route(
             OPAMP_PATH,
             get(ws::upgrade)
@@ -127,15 +127,6 @@ pub fn router(state: OpampState) -> Router {
                     )
                 }),
         )
-        .route(&format!("{PACKAGES_PATH}{{sha256}}"), get(download))
-        .fallback(move || async move {
-            not_found_metrics.metrics().rejected("not_found");
-            (
-                StatusCode::NOT_FOUND,
-                format!("no such path; the OpAMP endpoint is {OPAMP_PATH}"),
-            )
-                .into_response()
-        })
         .layer(
             CompressionLayer::new()
                 .gzip(true)
@@ -150,6 +141,19 @@ pub fn router(state: OpampState) -> Router {
                 .no_br()
                 .no_deflate()
                 .no_zstd(),
-        )
+        );
+    // Packages go out as stored: their length and ranges are what lets agents show progress
+    // and resume, and they are compressed archives already.
+    let downloads = Router::new().route(&format!("{PACKAGES_PATH}{{sha256}}"), get(download));
+    opamp
+        .merge(downloads)
+        .fallback(move || async move {
+            not_found_metrics.metrics().rejected("not_found");
+            (
+                StatusCode::NOT_FOUND,
+                format!("no such path; the OpAMP endpoint is {OPAMP_PATH}"),
+            )
+                .into_response()
+        })
         .with_state(state)
 }

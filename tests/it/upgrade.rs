@@ -242,6 +242,18 @@ async fn downloads_support_range_requests_to_resume() {
         bytes,
         "a resumed download is the whole file"
     );
+    let whole = client
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        whole.headers().get("content-encoding").is_none(),
+        "served as stored"
+    );
+    assert_eq!(whole.headers()["content-length"], "100000");
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
     let missing = client
         .get(format!(
             "http://{}/v1/packages/{}",
@@ -446,4 +458,33 @@ async fn the_cli_uploads_packages_starts_upgrades_and_restarts_by_selector() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_restart_over_http_does_not_swallow_what_is_due() {
+    let server = TestServer::start().await;
+    let agent = SimAgent::spawn_with(
+        &server,
+        Via::Http,
+        "otelcol",
+        upgradable(&[("env", "prod")]),
+    );
+    server.wait_connected(1).await;
+    let body =
+        json!({"selector": "env=prod", "files": {"c.yaml": {"body": "receivers:\n  otlp:\n"}}});
+    let (status, put) = server
+        .put("/api/v1/configurations/prod", &body.to_string())
+        .await;
+    assert_eq!(status, 200, "{put}");
+    let path = format!("/api/v1/agents/{}/restart", uuid_str(&agent.uid));
+    let (status, _) = server.post_json(&path, &json!({})).await;
+    assert_eq!(status, 200);
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 1}))
+        .await;
+    let r = server.wait_rollout(&id, "stable").await;
+    assert_eq!(r["counts"]["completed"], 1);
+    assert_eq!(agent.seen.lock().restarts, 1);
+    let hash = hex::decode(put["hash"].as_str().unwrap()).unwrap();
+    assert_eq!(agent.times_received(&hash), 1);
 }

@@ -11,6 +11,11 @@ async fn first_reply_echoes_the_uid_and_offers_capabilities() {
     assert_eq!(reply.instance_uid.as_ref(), &uid);
     assert_ne!(reply.capabilities & 0x1, 0, "AcceptsStatus");
     assert_eq!(
+        reply.capabilities & 0x1f,
+        0x1f,
+        "status, config, effective config, packages, package statuses"
+    );
+    assert_eq!(
         reply.flags & 0x1,
         0,
         "a full first report needs no ReportFullState"
