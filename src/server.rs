@@ -86,6 +86,9 @@ pub async fn serve(
         store.clone(),
         fleet.clone(),
         components,
+        settings
+            .heartbeat_interval
+            .mul_f64(crate::agent::GRACE_FACTOR),
         shutdown.clone(),
         &tracker,
     )

@@ -365,9 +365,8 @@ pub(super) fn agent_config(
     let directive = directive(
         config,
         view.latest_rollout(&config.name).map(Arc::as_ref),
-        agent.uid,
+        agent,
         available.as_deref(),
-        agent.remote_config.as_ref().map(|rc| &rc.hash),
     );
     // Judged against what the agent is headed to, else the latest version.
     let judged = directive.version.as_ref().or(config.latest());

@@ -187,6 +187,7 @@ pub async fn spawn_controller(
     store: Arc<dyn Store>,
     fleet: Arc<Fleet>,
     components: Arc<DashMap<ContentHash, Arc<ComponentSet>>>,
+    startup_grace: Duration,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Controller, StoreError> {
@@ -226,6 +227,8 @@ pub async fn spawn_controller(
         told: HashMap::new(),
         seen_changes: None,
         retry: false,
+        started: Utc::now(),
+        resume_at: tokio::time::Instant::now() + startup_grace,
         view_tx,
     };
     task.publish();
@@ -248,6 +251,11 @@ struct Task {
     seen_changes: Option<u64>,
     /// A directive could not be handed over (full mailbox): try again next tick.
     retry: bool,
+    /// When this process started; rollouts created before it were restored from the store.
+    started: chrono::DateTime<Utc>,
+    /// Restored rollouts wait until then, so agents have time to reconnect after a restart
+    /// before anyone is counted gone (else a rollout could finish early, or skip agents).
+    resume_at: tokio::time::Instant,
     view_tx: watch::Sender<Arc<ControlView>>,
 }
 
@@ -413,9 +421,13 @@ impl Task {
         {
             let replaced = planner::replace(&old.progress);
             if replaced != old.progress {
-                old.progress = replaced;
-                old.updated_at = now;
-                self.store.save_rollout(old, &[]).await?;
+                let updated = Rollout {
+                    progress: replaced,
+                    updated_at: now,
+                    ..old.clone()
+                };
+                self.store.save_rollout(&updated, &[]).await?;
+                *old = updated;
             }
         }
         let rollout = Rollout {
@@ -482,9 +494,13 @@ impl Task {
             Action::Cancel => planner::cancel(&rollout.progress),
         }
         .map_err(ControlError::Conflict)?;
-        rollout.progress = progress;
-        rollout.updated_at = Utc::now();
-        self.store.save_rollout(rollout, &[]).await?;
+        let updated = Rollout {
+            progress,
+            updated_at: Utc::now(),
+            ..rollout.clone()
+        };
+        self.store.save_rollout(&updated, &[]).await?;
+        *rollout = updated;
         Ok(Arc::new(rollout.clone()))
     }
 
@@ -528,6 +544,9 @@ impl Task {
             if !(rollout.is_active() || rollout.progress.state == State::Error) {
                 continue;
             }
+            if rollout.created_at < self.started && tokio::time::Instant::now() < self.resume_at {
+                continue;
+            }
             let mut skipped = BTreeMap::new();
             let candidates: Vec<_> = match &rollout.payload {
                 Payload::Config(payload) => {
@@ -543,14 +562,29 @@ impl Task {
                         .get(payload.configuration.as_str())
                         .map(Vec::as_slice)
                         .unwrap_or_default();
-                    targets
+                    let mut candidates: Vec<_> = targets
                         .iter()
                         .map(|agent| Candidate {
                             id: agent.uid,
                             eligible: self.eligible(agent, &version),
                             outcome: outcome(agent, &version.hash),
                         })
-                        .collect()
+                        .collect();
+                    // Agents sent the version and since assigned elsewhere still report on it.
+                    let target_ids: HashSet<InstanceUid> = targets.iter().map(|a| a.uid).collect();
+                    for (uid, phase) in &rollout.progress.agents {
+                        if matches!(phase, Phase::Sent { .. })
+                            && !target_ids.contains(uid)
+                            && let Some(agent) = self.fleet.get(uid)
+                        {
+                            candidates.push(Candidate {
+                                id: *uid,
+                                eligible: false,
+                                outcome: outcome(&agent.record(), &version.hash),
+                            });
+                        }
+                    }
+                    candidates
                 }
                 Payload::Package(payload) => agents
                     .iter()
@@ -579,15 +613,20 @@ impl Task {
                 continue;
             }
             let diff = diff(&rollout.progress, &step.progress);
-            let rollout = &mut self.rollouts[i];
-            rollout.progress = step.progress;
-            rollout.updated_at = now;
-            if let Err(error) = self.store.save_rollout(rollout, &diff).await {
-                tracing::error!(%error, rollout = %rollout.id, "cannot save rollout progress");
+            let updated = Rollout {
+                progress: step.progress,
+                updated_at: now,
+                ..rollout.clone()
+            };
+            // Only what is stored takes effect: a failed save is tried again next tick.
+            if let Err(error) = self.store.save_rollout(&updated, &diff).await {
+                tracing::error!(%error, rollout = %updated.id, "cannot save rollout progress; will retry");
+                continue;
             }
             if !step.send.is_empty() {
-                tracing::info!(rollout = %rollout.id, wave = rollout.progress.wave, agents = step.send.len(), "rollout wave started");
+                tracing::info!(rollout = %updated.id, wave = updated.progress.wave, agents = step.send.len(), "rollout wave started");
             }
+            self.rollouts[i] = updated;
             changed = true;
         }
         if changed {
@@ -614,8 +653,7 @@ impl Task {
                 Some(config) => {
                     let available = self.available(agent);
                     let latest = latest_config.get(config.name.as_str()).copied();
-                    let reported = agent.remote_config.as_ref().map(|rc| &rc.hash);
-                    directive(config, latest, agent.uid, available.as_deref(), reported)
+                    directive(config, latest, agent, available.as_deref())
                 }
                 None => Directive::default(),
             };

@@ -16,7 +16,7 @@ pub use controller::{
 pub use planner::{Counts, Params, Phase, Progress, State};
 
 use crate::config::{ComponentSet, ConfigVersion, Configuration, Selector, check_compatible};
-use crate::domain::{ContentHash, InstanceUid};
+use crate::domain::{AgentRecord, ContentHash, InstanceUid};
 use crate::packages::Package;
 
 pub const DEFAULT_INITIAL: u32 = 3;
@@ -135,13 +135,20 @@ impl Directive {
 /// (error, cancelled), an agent whose wave had started but that never took the version up
 /// (`reported` is not its hash) counts as not reached: nobody new gets a stopped version.
 /// A version the agent lacks components for is never sent: it is left alone, and told why.
+/// An agent the rollout has not reached that already runs a version of this configuration is
+/// left on it (a replaced rollout's agents are not pushed back to an older version).
 pub fn directive(
     config: &Configuration,
     latest: Option<&Rollout>,
-    agent: InstanceUid,
+    agent: &AgentRecord,
     available: Option<&ComponentSet>,
-    reported: Option<&ContentHash>,
 ) -> Directive {
+    let reported = agent.remote_config.as_ref().map(|rc| &rc.hash);
+    let runs_a_version = agent
+        .applied_config_hash
+        .as_ref()
+        .is_some_and(|h| config.versions.iter().any(|v| &v.hash == h));
+    let agent = agent.uid;
     let Some((rollout, payload)) = latest.and_then(|r| Some((r, r.config()?))) else {
         return Directive::default();
     };
@@ -170,7 +177,8 @@ pub fn directive(
         } else {
             version_of(Some(payload.version))
         };
-        (previous, headed)
+        let stay = runs_a_version && !rollout.is_terminal();
+        (if stay { None } else { previous }, headed)
     };
     let mut directive = Directive {
         pending: rollout.is_active() && phase == Some(Phase::Waiting),
@@ -228,6 +236,16 @@ mod tests {
         }
     }
 
+    fn agent(uid: InstanceUid, reported: Option<&ContentHash>) -> AgentRecord {
+        let mut rec = AgentRecord::new(uid, Utc::now());
+        rec.remote_config = reported.map(|h| crate::domain::RemoteConfigState {
+            hash: h.clone(),
+            status: crate::domain::RemoteConfigStatus::Applying,
+            error: String::new(),
+        });
+        rec
+    }
+
     fn rollout(config: &Configuration, state: State, agents: &[(InstanceUid, Phase)]) -> Rollout {
         Rollout {
             id: "r".into(),
@@ -253,10 +271,15 @@ mod tests {
     #[test]
     fn an_incompatible_agent_is_not_given_the_previous_version_either() {
         let config = config();
-        let agent = InstanceUid::new_v7();
+        let uid = InstanceUid::new_v7();
         let r = rollout(&config, State::Started, &[]);
         let debug_only: ComponentSet = [("exporters", "debug")].into_iter().collect();
-        let d = directive(&config, Some(&r), agent, Some(&debug_only), None);
+        let d = directive(
+            &config,
+            Some(&r),
+            &self::agent(uid, None),
+            Some(&debug_only),
+        );
         assert_eq!(d.version, None);
         assert!(d.incompatible.unwrap().contains("exporters/kafka"));
     }
@@ -272,16 +295,16 @@ mod tests {
             &[(waiting_on_poll, sent), (applying, sent)],
         );
         let v2 = &config.versions[1].hash;
-        let d = directive(&config, Some(&r), waiting_on_poll, None, None);
+        let d = directive(&config, Some(&r), &agent(waiting_on_poll, None), None);
         assert_eq!(
             d.version.unwrap().version,
             1,
             "back to the previous version"
         );
-        let d = directive(&config, Some(&r), applying, None, Some(v2));
+        let d = directive(&config, Some(&r), &agent(applying, Some(v2)), None);
         assert_eq!(d.version.unwrap().version, 2, "it has it already");
         let running = rollout(&config, State::Started, &[(waiting_on_poll, sent)]);
-        let d = directive(&config, Some(&running), waiting_on_poll, None, None);
+        let d = directive(&config, Some(&running), &agent(waiting_on_poll, None), None);
         assert_eq!(
             d.version.unwrap().version,
             2,

@@ -69,8 +69,13 @@ impl TestServer {
     }
 
     /// Starts again on the same data directory and addresses, as after a restart.
-    pub async fn restart_at(dir: Arc<TempDir>, opamp: SocketAddr, api: SocketAddr) -> Self {
-        Self::start_on(dir, Options::default(), opamp, api).await
+    pub async fn restart_at(
+        dir: Arc<TempDir>,
+        options: Options,
+        opamp: SocketAddr,
+        api: SocketAddr,
+    ) -> Self {
+        Self::start_on(dir, options, opamp, api).await
     }
 
     pub async fn start_with(dir: Arc<TempDir>, options: Options) -> Self {

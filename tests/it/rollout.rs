@@ -255,7 +255,12 @@ async fn pause_holds_the_next_wave_and_resume_finishes() {
 
 #[tokio::test]
 async fn a_restart_mid_rollout_resumes_in_the_same_wave_without_resending() {
-    let server = TestServer::start().await;
+    // Restored rollouts wait 2.5 heartbeats for agents to come back: keep that short here.
+    let quick = || Options {
+        heartbeat_interval: 1,
+        ..Options::default()
+    };
+    let server = TestServer::with(quick()).await;
     let agents = fleet(&server, 12, |_| Via::WebSocket, &[("env", "prod")]).await;
     let (_, hash) = put_config(&server, "prod", "env=prod", GOOD).await;
     let id = server
@@ -274,7 +279,7 @@ async fn a_restart_mid_rollout_resumes_in_the_same_wave_without_resending() {
     };
     let (opamp, api) = (server.opamp, server.api);
     let dir = server.stop().await;
-    let server = TestServer::restart_at(dir, opamp, api).await;
+    let server = TestServer::restart_at(dir, quick(), opamp, api).await;
     let after = server.rollout(&id).await;
     assert_eq!(after["state"], "started", "{after}");
     assert!(
