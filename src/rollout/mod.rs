@@ -311,4 +311,16 @@ mod tests {
             "a running rollout still delivers"
         );
     }
+
+    #[test]
+    fn an_agent_on_a_version_waits_for_its_wave_instead_of_going_back() {
+        let config = config();
+        let uid = InstanceUid::new_v7();
+        let mut on_v2 = agent(uid, None);
+        on_v2.applied_config_hash = Some(config.versions[1].hash.clone());
+        let r = rollout(&config, State::Started, &[(uid, Phase::Waiting)]);
+        let d = directive(&config, Some(&r), &on_v2, None);
+        assert_eq!(d.version, None, "left on what it runs");
+        assert!(d.pending);
+    }
 }
