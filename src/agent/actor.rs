@@ -26,6 +26,14 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// The WebSocket an agent is attached to.
+#[derive(Clone)]
+struct WsLink {
+    conn: ConnId,
+    outbound: mpsc::Sender<Outgoing>,
+    kill: tokio_util::sync::CancellationToken,
+}
+
 pub(super) struct AgentActor {
     record: Arc<AgentRecord>,
     machine: StatusMachine,
@@ -33,7 +41,7 @@ pub(super) struct AgentActor {
     view: watch::Sender<Arc<AgentRecord>>,
     link: Arc<LinkState>,
     /// The WebSocket the agent is attached to.
-    ws: Option<(ConnId, mpsc::Sender<Outgoing>)>,
+    ws: Option<WsLink>,
     /// The transport the agent is live on, as counted in the connections gauge.
     live: Option<Transport>,
     full_state: FullStateTracker,
@@ -152,7 +160,7 @@ impl AgentActor {
                 let _ = done.send(self.restart());
             }
             Command::ConnectionClosed { conn, reason } => {
-                if self.ws.as_ref().is_some_and(|(c, _)| *c == conn) {
+                if self.ws.as_ref().is_some_and(|link| link.conn == conn) {
                     self.go_offline(None, reason.into());
                 }
             }
@@ -218,7 +226,7 @@ impl AgentActor {
 
     /// Pushes a message over the agent's WebSocket, if it has one.
     fn push_now(&mut self, reply: &ServerReply) {
-        if let Some((_, outbound)) = self.ws.clone() {
+        if let Some(WsLink { outbound, .. }) = self.ws.clone() {
             let raw_uid = Bytes::copy_from_slice(self.record.uid.as_bytes());
             self.push(&outbound, protocol::reply_to_proto(raw_uid, reply));
         }
@@ -588,13 +596,17 @@ impl AgentActor {
     /// new connection (WebSocket) or polling session (HTTP).
     fn attach(&mut self, source: &Source, transport: Transport) -> bool {
         match source {
-            Source::WebSocket { conn, outbound } => {
+            Source::WebSocket {
+                conn,
+                outbound,
+                kill,
+            } => {
                 match self.ws.take() {
-                    Some((current, tx)) if current == *conn => {
-                        self.ws = Some((current, tx));
+                    Some(link) if link.conn == *conn => {
+                        self.ws = Some(link);
                         return false;
                     }
-                    Some((_, old)) => {
+                    Some(WsLink { outbound: old, .. }) => {
                         // The router saw the same agent continue on a new connection.
                         let _ = old.try_send(Outgoing::Close {
                             code: CLOSE_NORMAL,
@@ -603,13 +615,17 @@ impl AgentActor {
                     }
                     None => {}
                 }
-                self.ws = Some((*conn, outbound.clone()));
+                self.ws = Some(WsLink {
+                    conn: *conn,
+                    outbound: outbound.clone(),
+                    kill: kill.clone(),
+                });
                 self.link.ws_conn.store(*conn, Ordering::Release);
                 self.set_live(Some(transport));
                 true
             }
             Source::Http { .. } => {
-                if let Some((_, old)) = self.ws.take() {
+                if let Some(WsLink { outbound: old, .. }) = self.ws.take() {
                     let _ = old.try_send(Outgoing::Close {
                         code: CLOSE_NORMAL,
                         reason: "agent moved to plain HTTP".into(),
@@ -648,11 +664,15 @@ impl AgentActor {
 
     /// Marks the agent Disconnected, closing its WebSocket with `close` if it has one.
     fn go_offline(&mut self, close: Option<u16>, reason: String) {
-        if let (Some(code), Some((_, tx))) = (close, &self.ws) {
-            let _ = tx.try_send(Outgoing::Close {
+        if let (Some(code), Some(link)) = (close, &self.ws) {
+            let closing = link.outbound.try_send(Outgoing::Close {
                 code,
                 reason: reason.clone(),
             });
+            if closing.is_err() {
+                // No room even for the close: drop the connection.
+                link.kill.cancel();
+            }
         }
         self.detach();
         let mut rec = (*self.record).clone();
@@ -679,7 +699,6 @@ impl AgentActor {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.ctx.metrics.overflow("websocket_outbound");
                 tracing::warn!(uid = %self.record.uid, "agent is not reading its replies; closing");
-                // The queue is full, so the close goes through the connection's own check.
                 self.go_offline(
                     Some(CLOSE_TRY_AGAIN_LATER),
                     "connection could not keep up with replies".into(),

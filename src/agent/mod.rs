@@ -60,6 +60,8 @@ pub enum Source {
     WebSocket {
         conn: ConnId,
         outbound: mpsc::Sender<Outgoing>,
+        /// Fired to drop a connection whose queue is too full to take even a close.
+        kill: CancellationToken,
     },
     Http {
         reply: oneshot::Sender<proto::ServerToAgent>,

@@ -7,6 +7,7 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
 
 use super::OpampState;
 use crate::agent::{ConnId, OUTBOUND_CAPACITY, Outgoing, Source};
@@ -20,6 +21,9 @@ const PROTOCOL_ERROR: u16 = 1002;
 const UNSUPPORTED_DATA: u16 = 1003;
 const INVALID_PAYLOAD: u16 = 1007;
 const MESSAGE_TOO_BIG: u16 = 1009;
+const TRY_AGAIN_LATER: u16 = 1013;
+/// How long one write may wait on an agent that does not read.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Per-connection buffers: small, since OpAMP messages are few and mostly tiny (a heartbeat is
 /// a few dozen bytes). Larger messages grow the read buffer as needed, up to the message cap;
@@ -73,6 +77,7 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
     let metrics = state.fleet.metrics();
     let (mut sink, mut stream) = socket.split();
     let (outbound, mut replies) = mpsc::channel::<Outgoing>(OUTBOUND_CAPACITY);
+    let kill = CancellationToken::new();
     // Uids the server assigned on this connection, for agents that keep using the old one.
     let mut aliases: HashMap<InstanceUid, InstanceUid> = HashMap::new();
     let mut agents: Vec<InstanceUid> = Vec::new();
@@ -80,10 +85,16 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
     let ending = loop {
         tokio::select! {
             _ = state.cancel.cancelled() => break Ending::close(GOING_AWAY, "server shutting down"),
+            _ = kill.cancelled() => {
+                break Ending::close(TRY_AGAIN_LATER, "connection could not keep up with replies");
+            }
             out = replies.recv() => match out {
                 Some(Outgoing::Message(msg)) => {
-                    if let Err(e) = sink.send(Message::Binary(encode_ws_frame(&msg))).await {
-                        break Ending::closed(format!("websocket write failed: {e}"));
+                    let frame = Message::Binary(encode_ws_frame(&msg));
+                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break Ending::closed(format!("websocket write failed: {e}")),
+                        Err(_) => break Ending::closed("agent stopped reading its replies"),
                     }
                 }
                 Some(Outgoing::Close { code, reason }) => break Ending::close(code, reason),
@@ -103,7 +114,7 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
                             break Ending::close(code, e.to_string());
                         }
                     };
-                    match route(&state, inbound, conn, &outbound, &origin, &mut aliases, &mut agents).await {
+                    match route(&state, inbound, conn, (&outbound, &kill), &origin, &mut aliases, &mut agents).await {
                         Ok(()) => {}
                         Err(ending) => break ending,
                     }
@@ -133,7 +144,7 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
             code,
             reason: truncate_reason(&ending.reason).into(),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     }
     if !agents.is_empty() {
         tracing::debug!(conn, reason = %ending.reason, "websocket ended");
@@ -150,7 +161,7 @@ async fn route(
     state: &OpampState,
     mut inbound: Inbound,
     conn: ConnId,
-    outbound: &mpsc::Sender<Outgoing>,
+    (outbound, kill): (&mpsc::Sender<Outgoing>, &CancellationToken),
     origin: &Option<Arc<str>>,
     aliases: &mut HashMap<InstanceUid, InstanceUid>,
     agents: &mut Vec<InstanceUid>,
@@ -164,6 +175,7 @@ async fn route(
     let source = Source::WebSocket {
         conn,
         outbound: outbound.clone(),
+        kill: kill.clone(),
     };
     match state.fleet.dispatch(inbound, source, origin.clone()).await {
         Ok(target) => {
