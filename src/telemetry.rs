@@ -40,8 +40,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("corral");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("corral"),
             agents: Family::default(),
             connections: Family::default(),
             messages_in: Family::default(),
@@ -51,45 +51,45 @@ impl Default for Metrics {
             queue_overflows: Family::default(),
             store_flushes: Counter::default(),
             store_errors: Counter::default(),
-            registry: Registry::default(),
         };
-        registry.register("agents", "Known agents by status", m.agents.clone());
-        registry.register(
+        m.registry
+            .register("agents", "Known agents by status", m.agents.clone());
+        m.registry.register(
             "connections",
             "Open agent connections by transport (HTTP: agents polling)",
             m.connections.clone(),
         );
-        registry.register(
+        m.registry.register(
             "messages_in",
             "AgentToServer messages received",
             m.messages_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "messages_out",
             "ServerToAgent messages sent",
             m.messages_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "decode_errors",
             "Inbound messages that could not be decoded, by kind",
             m.decode_errors.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rejected_requests",
             "OpAMP requests refused before decoding (size, content type, path, method)",
             m.rejected_requests.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queue_overflows",
             "Messages dropped because a bounded queue was full, by queue",
             m.queue_overflows.clone(),
         );
-        registry.register(
+        m.registry.register(
             "store_flushes",
             "Batches written to the store",
             m.store_flushes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "store_errors",
             "Store writes that failed (retried)",
             m.store_errors.clone(),
@@ -104,7 +104,7 @@ impl Default for Metrics {
                 transport: transport.as_str(),
             });
         }
-        Metrics { registry, ..m }
+        m
     }
 }
 

@@ -19,6 +19,23 @@ fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
+/// Whether the Python client is installed (under CI its absence is a failure).
+fn python_client() -> bool {
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import opentelemetry._opamp.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    available("opentelemetry-opamp-client (PyPI)", installed)
+}
+
+/// Whether the Node client is installed (under CI its absence is a failure).
+fn node_client() -> bool {
+    let installed = interop_dir()
+        .join("node_modules/@elastic/opamp-client-node")
+        .exists();
+    available("@elastic/opamp-client-node (npm)", installed)
+}
+
 /// Whether the client is installed; under CI its absence is a failure.
 fn available(name: &str, installed: bool) -> bool {
     if installed {
@@ -85,7 +102,12 @@ fn uid_bytes(uid: &Value) -> [u8; 16] {
         .as_bytes()
 }
 
-async fn run_fleet(program: &str, script: &str, service: &str) {
+/// A server and the client's agents, all connected.
+async fn connected_fleet(
+    program: &str,
+    script: &str,
+    service: &str,
+) -> (TestServer, Driver, Vec<[u8; 16]>) {
     let server = TestServer::start().await;
     let mut driver = Driver::spawn(program, script, &server.http_url(), service);
     let started = driver.event("started").await;
@@ -96,6 +118,14 @@ async fn run_fleet(program: &str, script: &str, service: &str) {
         .map(uid_bytes)
         .collect();
     assert_eq!(uids.len(), AGENTS);
+    for uid in &uids {
+        server.wait_status(uid, "connected").await;
+    }
+    (server, driver, uids)
+}
+
+async fn run_fleet(program: &str, script: &str, service: &str) {
+    let (server, driver, uids) = connected_fleet(program, script, service).await;
     for uid in &uids {
         let a = server.wait_status(uid, "connected").await.agent;
         assert_eq!(a.transport.as_deref(), Some("http"));
@@ -125,39 +155,21 @@ async fn run_fleet(program: &str, script: &str, service: &str) {
 
 #[tokio::test]
 async fn python_opamp_client_agents_connect_and_disconnect() {
-    let installed = std::process::Command::new("python3")
-        .args(["-c", "import opentelemetry._opamp.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if available("opentelemetry-opamp-client (PyPI)", installed) {
+    if python_client() {
         run_fleet("python3", "python_agents.py", "interop-python").await;
     }
 }
 
 #[tokio::test]
 async fn node_opamp_client_agents_connect_and_disconnect() {
-    let installed = interop_dir()
-        .join("node_modules/@elastic/opamp-client-node")
-        .exists();
-    if available("@elastic/opamp-client-node (npm)", installed) {
+    if node_client() {
         run_fleet("node", "node_agents.mjs", "interop-node").await;
     }
 }
 
 /// A configuration rolled out to third-party clients reaches them and is reported applied.
 async fn roll_out_to(program: &str, script: &str, service: &str) {
-    let server = TestServer::start().await;
-    let mut driver = Driver::spawn(program, script, &server.http_url(), service);
-    let started = driver.event("started").await;
-    let uids: Vec<[u8; 16]> = started["instance_uids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(uid_bytes)
-        .collect();
-    for uid in &uids {
-        server.wait_status(uid, "connected").await;
-    }
+    let (server, mut driver, uids) = connected_fleet(program, script, service).await;
     let body = serde_json::json!({
         "selector": format!("service.name={service}"),
         "files": {"collector.yaml": {"body": "receivers:\n  otlp:\nexporters:\n  debug:\n", "content_type": "text/yaml"}},
@@ -209,21 +221,14 @@ async fn roll_out_to(program: &str, script: &str, service: &str) {
 
 #[tokio::test]
 async fn python_opamp_client_agents_take_a_rolled_out_configuration() {
-    let installed = std::process::Command::new("python3")
-        .args(["-c", "import opentelemetry._opamp.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if available("opentelemetry-opamp-client (PyPI)", installed) {
+    if python_client() {
         roll_out_to("python3", "python_agents.py", "interop-python-config").await;
     }
 }
 
 #[tokio::test]
 async fn node_opamp_client_agents_take_a_rolled_out_configuration() {
-    let installed = interop_dir()
-        .join("node_modules/@elastic/opamp-client-node")
-        .exists();
-    if available("@elastic/opamp-client-node (npm)", installed) {
+    if node_client() {
         roll_out_to("node", "node_agents.mjs", "interop-node-config").await;
     }
 }

@@ -10,14 +10,20 @@ async fn server_with_heartbeat(secs: u64) -> TestServer {
     .await
 }
 
+/// An agent that accepts the offered heartbeat, connected and past its first report.
+async fn accepting_agent(server: &TestServer, uid: &[u8; 16]) -> WsAgent {
+    let mut msg = full_report(uid, 1, "otelcol");
+    msg.capabilities |= ACCEPTS_SETTINGS;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&msg).await;
+    agent
+}
+
 #[tokio::test]
 async fn a_silent_websocket_agent_becomes_disconnected_after_the_grace_period() {
     let server = server_with_heartbeat(1).await;
     let uid = new_uid();
-    let mut msg = full_report(&uid, 1, "otelcol");
-    msg.capabilities |= ACCEPTS_SETTINGS;
-    let mut agent = WsAgent::connect(&server.ws_url()).await;
-    agent.exchange(&msg).await;
+    let mut agent = accepting_agent(&server, &uid).await;
     let started = Instant::now();
     // Keeps its socket open but says nothing.
     let a = server.wait_status(&uid, "disconnected").await;
@@ -38,10 +44,7 @@ async fn a_silent_websocket_agent_becomes_disconnected_after_the_grace_period() 
 async fn heartbeats_keep_an_agent_connected() {
     let server = server_with_heartbeat(1).await;
     let uid = new_uid();
-    let mut msg = full_report(&uid, 1, "otelcol");
-    msg.capabilities |= ACCEPTS_SETTINGS;
-    let mut agent = WsAgent::connect(&server.ws_url()).await;
-    agent.exchange(&msg).await;
+    let mut agent = accepting_agent(&server, &uid).await;
     for seq in 2..6 {
         tokio::time::sleep(Duration::from_millis(900)).await;
         let mut hb = heartbeat(&uid, seq);
