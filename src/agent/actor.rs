@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
@@ -30,7 +30,7 @@ const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 #[derive(Clone)]
 struct WsLink {
     conn: ConnId,
-    outbound: mpsc::Sender<Outgoing>,
+    outbound: flume::Sender<Outgoing>,
     kill: tokio_util::sync::CancellationToken,
 }
 
@@ -122,7 +122,7 @@ impl AgentActor {
         actor
     }
 
-    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+    pub(super) async fn run(mut self, inbox: flume::Receiver<Command>) {
         let cancel = self.ctx.cancel.clone();
         let mut silence = pin!(tokio::time::sleep_until(Instant::now()));
         loop {
@@ -132,9 +132,9 @@ impl AgentActor {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                cmd = inbox.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
-                    None => break,
+                cmd = inbox.recv_async() => match cmd {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => break,
                 },
                 _ = &mut silence, if deadline.is_some() => self.on_silence(),
             }
@@ -691,12 +691,12 @@ impl AgentActor {
 
     fn push(
         &mut self,
-        outbound: &mpsc::Sender<Outgoing>,
+        outbound: &flume::Sender<Outgoing>,
         message: crate::protocol::proto::ServerToAgent,
     ) {
         match outbound.try_send(Outgoing::Message(Box::new(message))) {
             Ok(()) => self.ctx.metrics.message_out(Transport::WebSocket),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.ctx.metrics.overflow("websocket_outbound");
                 tracing::warn!(uid = %self.record.uid, "agent is not reading its replies; closing");
                 self.go_offline(
@@ -704,7 +704,7 @@ impl AgentActor {
                     "connection could not keep up with replies".into(),
                 );
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(flume::TrySendError::Disconnected(_)) => {}
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use dashmap::DashMap;
@@ -59,7 +59,7 @@ pub enum Outgoing {
 pub enum Source {
     WebSocket {
         conn: ConnId,
-        outbound: mpsc::Sender<Outgoing>,
+        outbound: flume::Sender<Outgoing>,
         /// Fired to drop a connection whose queue is too full to take even a close.
         kill: CancellationToken,
     },
@@ -170,7 +170,7 @@ impl LinkState {
 
 #[derive(Clone)]
 pub struct AgentHandle {
-    mailbox: mpsc::Sender<Command>,
+    mailbox: flume::Sender<Command>,
     view: watch::Receiver<Arc<AgentRecord>>,
     link: Arc<LinkState>,
 }
@@ -187,7 +187,7 @@ impl AgentHandle {
         ctx: Arc<AgentContext>,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
-        let (mailbox, inbox) = mpsc::channel(MAILBOX_CAPACITY);
+        let (mailbox, inbox) = flume::bounded(MAILBOX_CAPACITY);
         let record = Arc::new(record);
         let (view_tx, view) = watch::channel(record.clone());
         let link = Arc::new(LinkState::new());
@@ -201,7 +201,7 @@ impl AgentHandle {
     }
 
     pub async fn send(&self, cmd: Command) -> Result<(), ActorGone> {
-        self.mailbox.send(cmd).await.map_err(|_| ActorGone)
+        self.mailbox.send_async(cmd).await.map_err(|_| ActorGone)
     }
 
     /// Hands over a directive without waiting; `false` when the mailbox is full (try later).
@@ -278,5 +278,15 @@ mod tests {
             "{}",
             std::mem::size_of::<Outgoing>()
         );
+    }
+
+    /// Every agent's actor is a task that waits on this future: its size is paid per agent.
+    #[test]
+    fn an_idle_actor_stays_small() {
+        fn future_size<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(actor::AgentActor::run);
+        assert!(size <= 1024, "actor future is {size} bytes");
     }
 }

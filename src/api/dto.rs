@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::{AgentRecord, AttributeValue, Health, HistoryEntry};
+use crate::domain::{AgentRecord, AttributeValue, Health, HistoryEntry, StrMap};
 use crate::fleet::FleetSummary;
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
@@ -112,7 +112,7 @@ fn value(v: &AttributeValue) -> Value {
     }
 }
 
-fn attributes(map: &BTreeMap<String, AttributeValue>) -> Map<String, Value> {
+fn attributes(map: &StrMap<AttributeValue>) -> Map<String, Value> {
     map.iter().map(|(k, v)| (k.clone(), value(v))).collect()
 }
 

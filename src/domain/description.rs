@@ -1,5 +1,6 @@
-use std::collections::BTreeMap;
 use std::fmt;
+
+use super::StrMap;
 
 /// An attribute value as an agent reports it (OpAMP's AnyValue).
 #[derive(Clone, Debug, PartialEq)]
@@ -10,7 +11,7 @@ pub enum AttributeValue {
     Double(f64),
     Bytes(Vec<u8>),
     Array(Vec<AttributeValue>),
-    Map(BTreeMap<String, AttributeValue>),
+    Map(StrMap<AttributeValue>),
 }
 
 impl fmt::Display for AttributeValue {
@@ -49,8 +50,8 @@ impl fmt::Display for AttributeValue {
 /// Who the agent is (identifying) and where it runs (non-identifying).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentDescription {
-    pub identifying: BTreeMap<String, AttributeValue>,
-    pub non_identifying: BTreeMap<String, AttributeValue>,
+    pub identifying: StrMap<AttributeValue>,
+    pub non_identifying: StrMap<AttributeValue>,
 }
 
 impl AgentDescription {
@@ -70,7 +71,7 @@ mod tests {
     fn displays_scalars_bare_and_nests_containers() {
         let nested = AttributeValue::Array(vec![
             AttributeValue::Int(3),
-            AttributeValue::Map(BTreeMap::from([(
+            AttributeValue::Map(StrMap::from_iter([(
                 "k".to_string(),
                 AttributeValue::Bool(true),
             )])),

@@ -1,6 +1,4 @@
-use std::collections::BTreeMap;
-
-use super::AttributeValue;
+use super::{AttributeValue, StrMap};
 
 /// An agent's health report, a tree of components (OpAMP's ComponentHealth).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -10,8 +8,8 @@ pub struct Health {
     pub last_error: String,
     pub status: String,
     pub status_time_unix_nano: u64,
-    pub components: BTreeMap<String, Health>,
-    pub attributes: BTreeMap<String, AttributeValue>,
+    pub components: StrMap<Health>,
+    pub attributes: StrMap<AttributeValue>,
 }
 
 impl Health {

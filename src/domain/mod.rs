@@ -23,6 +23,11 @@ pub use uid::{InstanceUid, InvalidInstanceUid};
 
 use std::fmt;
 
+/// A small map keyed by name, kept as one sorted vector: per-agent maps (attributes, health
+/// components, packages) hold a handful of entries, where a `BTreeMap` node would reserve room
+/// for eleven.
+pub type StrMap<V> = litemap::LiteMap<String, V>;
+
 /// An opaque content hash (config, components, packages), shown as lowercase hex.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ContentHash(pub Vec<u8>);

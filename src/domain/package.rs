@@ -1,6 +1,4 @@
-use std::collections::BTreeMap;
-
-use super::ContentHash;
+use super::{ContentHash, StrMap};
 
 /// Where an agent is with one package (OpAMP's PackageStatusEnum).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +53,7 @@ pub struct PackageReport {
 /// Every package the agent has, by name (the top-level package has the empty name).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackageReports {
-    pub packages: BTreeMap<String, PackageReport>,
+    pub packages: StrMap<PackageReport>,
     pub server_provided_all_packages_hash: ContentHash,
     pub error: String,
 }

@@ -159,7 +159,7 @@ impl BlobStore {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use crate::domain::StrMap;
 
     use super::*;
     use crate::domain::{AgentDescription, AttributeValue, InstanceUid};
@@ -179,8 +179,8 @@ mod tests {
     fn agent(os: &str, arch: &str) -> AgentRecord {
         let mut rec = AgentRecord::new(InstanceUid::new_v7(), Utc::now());
         rec.description = Arc::new(AgentDescription {
-            identifying: BTreeMap::new(),
-            non_identifying: BTreeMap::from([
+            identifying: StrMap::new(),
+            non_identifying: StrMap::from_iter([
                 (
                     PLATFORM_ATTRIBUTE.to_string(),
                     AttributeValue::String(os.into()),

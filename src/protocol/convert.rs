@@ -1,7 +1,5 @@
 //! Wire messages ↔ domain types.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use prost::Message;
 
@@ -11,7 +9,7 @@ use crate::domain::{
     AgentCapabilities, AgentDescription, AgentReport, AttributeValue, ConfigFile, ConfigMap,
     ContentHash, Health, InstanceUid, InvalidInstanceUid, PackageReport, PackageReports,
     PackageState, RemoteConfigState, RemoteConfigStatus, ReplyError, ReportedComponents,
-    ServerReply,
+    ServerReply, StrMap,
 };
 
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
@@ -355,13 +353,13 @@ pub fn health_to_proto(h: &Health) -> proto::ComponentHealth {
 }
 
 /// Later duplicates of a key win, as in a map built from the list in order.
-fn attributes_from_proto(kvs: Vec<proto::KeyValue>) -> BTreeMap<String, AttributeValue> {
+fn attributes_from_proto(kvs: Vec<proto::KeyValue>) -> StrMap<AttributeValue> {
     kvs.into_iter()
         .map(|kv| (kv.key, value_from_proto(kv.value)))
         .collect()
 }
 
-fn attributes_to_proto(attrs: &BTreeMap<String, AttributeValue>) -> Vec<proto::KeyValue> {
+fn attributes_to_proto(attrs: &StrMap<AttributeValue>) -> Vec<proto::KeyValue> {
     attrs
         .iter()
         .map(|(key, value)| proto::KeyValue {

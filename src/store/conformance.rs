@@ -12,7 +12,7 @@ use crate::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::domain::{
     AgentCapabilities, AgentDescription, AgentRecord, AttributeValue, ConfigFile, ConfigMap,
     HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
-    Transport,
+    StrMap, Transport,
 };
 use crate::packages::Package;
 use crate::rollout::{
@@ -63,14 +63,14 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
             ("région".into(), "ça".into()),
         ]),
         description: Arc::new(AgentDescription {
-            identifying: BTreeMap::from([
+            identifying: StrMap::from_iter([
                 (
                     "service.name".into(),
                     AttributeValue::String("otelcol".into()),
                 ),
                 ("pid".into(), AttributeValue::Int(7)),
             ]),
-            non_identifying: BTreeMap::from([(
+            non_identifying: StrMap::from_iter([(
                 "tags".into(),
                 AttributeValue::Array(vec![
                     AttributeValue::Bool(true),
@@ -91,7 +91,7 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
         applied_config_hash: Some(crate::domain::ContentHash(vec![8; 32])),
         offered_package_hash: Some(crate::domain::ContentHash(vec![6; 32])),
         packages: Some(Arc::new(crate::domain::PackageReports {
-            packages: BTreeMap::from([(
+            packages: StrMap::from_iter([(
                 String::new(),
                 crate::domain::PackageReport {
                     agent_has_version: "v0.115.0".into(),

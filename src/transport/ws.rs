@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +75,7 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
     let conn = state.next_conn_id();
     let metrics = state.fleet.metrics();
     let (mut sink, mut stream) = socket.split();
-    let (outbound, mut replies) = mpsc::channel::<Outgoing>(OUTBOUND_CAPACITY);
+    let (outbound, replies) = flume::bounded::<Outgoing>(OUTBOUND_CAPACITY);
     let kill = CancellationToken::new();
     // Uids the server assigned on this connection, for agents that keep using the old one.
     let mut aliases: HashMap<InstanceUid, InstanceUid> = HashMap::new();
@@ -88,10 +87,10 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
             _ = kill.cancelled() => {
                 break Ending::close(TRY_AGAIN_LATER, "connection could not keep up with replies");
             }
-            out = replies.recv() => match out {
+            out = replies.recv_async() => match out.ok() {
                 Some(Outgoing::Message(msg)) => {
                     let frame = Message::Binary(encode_ws_frame(&msg));
-                    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame)).await {
+                    match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => break Ending::closed(format!("websocket write failed: {e}")),
                         Err(_) => break Ending::closed("agent stopped reading its replies"),
@@ -114,7 +113,9 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
                             break Ending::close(code, e.to_string());
                         }
                     };
-                    match route(&state, inbound, conn, (&outbound, &kill), &origin, &mut aliases, &mut agents).await {
+                    // Boxed: routing awaits the actor's mailbox and is the largest part of this future,
+                    // which every idle connection would otherwise carry.
+                    match Box::pin(route(&state, inbound, conn, (&outbound, &kill), &origin, &mut aliases, &mut agents)).await {
                         Ok(()) => {}
                         Err(ending) => break ending,
                     }
@@ -144,15 +145,16 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
             code,
             reason: truncate_reason(&ending.reason).into(),
         };
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        let _ = Box::pin(tokio::time::timeout(
+            WRITE_TIMEOUT,
+            sink.send(Message::Close(Some(frame))),
+        ))
+        .await;
     }
     if !agents.is_empty() {
         tracing::debug!(conn, reason = %ending.reason, "websocket ended");
     }
-    state
-        .fleet
-        .connection_closed(&agents, conn, &ending.reason)
-        .await;
+    Box::pin(state.fleet.connection_closed(&agents, conn, &ending.reason)).await;
 }
 
 /// Hands one message to its agent's actor. An unusable uid gets an error reply and the
@@ -161,7 +163,7 @@ async fn route(
     state: &OpampState,
     mut inbound: Inbound,
     conn: ConnId,
-    (outbound, kill): (&mpsc::Sender<Outgoing>, &CancellationToken),
+    (outbound, kill): (&flume::Sender<Outgoing>, &CancellationToken),
     origin: &Option<Arc<str>>,
     aliases: &mut HashMap<InstanceUid, InstanceUid>,
     agents: &mut Vec<InstanceUid>,
@@ -227,4 +229,16 @@ fn truncate_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+#[cfg(test)]
+mod tests {
+    /// Every open WebSocket is a task that waits on this future: its size is paid per agent.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(super::serve_connection);
+        assert!(size <= 1280, "connection future is {size} bytes");
+    }
 }
