@@ -2,6 +2,7 @@
 //! the agent's actor and write back what it answers; they make no decisions of their own.
 
 mod http;
+mod socket;
 mod ws;
 
 use std::sync::Arc;

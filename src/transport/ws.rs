@@ -1,14 +1,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use super::OpampState;
+use super::socket::{self, Socket};
 use crate::agent::{ConnId, OUTBOUND_CAPACITY, Outgoing, Source};
 use crate::domain::{InstanceUid, ReplyError, ServerReply};
 use crate::fleet::DispatchError;
@@ -25,27 +28,35 @@ const TRY_AGAIN_LATER: u16 = 1013;
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Per-connection buffers: small, since OpAMP messages are few and mostly tiny (a heartbeat is
-/// a few dozen bytes). Larger messages grow the read buffer as needed, up to the message cap;
-/// replies are written out at once instead of gathered.
+/// a few dozen bytes). Larger messages grow the read buffer as needed, up to the message cap,
+/// and the socket is refreshed afterwards; replies are written out at once instead of gathered.
 const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 0;
 
-pub(super) async fn upgrade(
-    State(state): State<OpampState>,
-    headers: axum::http::HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Request) -> Response {
+    let (response, on_upgrade) = match socket::accept(&mut request) {
+        Ok(accepted) => accepted,
+        Err(rejected) => return rejected,
+    };
+    let origin = super::origin(request.headers());
     let max = state.max_message_size;
-    let origin = super::origin(&headers);
-    ws.read_buffer_size(READ_BUFFER)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max.saturating_mul(2))
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            tracker.track_future(serve_connection(socket, state, origin))
-        })
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let tracker = state.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = socket::open(upgraded, config).await;
+                serve_connection(socket, state, origin).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    response
 }
 
 /// Why a connection ended: a close to send (if any) and the reason the agent is disconnected.
@@ -71,7 +82,7 @@ impl Ending {
 }
 
 /// Moves frames between one WebSocket and the actors of the agents speaking on it.
-async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<Arc<str>>) {
+async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<str>>) {
     let conn = state.next_conn_id();
     let metrics = state.fleet.metrics();
     let (mut sink, mut stream) = socket.split();
@@ -80,6 +91,10 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
     // Uids the server assigned on this connection, for agents that keep using the old one.
     let mut aliases: HashMap<InstanceUid, InstanceUid> = HashMap::new();
     let mut agents: Vec<InstanceUid> = Vec::new();
+    // The least number of bytes the frames received so far took on the wire.
+    let mut received: u64 = 0;
+    // A large message went through: the socket's buffers should be refreshed.
+    let mut refresh_due = false;
 
     let ending = loop {
         tokio::select! {
@@ -89,7 +104,9 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
             }
             out = replies.recv_async() => match out.ok() {
                 Some(Outgoing::Message(msg)) => {
-                    let frame = Message::Binary(encode_ws_frame(&msg));
+                    let bytes = encode_ws_frame(&msg);
+                    refresh_due |= bytes.len() > READ_BUFFER;
+                    let frame = Message::Binary(bytes);
                     match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame))).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => break Ending::closed(format!("websocket write failed: {e}")),
@@ -102,6 +119,8 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
             frame = stream.next() => match frame {
                 None => break Ending::closed("websocket closed"),
                 Some(Ok(Message::Binary(bytes))) => {
+                    received += socket::min_frame_len(bytes.len());
+                    refresh_due |= bytes.len() > READ_BUFFER;
                     let inbound = match unframe_ws(bytes).and_then(decode_agent_message) {
                         Ok(msg) => Inbound::from(msg),
                         Err(e) => {
@@ -125,7 +144,10 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
                     break Ending::close(UNSUPPORTED_DATA, "OpAMP uses binary frames");
                 }
                 Some(Ok(Message::Close(_))) => break Ending::closed("websocket closed by agent"),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
+                    received += socket::min_frame_len(payload.len());
+                }
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Err(e)) => {
                     if is_too_big(&e) {
                         metrics.rejected("too_large");
@@ -138,12 +160,22 @@ async fn serve_connection(socket: WebSocket, state: OpampState, origin: Option<A
                 }
             },
         }
+        if refresh_due {
+            match sink.reunite(stream) {
+                Ok(whole) => {
+                    let (whole, refreshed) = Box::pin(socket::refresh(whole, received)).await;
+                    refresh_due = !refreshed;
+                    (sink, stream) = whole.split();
+                }
+                Err(futures_util::stream::ReuniteError(s, r)) => (sink, stream) = (s, r),
+            }
+        }
     };
 
     if let Some(code) = ending.close {
         let frame = CloseFrame {
-            code,
-            reason: truncate_reason(&ending.reason).into(),
+            code: code.into(),
+            reason: Utf8Bytes::from(truncate_reason(&ending.reason)),
         };
         let _ = Box::pin(tokio::time::timeout(
             WRITE_TIMEOUT,
@@ -206,18 +238,15 @@ async fn route(
     }
 }
 
-fn is_too_big(error: &axum::Error) -> bool {
-    matches!(
-        super::find_cause::<tungstenite::Error>(error),
-        Some(tungstenite::Error::Capacity(_))
-    )
+fn is_too_big(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Capacity(_))
 }
 
-fn lost_reason(error: &axum::Error) -> String {
-    match super::find_cause::<tungstenite::Error>(error) {
-        Some(tungstenite::Error::Protocol(
+fn lost_reason(error: &tungstenite::Error) -> String {
+    match error {
+        tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => "websocket closed without a close frame".into(),
+        ) => "websocket closed without a close frame".into(),
         _ => format!("websocket failed: {error}"),
     }
 }
