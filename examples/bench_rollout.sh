@@ -61,8 +61,26 @@ C0=$(cpu_ticks "$SERVER"); S0=$(cpu_ticks "$SIM")
 T0=$(now)
 api POST /api/v1/rollouts "{\"configuration\":\"fleet\",\"initial\":$INITIAL,\"multiplier\":$MULTIPLIER,\"maximum\":$MAXIMUM,\"max_errors\":$MAX_ERRORS,\"wave_timeout_seconds\":$WAVE_TIMEOUT}" > "$OUT/rollout-start.json"
 ROLLOUT=$(json_field id < "$OUT/rollout-start.json")
-wait_rollout "$ROLLOUT" 1200 > "$OUT/rollout.json"
+# As wait_rollout, also noting when each wave starts and how many agents completed by then.
+: > "$OUT/waves.txt"
+LAST_WAVE=-1
+while true; do
+    R=$(api GET "/api/v1/rollouts/$ROLLOUT" || true)
+    STATE=$(json_field state <<< "$R")
+    WAVE=$(json_field wave <<< "$R")
+    if [ -n "$WAVE" ] && [ "$WAVE" != "$LAST_WAVE" ]; then
+        echo "$(awk -v a="$T0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }') wave=$WAVE completed=$(json_field completed <<< "$R")" >> "$OUT/waves.txt"
+        LAST_WAVE=$WAVE
+    fi
+    case "$STATE" in stable|error|cancelled|replaced) break ;; esac
+    if awk -v a="$T0" -v b="$(now)" 'BEGIN { exit !(b - a > 1200) }'; then
+        echo "rollout not finished within 1200 s (state: $STATE)" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
 T1=$(now)
+printf '%s\n' "$R" > "$OUT/rollout.json"
 C1=$(cpu_ticks "$SERVER"); S1=$(cpu_ticks "$SIM")
 RSS=$(rss_kb "$SERVER")
 STILL_CONNECTED=$(connected)
@@ -91,3 +109,6 @@ awk -v agents="$AGENTS" -v initial="$INITIAL" -v mult="$MULTIPLIER" -v maximum="
     printf "rss_after_rollout_kb=%d\nconnected_after_rollout=%d\n", rss, still
     printf "sim_configs_applied=%d\nsim_configs_failed=%d\nsim_configs_resent=%d\n", applied, failed, resent
 }' | tee "$OUT/results.txt"
+# When each wave (counted from 1) was first seen started, in s after the start request (polled
+# every 0.1 s), and how many agents had completed by then.
+awk '{ sub(/^wave=/, "", $2); sub(/^completed=/, "", $3); printf "wave_%d_started_by_s=%s completed_then=%s\n", $2, $1, $3 }' "$OUT/waves.txt" | tee -a "$OUT/results.txt"

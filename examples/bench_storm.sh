@@ -71,6 +71,8 @@ start_server "$HEARTBEAT"
 # CPU counts from the new process's start: its startup (loading the store) is part of the storm.
 C_API=$(cpu_ticks "$SERVER")
 T_API=$(now)
+# Agents restored from the store must not count as connected before they come back.
+CONNECTED_AT_API=$(connected)
 wait_connected "$AGENTS" 300
 T1=$(now)
 C1=$(cpu_ticks "$SERVER")
@@ -87,12 +89,12 @@ sim() { json_field "$1" <<< "$SUMMARY"; }
 awk -v agents="$AGENTS" -v tck="$TCK" -v t0="$T0" -v tapi="$T_API" -v t1="$T1" \
     -v capi="$C_API" -v c1="$C1" -v c2="$C2" -v settle="$SETTLE" -v down="$DOWN" \
     -v rb="$RSS_BEFORE" -v ra="$RSS_AFTER" -v rs="$RSS_SETTLED" \
-    -v rstate="$ROLLOUT_STATE" -v rapplied="$APPLIED" -v cb="$CONNECTED_BEFORE" -v still="$STILL_CONNECTED" \
+    -v cat_api="$CONNECTED_AT_API" -v rstate="$ROLLOUT_STATE" -v rapplied="$APPLIED" -v cb="$CONNECTED_BEFORE" -v still="$STILL_CONNECTED" \
     -v applied="$(sim configs_applied)" -v resent="$(sim configs_resent)" -v ignored="$(sim configs_ignored)" \
     -v received="$(sim configs_received)" -v recon="$(sim reconnects)" -v cerr="$(sim connect_errors)" \
     -v drops="$(sim connection_drops)" 'BEGIN {
     printf "agents=%d\nrollout_state=%s\nrollout_completed=%d\nconnected_before_kill=%d\n", agents, rstate, rapplied, cb
-    printf "server_down_s=%s\nserver_start_to_api_s=%.2f\n", down, tapi - t0
+    printf "server_down_s=%s\nserver_start_to_api_s=%.2f\nconnected_when_api_up=%d\n", down, tapi - t0, cat_api
     printf "storm_time_to_all_connected_s=%.2f\n", t1 - t0
     printf "server_cpu_startup_s=%.2f\n", capi / tck
     printf "server_cpu_during_storm_s=%.2f\nserver_cpu_share_during_storm=%.0f%%\n", c1 / tck, c1 / tck / (t1 - t0) * 100
