@@ -104,11 +104,11 @@ awk -v agents="$AGENTS" -v initial="$INITIAL" -v mult="$MULTIPLIER" -v maximum="
     printf "rollout_state=%s\nwaves=%d\nrollout_total=%d\nrollout_completed=%d\nrollout_errors=%d\n", state, waves, total, completed, errors
     printf "total_s=%.2f\n", t
     printf "overhead_s=%.2f\n", t - waves * maxd
-    printf "overhead_per_wave_s=%.2f\n", waves > 0 ? (t - waves * maxd) / waves : 0
+    printf "overhead_per_wave_s=%.2f\n", (waves > 0 ? (t - waves * maxd) / waves : 0)
     printf "server_cpu_during_rollout_s=%.2f\nsimulator_cpu_during_rollout_s=%.2f\n", (c1 - c0) / tck, (s1 - s0) / tck
     printf "rss_after_rollout_kb=%d\nconnected_after_rollout=%d\n", rss, still
     printf "sim_configs_applied=%d\nsim_configs_failed=%d\nsim_configs_resent=%d\n", applied, failed, resent
 }' | tee "$OUT/results.txt"
 # When each wave (counted from 1) was first seen started, in s after the start request (polled
 # every 0.1 s), and how many agents had completed by then.
-awk '{ sub(/^wave=/, "", $2); sub(/^completed=/, "", $3); printf "wave_%d_started_by_s=%s completed_then=%s\n", $2, $1, $3 }' "$OUT/waves.txt" | tee -a "$OUT/results.txt"
+awk '$2 != "wave=0" { sub(/^wave=/, "", $2); sub(/^completed=/, "", $3); printf "wave_%d_started_by_s=%s completed_then=%s\n", $2, $1, $3 }' "$OUT/waves.txt" | tee -a "$OUT/results.txt"
