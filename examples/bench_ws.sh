@@ -9,7 +9,8 @@
 # [1000 agents/s], SETTLE [15 s after all are connected], WINDOW [60 s idle measurement],
 # DATA [/tmp/bench-data], OUT [/tmp/bench-out], OPAMP [127.0.0.1:4320], API [127.0.0.1:4321],
 # BUILD [1: cargo build --release first], TRANSPORT [ws; or http for polling agents, where
-# "heartbeats" are idle polls].
+# "heartbeats" are idle polls], CONFIG_SIZE [5120: bytes of each agent's effective config; 0
+# gives the built-in 941-byte YAML of the runs before this knob].
 #
 # Measures: wall time from simulator start until the admin API reports every agent connected;
 # server RSS before the agents and after all are connected and reported; server and simulator
@@ -27,8 +28,8 @@ DATA=${DATA:-/tmp/bench-data}
 OUT=${OUT:-/tmp/bench-out}
 OPAMP=${OPAMP:-127.0.0.1:4320}
 API=${API:-127.0.0.1:4321}
-BUILD=${BUILD:-1}
 TRANSPORT=${TRANSPORT:-ws}
+CONFIG_SIZE=${CONFIG_SIZE:-5120}
 case "$TRANSPORT" in
     ws) SCHEME=ws; LABEL=websocket ;;
     http) SCHEME=http; LABEL=http ;;
@@ -36,50 +37,21 @@ case "$TRANSPORT" in
 esac
 
 cd "$(dirname "$0")/.."
+source examples/bench_lib.sh
 ulimit -n 20000
-if [ "$BUILD" = 1 ]; then
-    cargo build --release --quiet
-    cargo build --release --quiet --example simulate
-fi
+bench_build
 rm -rf "$DATA" "$OUT"
 mkdir -p "$OUT"
-TCK=$(getconf CLK_TCK)
 
-SERVER=""
-SIM=""
-cleanup() {
-    [ -n "$SIM" ] && kill -TERM "$SIM" 2>/dev/null || true
-    [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null || true
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# utime+stime of a process, in clock ticks
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
-# busy ticks of the whole machine (all cores), to see whether anything else ran
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-connected() { curl -s "http://$API/api/v1/fleet" | sed -n 's/.*"connected":\([0-9]*\).*/\1/p'; }
-messages_in() { curl -s "http://$API/metrics" | awk -v l="$LABEL" '$1 == "corral_messages_in_total{transport=\"" l "\"}" { print $2 }'; }
-metric_sum() { curl -s "http://$API/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
-now() { date +%s.%N; }
-
-target/release/corral serve --data-dir "$DATA" --opamp-listen "$OPAMP" --api-listen "$API" \
-    --heartbeat-interval "$HEARTBEAT" > "$OUT/server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 100); do curl -sf "http://$API/healthz" > /dev/null && break; sleep 0.1; done
+start_server "$HEARTBEAT"
 sleep 1
 RSS_BEFORE=$(rss_kb "$SERVER")
 CPU_START=$(cpu_ticks "$SERVER")
 
 T0=$(now)
-target/release/examples/simulate --server "$SCHEME://$OPAMP/v1/opamp" --agents "$AGENTS" \
-    --connect-rate "$CONNECT_RATE" --json > "$OUT/simulate.json" 2> "$OUT/simulate.log" &
-SIM=$!
-while [ "$(connected)" != "$AGENTS" ]; do
-    kill -0 "$SIM" 2> /dev/null || { echo "simulator exited early" >&2; exit 1; }
-    sleep 0.1
-done
+start_sim --server "$SCHEME://$OPAMP/v1/opamp" --agents "$AGENTS" \
+    --connect-rate "$CONNECT_RATE" --config-size "$CONFIG_SIZE"
+wait_connected "$AGENTS" 3600
 T1=$(now)
 CPU_CONNECTED=$(cpu_ticks "$SERVER")
 RSS_CONNECTED=$(rss_kb "$SERVER")
@@ -88,17 +60,17 @@ RSS_CONNECTED=$(rss_kb "$SERVER")
 sleep "$SETTLE"
 RSS_SETTLED=$(rss_kb "$SERVER")
 
-M0=$(messages_in); C0=$(cpu_ticks "$SERVER"); S0=$(cpu_ticks "$SIM"); A0=$(machine_ticks); W0=$(now)
+M0=$(messages_in "$LABEL"); C0=$(cpu_ticks "$SERVER"); S0=$(cpu_ticks "$SIM"); A0=$(machine_ticks); W0=$(now)
 sleep "$WINDOW"
-M1=$(messages_in); C1=$(cpu_ticks "$SERVER"); S1=$(cpu_ticks "$SIM"); A1=$(machine_ticks); W1=$(now)
+M1=$(messages_in "$LABEL"); C1=$(cpu_ticks "$SERVER"); S1=$(cpu_ticks "$SIM"); A1=$(machine_ticks); W1=$(now)
 RSS_AFTER_WINDOW=$(rss_kb "$SERVER")
 STILL_CONNECTED=$(connected)
 OVERFLOWS=$(metric_sum corral_queue_overflows_total)
 DECODE_ERRORS=$(metric_sum corral_decode_errors_total)
 STORE_ERRORS=$(metric_sum corral_store_errors_total)
 
-kill -TERM "$SIM"; wait "$SIM" || true; SIM=""
-kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=""
+stop_sim
+stop_server
 
 awk -v label="$LABEL" -v agents="$AGENTS" -v hb="$HEARTBEAT" -v rate="$CONNECT_RATE" -v tck="$TCK" \
     -v t0="$T0" -v t1="$T1" -v w0="$W0" -v w1="$W1" \

@@ -17,6 +17,24 @@
 //! goodbye (agent_disconnect) when stopped. Progress goes to stderr; the summary to stdout
 //! (one JSON object with `--json`).
 //!
+//! The fleet looks like a real one: each agent reports one of `--config-variants` effective
+//! configs of `--config-size` bytes (5 KiB by default), most agents sharing the first one or
+//! two; remote configs take `--apply-delay-ms` to apply, drawn uniformly from ±50% or
+//! exponentially (`--apply-delay-dist`), and fail with `--failure-ratio`; `--churn PCT`
+//! disconnects and reconnects PCT% of the agents per minute. The summary counts configs
+//! applied, failed and re-sent (`configs_resent`: an offer of the config the agent had
+//! already applied). Per-agent memory is bounded: config bodies are shared between agents
+//! (applied remote configs through a cache of at most 64 configs), and remembered package
+//! hashes are capped at 16 per agent.
+//!
+//! ```text
+//! # 100,000 HTTP agents polling every 30 s over 256 pooled connections, 1 in 100 labelled
+//! cargo run --release --example simulate -- --server http://127.0.0.1:4320/v1/opamp \
+//!     --agents 100000 --connect-rate 5000 --label-every 100:team=payments
+//! # 19,000 WebSocket agents over 127.0.0.1..127.0.0.4, 2% reconnecting per minute
+//! cargo run --release --example simulate -- --agents 19000 --source-ips 4 --churn 2
+//! ```
+//!
 //! ```text
 //! # 1 agent in 4 lacks exporters/kafka; configs containing "BROKEN" fail
 //! cargo run --release --example simulate -- --agents 100 --fail-on BROKEN \
@@ -70,13 +88,31 @@ struct Args {
     /// Heartbeat (WebSocket) or polling (HTTP) interval until the server offers one.
     #[arg(long, default_value_t = 30)]
     heartbeat_seconds: u64,
-    /// Size of the effective config each agent reports [default: the natural size of the
-    /// built-in collector YAML, 941 bytes]. Padded with comments or cut at a line.
-    #[arg(long)]
-    config_bytes: Option<usize>,
-    /// Time to apply a remote config, jittered by ±50%.
+    /// Size in bytes of the effective config each agent reports, padded with comments or cut
+    /// at a line; 0 gives the natural size of the built-in collector YAML (about 1 KiB).
+    #[arg(long, visible_alias = "config-size", default_value_t = 5120)]
+    config_bytes: usize,
+    /// Distinct effective configs in the fleet (1 to 64). Agent i reports variant
+    /// min(trailing_ones(i), N-1): half the agents share variant 0, a quarter variant 1, an
+    /// eighth variant 2 and so on, the last variant taking the rest, as in real fleets where
+    /// most collectors run one or two configs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=64))]
+    config_variants: u8,
+    /// Mean time to apply a remote config; see --apply-delay-dist.
     #[arg(long, default_value_t = 500)]
     apply_delay_ms: u64,
+    /// Distribution of the apply delay around --apply-delay-ms (D): "uniform" draws from
+    /// [0.5 D, 1.5 D] (at most 1.5 D); "exp" is exponential with mean D, cut at 5 D.
+    #[arg(long, value_enum, default_value_t = DelayDist::Uniform)]
+    apply_delay_dist: DelayDist,
+    /// Churn: this percentage of the agents per minute disconnect and reconnect, each agent
+    /// at exponentially distributed times (a Poisson process of rate PCT/100 per minute).
+    /// WebSocket agents close their connection without a goodbye (as on a network cut) and
+    /// reconnect after about a second with the same uid, state and continuing sequence
+    /// numbers, reporting full state; HTTP agents send agent_disconnect, pause about a second
+    /// and resume polling with a full report.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    churn: f64,
     /// Probability that applying a remote config fails.
     #[arg(long, default_value_t = 0.0)]
     failure_ratio: f64,
@@ -101,6 +137,10 @@ struct Args {
     /// Extra non-identifying attribute key=value on every agent (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Extra non-identifying attribute key=value on every K-th agent only (agents 0, K, 2K,
+    /// ...), e.g. 100:team=payments (repeatable).
+    #[arg(long = "label-every", value_name = "K:KEY=VALUE", value_parser = parse_label_every)]
+    labels_every: Vec<(usize, String, String)>,
     /// HTTP agents share one client with at most this many connections.
     #[arg(long, default_value_t = 256)]
     http_connections: usize,
@@ -139,6 +179,56 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("label {s:?} must be key=value")),
+    }
+}
+
+fn parse_label_every(s: &str) -> Result<(usize, String, String), String> {
+    let (every, label) = s
+        .split_once(':')
+        .ok_or_else(|| format!("--label-every {s:?} must be K:key=value"))?;
+    let every: usize = every
+        .parse()
+        .ok()
+        .filter(|k| *k > 0)
+        .ok_or_else(|| format!("--label-every {s:?}: K must be a positive integer"))?;
+    let (k, v) = parse_label(label)?;
+    Ok((every, k, v))
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DelayDist {
+    /// Uniform in [0.5 D, 1.5 D].
+    Uniform,
+    /// Exponential with mean D, cut at 5 D.
+    Exp,
+}
+
+/// An exponential delay is cut at this multiple of its mean.
+const EXP_DELAY_CAP: f64 = 5.0;
+
+impl DelayDist {
+    /// The longest delay drawn for a mean of `mean_ms`.
+    fn max_ms(self, mean_ms: u64) -> f64 {
+        match self {
+            DelayDist::Uniform => mean_ms as f64 * 1.5,
+            DelayDist::Exp => mean_ms as f64 * EXP_DELAY_CAP,
+        }
+    }
+
+    fn draw(self, mean_ms: u64, rng: &mut impl Rng) -> Duration {
+        let base = mean_ms as f64;
+        if base <= 0.0 {
+            return Duration::ZERO;
+        }
+        let ms = match self {
+            DelayDist::Uniform => rng.random_range(base * 0.5..=base * 1.5),
+            DelayDist::Exp => {
+                // Inverse CDF; 1 - u is in (0, 1], so the logarithm is finite.
+                let u: f64 = rng.random_range(0.0..1.0);
+                (-(1.0 - u).ln() * base).min(base * EXP_DELAY_CAP)
+            }
+        };
+        Duration::from_micros((ms * 1000.0) as u64)
     }
 }
 
@@ -198,6 +288,12 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IMMEDIATE_SENDS: u32 = 5;
 /// Effective-config file key: a single unnamed file, as the collector's supervisor reports it.
 const CONFIG_KEY: &str = "";
+/// Distinct applied remote configs kept once for all agents.
+const MAX_SHARED_CONFIGS: usize = 64;
+/// Per-agent cap on remembered package hashes (installed or failed) and refused packages.
+const MAX_REMEMBERED_PACKAGES: usize = 16;
+/// The pause between a churn disconnection and the reconnection, jittered by ±50%.
+const CHURN_PAUSE: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------
 // Counters
@@ -223,6 +319,9 @@ struct Stats {
     configs_failed: AtomicU64,
     /// Remote configs whose hash was the one last applying, applied or failed.
     configs_ignored: AtomicU64,
+    /// Of those, offers of the config the agent had already applied (status APPLIED): a
+    /// server that re-sends these wastes bandwidth and, with a real collector, a reload.
+    configs_resent: AtomicU64,
     /// Remote configs replaced by a newer one before they were applied.
     configs_superseded: AtomicU64,
     component_map_requests: AtomicU64,
@@ -239,6 +338,10 @@ struct Stats {
     heartbeat_offers: AtomicU64,
     immediate_send_limit_hits: AtomicU64,
     disconnects_sent: AtomicU64,
+    /// Disconnections on purpose (--churn).
+    churn_disconnects: AtomicU64,
+    /// Connections (WS) or polls (HTTP) that succeeded again after a churn disconnection.
+    churn_reconnects: AtomicU64,
     /// Packages offered in packages_available (one per package entry).
     packages_offered: AtomicU64,
     /// Offers of a hash the agent has, is working on or failed: not downloaded again.
@@ -288,7 +391,11 @@ struct Ctx {
     target: Target,
     stats: Stats,
     stop: CancellationToken,
-    config_body: Bytes,
+    /// The distinct effective configs agents start with (--config-variants).
+    config_bodies: Vec<Bytes>,
+    /// Remote configs applied, by hash, shared by every agent that applied them (at most
+    /// MAX_SHARED_CONFIGS; agents keep their own copy of any beyond).
+    applied_configs: parking_lot::Mutex<std::collections::HashMap<Bytes, proto::AgentConfigMap>>,
     /// What most agents report (None: no components).
     components: Option<Arc<Components>>,
     /// What every 1/ratio-th agent reports instead.
@@ -309,6 +416,48 @@ impl Ctx {
         } else if n == self.args.log_errors {
             eprintln!("(further errors are counted, not printed; see --log-errors)");
         }
+    }
+
+    /// The shared copy of an applied remote config (the agent's own beyond the cap).
+    fn shared_config(&self, hash: &Bytes, config: proto::AgentConfigMap) -> proto::AgentConfigMap {
+        let mut shared = self.applied_configs.lock();
+        if let Some(c) = shared.get(hash) {
+            return c.clone();
+        }
+        if shared.len() < MAX_SHARED_CONFIGS {
+            // Copy the bodies out of the received frame so it can be freed.
+            let own = proto::AgentConfigMap {
+                config_map: config
+                    .config_map
+                    .into_iter()
+                    .map(|(k, f)| {
+                        let file = proto::AgentConfigFile {
+                            body: Bytes::copy_from_slice(&f.body),
+                            content_type: f.content_type,
+                        };
+                        (k, file)
+                    })
+                    .collect(),
+            };
+            shared.insert(hash.clone(), own.clone());
+            return own;
+        }
+        config
+    }
+
+    /// When this agent next disconnects on purpose (None: no --churn).
+    fn next_churn(&self) -> Option<Instant> {
+        let per_minute = self.args.churn / 100.0;
+        if per_minute <= 0.0 {
+            return None;
+        }
+        let u: f64 = rand::rng().random_range(0.0..1.0);
+        let minutes = -(1.0 - u).ln() / per_minute;
+        Some(Instant::now() + Duration::from_secs_f64((minutes * 60.0).min(365.0 * 86400.0)))
+    }
+
+    fn churn_pause(&self) -> Duration {
+        CHURN_PAUSE.mul_f64(rand::rng().random_range(0.5..1.5))
     }
 
     fn default_interval(&self) -> Duration {
@@ -540,6 +689,17 @@ async fn download_event(job: &mut Option<PackageJob>) -> DownloadEvent {
     }
 }
 
+/// Inserts into a per-agent map of at most MAX_REMEMBERED_PACKAGES entries, forgetting an
+/// arbitrary one when full.
+fn remember(map: &mut std::collections::HashMap<Bytes, String>, key: Bytes, value: String) {
+    if map.len() >= MAX_REMEMBERED_PACKAGES && !map.contains_key(&key) {
+        if let Some(old) = map.keys().next().cloned() {
+            map.remove(&old);
+        }
+    }
+    map.insert(key, value);
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -593,6 +753,13 @@ impl Agent {
             ));
         }
         non_identifying.extend(ctx.args.labels.iter().map(|(k, v)| kv(k, v)));
+        non_identifying.extend(
+            ctx.args
+                .labels_every
+                .iter()
+                .filter(|(every, _, _)| index % every == 0)
+                .map(|(_, k, v)| kv(k, v)),
+        );
         let mut capabilities = if components.is_some() {
             CAPABILITIES | REPORTS_AVAILABLE_COMPONENTS
         } else {
@@ -632,7 +799,7 @@ impl Agent {
         files.insert(
             CONFIG_KEY.to_string(),
             proto::AgentConfigFile {
-                body: ctx.config_body.clone(),
+                body: ctx.config_bodies[config_variant(index, ctx.config_bodies.len())].clone(),
                 content_type: "text/yaml".to_string(),
             },
         );
@@ -855,6 +1022,11 @@ impl Agent {
                 self.index,
                 format!("package {name:?} refused: not top-level"),
             );
+            if self.packages.others.len() >= MAX_REMEMBERED_PACKAGES
+                && !self.packages.others.contains_key(&name)
+            {
+                self.packages.others.pop_first();
+            }
             self.packages.others.insert(
                 name.clone(),
                 proto::PackageStatus {
@@ -958,7 +1130,7 @@ impl Agent {
             error_message: error.clone(),
             ..pkg.offered_status(&hash, &version, PKG_INSTALL_FAILED)
         };
-        pkg.failed.insert(hash, error);
+        remember(&mut pkg.failed, hash, error);
         self.dirty.packages = true;
         self.must_send = true;
     }
@@ -1062,7 +1234,7 @@ impl Agent {
             Phase::Installing { fail: None, .. } => {
                 inc(&ctx.stats.installs);
                 let pkg = &mut self.packages;
-                pkg.installed.insert(job.hash.clone(), job.version.clone());
+                remember(&mut pkg.installed, job.hash.clone(), job.version.clone());
                 pkg.version = job.version;
                 pkg.hash = job.hash;
                 pkg.status = pkg.offered_status(&pkg.hash, &pkg.version, PKG_INSTALLED);
@@ -1106,6 +1278,9 @@ impl Agent {
             && self.remote_status.status != RC_UNSET;
         if known {
             inc(&st.configs_ignored);
+            if self.remote_status.status == RC_APPLIED {
+                inc(&st.configs_resent);
+            }
             return;
         }
         if self.pending_apply.is_some() {
@@ -1120,12 +1295,10 @@ impl Agent {
         });
         let (delay, fail) = {
             let mut rng = rand::rng();
-            let base = ctx.args.apply_delay_ms as f64;
-            let ms = if base > 0.0 {
-                rng.random_range(base * 0.5..=base * 1.5)
-            } else {
-                0.0
-            };
+            let delay = ctx
+                .args
+                .apply_delay_dist
+                .draw(ctx.args.apply_delay_ms, &mut rng);
             let fail = match marker {
                 Some(m) => Some(format!(
                     "simulated failure: the config contains {m:?} (--fail-on)"
@@ -1135,7 +1308,7 @@ impl Agent {
                         .to_string()
                 }),
             };
-            (Duration::from_micros((ms * 1000.0) as u64), fail)
+            (delay, fail)
         };
         self.remote_status = proto::RemoteConfigStatus {
             last_remote_config_hash: rc.config_hash.clone(),
@@ -1174,12 +1347,12 @@ impl Agent {
             };
         } else {
             inc(&ctx.stats.configs_applied);
+            self.effective = ctx.shared_config(&p.hash, p.config);
             self.remote_status = proto::RemoteConfigStatus {
                 last_remote_config_hash: p.hash,
                 status: RC_APPLIED,
                 error_message: String::new(),
             };
-            self.effective = p.config;
             self.dirty.effective = true;
         }
         self.dirty.remote = true;
@@ -1273,6 +1446,8 @@ enum SessionEnd {
     Stopped,
     /// The agent said goodbye to restart (a restart command or a package installed).
     Restart,
+    /// The agent closed the connection on purpose (--churn).
+    Churn,
     Dropped {
         reason: String,
         got_reply: bool,
@@ -1283,6 +1458,7 @@ enum SessionEnd {
 enum Exit {
     Stopped,
     Restart,
+    Churn,
 }
 
 async fn connect_ws(
@@ -1348,6 +1524,7 @@ async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     let mut ever = false;
     let mut attempts = 0u64;
     let mut restarting = false;
+    let mut churned = false;
     loop {
         if ctx.stop.is_cancelled() {
             return;
@@ -1374,6 +1551,9 @@ async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         if attempts > 1 {
             inc(&ctx.stats.reconnects);
         }
+        if std::mem::take(&mut churned) {
+            inc(&ctx.stats.churn_reconnects);
+        }
         // Like the collector, report everything on each new connection.
         agent.send_full = true;
         match ws_session(&mut agent, &mut ws, &ctx, &mut ever).await {
@@ -1387,6 +1567,18 @@ async fn run_ws_agent(mut agent: Agent, ctx: Arc<Ctx>) {
                 backoff.reset();
                 attempts = 1;
                 restarting = true;
+            }
+            SessionEnd::Churn => {
+                inc(&ctx.stats.churn_disconnects);
+                drop(ws);
+                if !pause(&ctx, ctx.churn_pause()).await {
+                    return;
+                }
+                // Same uid, state and sequence numbers; a full report on the new connection.
+                backoff.reset();
+                attempts = 1;
+                restarting = true;
+                churned = true;
             }
             SessionEnd::Dropped { reason, got_reply } => {
                 inc(&ctx.stats.connection_drops);
@@ -1411,6 +1603,7 @@ async fn ws_session(agent: &mut Agent, ws: &mut Ws, ctx: &Ctx, ever: &mut bool) 
     match end {
         Ok(Exit::Stopped) => SessionEnd::Stopped,
         Ok(Exit::Restart) => SessionEnd::Restart,
+        Ok(Exit::Churn) => SessionEnd::Churn,
         Err(reason) => SessionEnd::Dropped { reason, got_reply },
     }
 }
@@ -1428,6 +1621,7 @@ async fn ws_exchange(
     ws_send(ws, &msg, ctx).await?;
     agent.delivered();
     let mut last_send = Instant::now();
+    let churn_at = ctx.next_churn();
     loop {
         if agent.restart {
             ws_goodbye(agent, ws, ctx).await;
@@ -1488,6 +1682,17 @@ async fn ws_exchange(
                 Some(Ok(_)) => continue,
             },
             _ = sleep_until(next_heartbeat) => heartbeat_due = true,
+            _ = sleep_until(churn_at.unwrap_or_else(far_future)), if churn_at.is_some() => {
+                // Close without a goodbye, as when the network drops; wait briefly for the
+                // server's close.
+                let _ = timeout(Duration::from_secs(1), async {
+                    ws.close(None).await.map_err(|e| e.to_string())?;
+                    while let Some(Ok(_)) = ws.next().await {}
+                    Ok::<(), String>(())
+                })
+                .await;
+                return Ok(Exit::Churn);
+            }
             _ = sleep_until(apply_at.unwrap_or_else(far_future)), if apply_at.is_some() => {
                 agent.apply_due(ctx);
             }
@@ -1642,6 +1847,8 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     let mut ever = false;
     let mut failed = false;
     let mut next_poll = Instant::now();
+    let mut churn_at = ctx.next_churn();
+    let mut churned = false;
     loop {
         if agent.restart {
             // Goodbye with one last poll, then a new process polls with a full report.
@@ -1666,9 +1873,13 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         let install_at = agent.install_at();
         let downloading = agent.packages.downloading();
         let mut timer = false;
+        let mut churn_now = false;
         tokio::select! {
             _ = ctx.stop.cancelled() => break,
             _ = sleep_until(next_poll) => timer = true,
+            _ = sleep_until(churn_at.unwrap_or_else(far_future)), if churn_at.is_some() => {
+                churn_now = true;
+            }
             _ = sleep_until(apply_at.unwrap_or_else(far_future)), if apply_at.is_some() => {
                 agent.apply_due(&ctx);
             }
@@ -1681,6 +1892,27 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
                     continue;
                 }
             }
+        }
+        if churn_now {
+            // Goodbye with one poll, a pause, then polling again with a full report; the
+            // uid, state and sequence numbers carry on.
+            let msg = agent.goodbye(&ctx);
+            match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &msg)).await {
+                Ok(Ok(_)) => inc(&ctx.stats.disconnects_sent),
+                Ok(Err(e)) => ctx.log(agent.index, format!("goodbye before churn pause: {e}")),
+                Err(_) => ctx.log(agent.index, "goodbye before churn pause: timed out"),
+            }
+            inc(&ctx.stats.churn_disconnects);
+            if connected {
+                connected = false;
+                ctx.mark_disconnected();
+            }
+            if !pause(&ctx, ctx.churn_pause()).await {
+                return;
+            }
+            agent.send_full = true;
+            churned = true;
+            churn_at = ctx.next_churn();
         }
         if timer {
             agent.immediate_sends = 0;
@@ -1699,8 +1931,11 @@ async fn run_http_agent(mut agent: Agent, ctx: Arc<Ctx>) {
                 if !connected {
                     connected = true;
                     ctx.mark_connected();
-                    if failed {
+                    if std::mem::take(&mut failed) {
                         inc(&ctx.stats.reconnects);
+                    }
+                    if std::mem::take(&mut churned) {
+                        inc(&ctx.stats.churn_reconnects);
                     }
                     if !ever {
                         ever = true;
@@ -1963,11 +2198,33 @@ service:
       exporters: [otlphttp]
 "#;
 
-fn config_body(size: Option<usize>) -> Bytes {
-    let mut yaml = COLLECTOR_YAML.to_string();
-    let Some(size) = size else {
-        return Bytes::from(yaml);
+/// The effective config variant of agent `index` among `variants`: min(trailing_ones, N-1),
+/// so variant k is reported by 1/2^(k+1) of the agents (the last one by the rest), spread
+/// evenly over the fleet.
+fn config_variant(index: usize, variants: usize) -> usize {
+    (index.trailing_ones() as usize).min(variants.saturating_sub(1))
+}
+
+/// Effective config variant `variant` of `size` bytes (0: the natural size). Variant 0 is
+/// the built-in collector YAML; the others differ in a header, the batch size and the
+/// exporter endpoint, as collectors of different teams would.
+fn config_body(size: usize, variant: usize) -> Bytes {
+    let mut yaml = if variant == 0 {
+        COLLECTOR_YAML.to_string()
+    } else {
+        format!("# fleet profile {variant}\n{COLLECTOR_YAML}")
+            .replace(
+                "send_batch_size: 8192",
+                &format!("send_batch_size: {}", 8192 + 1024 * variant),
+            )
+            .replace(
+                "https://otlp.example.com:4318",
+                &format!("https://otlp-{variant}.example.com:4318"),
+            )
     };
+    if size == 0 {
+        return Bytes::from(yaml);
+    }
     if size <= yaml.len() {
         yaml.truncate(size);
         if let Some(cut) = yaml.rfind('\n') {
@@ -2161,6 +2418,15 @@ fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
         "installs": get(&s.installs),
         "install_failures": get(&s.install_failures),
         "restarts": get(&s.restarts),
+        "configs_resent": get(&s.configs_resent),
+        "churn_percent_per_minute": ctx.args.churn,
+        "churn_disconnects": get(&s.churn_disconnects),
+        "churn_reconnects": get(&s.churn_reconnects),
+        "config_bytes": ctx.config_bodies.first().map_or(0, Bytes::len),
+        "config_variants": ctx.config_bodies.len(),
+        "apply_delay_ms": ctx.args.apply_delay_ms,
+        "apply_delay_dist": format!("{:?}", ctx.args.apply_delay_dist).to_lowercase(),
+        "apply_delay_max_ms": ctx.args.apply_delay_dist.max_ms(ctx.args.apply_delay_ms),
     });
     if let (Some(all), serde_json::Value::Object(more)) = (summary.as_object_mut(), packages) {
         all.extend(more);
@@ -2182,7 +2448,7 @@ fn own_cpu_seconds() -> Option<(f64, f64)> {
 fn progress_line(ctx: &Ctx) -> String {
     let s = &ctx.stats;
     format!(
-        "[{:>7.1}s] spawned {} connected {} sent {} received {} configs {} applied {} failed {} errors {} reconnects {} downloads {} installs {} install-failures {} restarts {}",
+        "[{:>7.1}s] spawned {} connected {} sent {} received {} configs {} applied {} failed {} re-sent {} errors {} reconnects {} churned {} downloads {} installs {} install-failures {} restarts {}",
         ctx.start.elapsed().as_secs_f64(),
         get(&s.spawned),
         s.connected.load(Relaxed),
@@ -2191,12 +2457,14 @@ fn progress_line(ctx: &Ctx) -> String {
         get(&s.configs_received),
         get(&s.configs_applied),
         get(&s.configs_failed),
+        get(&s.configs_resent),
         get(&s.connect_errors)
             + get(&s.connection_drops)
             + get(&s.poll_errors)
             + get(&s.decode_errors)
             + get(&s.error_responses),
         get(&s.reconnects),
+        get(&s.churn_disconnects),
         get(&s.downloads),
         get(&s.installs),
         get(&s.install_failures),
@@ -2348,6 +2616,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     if !(0.0..=1.0).contains(&args.install_failure_ratio) {
         return Err("--install-failure-ratio must be between 0 and 1".into());
     }
+    if !args.churn.is_finite() || args.churn < 0.0 {
+        return Err("--churn must be a percentage per minute, 0 or more".into());
+    }
     if args.fail_on.iter().any(String::is_empty) {
         return Err("--fail-on needs a non-empty substring".into());
     }
@@ -2379,7 +2650,10 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         }
     }
     let ctx = Arc::new(Ctx {
-        config_body: config_body(args.config_bytes),
+        config_bodies: (0..usize::from(args.config_variants))
+            .map(|v| config_body(args.config_bytes, v))
+            .collect(),
+        applied_configs: parking_lot::Mutex::new(std::collections::HashMap::new()),
         components,
         alt_components,
         target,
@@ -2393,6 +2667,21 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         "starting {} agents against {} at {} per second",
         ctx.args.agents, ctx.args.server, ctx.args.connect_rate
     );
+    {
+        let n = ctx.config_bodies.len();
+        let mut counts = vec![0usize; n];
+        for i in 0..ctx.args.agents {
+            counts[config_variant(i, n)] += 1;
+        }
+        eprintln!(
+            "effective configs: {n} variants of {} bytes, agents per variant {counts:?}; apply delay {} ms {:?} (at most {:.0} ms); churn {}%/min",
+            ctx.config_bodies.first().map_or(0, Bytes::len),
+            ctx.args.apply_delay_ms,
+            ctx.args.apply_delay_dist,
+            ctx.args.apply_delay_dist.max_ms(ctx.args.apply_delay_ms),
+            ctx.args.churn,
+        );
+    }
     match &ctx.alt_components {
         None => eprintln!(
             "components: {}",
@@ -2483,12 +2772,21 @@ fn print_summary(s: &serde_json::Value) {
         n("bytes_received")
     );
     println!(
-        "  configs received      {} (applied {}, failed {}, ignored as known {}, superseded {})",
+        "  configs received      {} (applied {}, failed {}, ignored as known {} of which re-sent after APPLIED {}, superseded {})",
         n("configs_received"),
         n("configs_applied"),
         n("configs_failed"),
         n("configs_ignored"),
+        n("configs_resent"),
         n("configs_superseded")
+    );
+    println!(
+        "  effective configs     {} variants of {} bytes; apply delay {} ms ({}, at most {} ms)",
+        n("config_variants"),
+        n("config_bytes"),
+        n("apply_delay_ms"),
+        n("apply_delay_dist"),
+        n("apply_delay_max_ms")
     );
     println!(
         "  component maps        {} requested, {} sent",
@@ -2505,6 +2803,12 @@ fn print_summary(s: &serde_json::Value) {
         n("error_responses")
     );
     println!("  reconnects            {}", n("reconnects"));
+    println!(
+        "  churn                 {} %/min: {} disconnects, {} reconnects",
+        n("churn_percent_per_minute"),
+        n("churn_disconnects"),
+        n("churn_reconnects")
+    );
     println!("  full-state requests   {}", n("full_state_requests"));
     println!("  uid reassignments     {}", n("uid_reassignments"));
     println!("  heartbeat offers      {}", n("heartbeat_offers"));

@@ -1,0 +1,162 @@
+# Shell functions shared by the benchmark scripts (examples/bench_*.sh). Source it after
+# setting API (host:port of the admin API), OPAMP, DATA and OUT; it defines:
+#
+#   bench_build                 cargo build --release of the server and the simulator, unless BUILD=0
+#   start_server [HEARTBEAT]    starts target/release/corral serve on DATA/OPAMP/API (log appended
+#                               to $OUT/server.log), sets SERVER to its pid, waits for /healthz
+#   start_sim ARGS...           starts the simulator (JSON summary to $OUT/simulate.json, progress
+#                               to $OUT/simulate.log), sets SIM to its pid
+#   stop_sim / stop_server      SIGTERM and wait (the simulator then prints its summary)
+#   wait_connected N [TIMEOUT]  polls the fleet every 0.1 s until by_status.connected == N;
+#                               fails if the simulator died or TIMEOUT seconds [600] passed
+#   cpu_ticks PID, machine_ticks, rss_kb PID, open_fds PID, connected, messages_in LABEL,
+#   metric_sum PREFIX, now, api METHOD PATH [JSON], json_field NAME (first "NAME": value on stdin),
+#   percentiles (reads one number per line, prints "median p99" in the same unit)
+#
+# A trap on EXIT stops the simulator and the server the script started.
+
+BUILD=${BUILD:-1}
+SERVER=""
+SIM=""
+TCK=$(getconf CLK_TCK)
+
+bench_cleanup() {
+    [ -n "$SIM" ] && kill -TERM "$SIM" 2>/dev/null || true
+    [ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap bench_cleanup EXIT
+
+bench_build() {
+    if [ "$BUILD" = 1 ]; then
+        cargo build --release --quiet
+        cargo build --release --quiet --example simulate
+    fi
+}
+
+# utime+stime of a process, in clock ticks
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# busy ticks of the whole machine (all cores), to see whether anything else ran
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+open_fds() { ls "/proc/$1/fd" | wc -l; }
+connected() { curl -s "http://$API/api/v1/fleet" | sed -n 's/.*"connected":\([0-9]*\).*/\1/p'; }
+messages_in() { curl -s "http://$API/metrics" | awk -v l="$1" '$1 == "corral_messages_in_total{transport=\"" l "\"}" { print $2 }'; }
+metric_sum() { curl -s "http://$API/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
+now() { date +%s.%N; }
+
+# api METHOD PATH [JSON]: the response body on stdout; fails on an HTTP error.
+api() {
+    if [ $# -ge 3 ]; then
+        curl -sf -X "$1" -H 'Content-Type: application/json' --data-binary "$3" "http://$API$2"
+    else
+        curl -sf -X "$1" "http://$API$2"
+    fi
+}
+
+# The first value of "NAME": in the JSON on stdin (strings without their quotes).
+json_field() { grep -o "\"$1\":[^,}]*" | head -1 | sed 's/^"[^"]*"://; s/^"//; s/"$//'; }
+
+# Median and 99th percentile (nearest rank) of the numbers on stdin.
+percentiles() {
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan nan"; exit }
+        m = int((NR + 1) / 2); p = int(NR * 0.99 + 0.999999); if (p > NR) p = NR
+        print v[m], v[p]
+    }'
+}
+
+start_server() {
+    local heartbeat=${1:-30}
+    target/release/corral serve --data-dir "$DATA" --opamp-listen "$OPAMP" --api-listen "$API" \
+        --heartbeat-interval "$heartbeat" >> "$OUT/server.log" 2>&1 &
+    SERVER=$!
+    for _ in $(seq 300); do
+        curl -sf "http://$API/healthz" > /dev/null && return 0
+        kill -0 "$SERVER" 2> /dev/null || { echo "server exited; see $OUT/server.log" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "server did not answer /healthz within 30 s" >&2
+    return 1
+}
+
+stop_server() {
+    [ -n "$SERVER" ] || return 0
+    kill -TERM "$SERVER" 2> /dev/null || true
+    wait "$SERVER" 2> /dev/null || true
+    SERVER=""
+}
+
+start_sim() {
+    target/release/examples/simulate --json "$@" > "$OUT/simulate.json" 2> "$OUT/simulate.log" &
+    SIM=$!
+}
+
+stop_sim() {
+    [ -n "$SIM" ] || return 0
+    kill -TERM "$SIM" 2> /dev/null || true
+    wait "$SIM" 2> /dev/null || true
+    SIM=""
+}
+
+wait_connected() {
+    local want=$1 limit=${2:-600} start
+    start=$(date +%s)
+    while [ "$(connected)" != "$want" ]; do
+        if [ -n "$SIM" ] && ! kill -0 "$SIM" 2> /dev/null; then
+            echo "simulator exited early; see $OUT/simulate.log" >&2
+            return 1
+        fi
+        if [ $(( $(date +%s) - start )) -ge "$limit" ]; then
+            echo "not all $want agents connected within $limit s (connected: $(connected))" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# A collector YAML that the simulated agents' default components can run, padded with
+# comments to $1 bytes (at least its natural size), tagged with $2 so versions differ.
+collector_yaml() {
+    local size=$1 tag=${2:-1} yaml
+    yaml=$(printf '%s\n' "# corral benchmark configuration $tag" \
+        'receivers:' '  otlp:' '    protocols:' '      grpc:' '        endpoint: 0.0.0.0:4317' \
+        'processors:' '  memory_limiter:' '    check_interval: 1s' '    limit_percentage: 80' \
+        '  batch:' '    timeout: 5s' \
+        'exporters:' '  otlphttp:' '    endpoint: https://otlp.example.com:4318' \
+        'service:' '  pipelines:' '    traces:' '      receivers: [otlp]' \
+        '      processors: [memory_limiter, batch]' '      exporters: [otlphttp]')
+    printf '%s\n' "$yaml"
+    awk -v have="$(( ${#yaml} + 1 ))" -v size="$size" 'BEGIN {
+        line = "# padding ......................................................................"
+        while (have + length(line) + 1 <= size) { print line; have += length(line) + 1 }
+    }'
+}
+
+# put_configuration NAME SELECTOR [SIZE] [TAG]: PUT a configuration of one YAML file; prints
+# the response ({"name","version","hash","created"}).
+put_configuration() {
+    local body
+    body=$(collector_yaml "${3:-5120}" "${4:-1}" | awk '{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); printf "%s\\n", $0 }')
+    api PUT "/api/v1/configurations/$1" \
+        "{\"selector\":\"$2\",\"files\":{\"\":{\"body\":\"$body\",\"content_type\":\"text/yaml\"}}}"
+}
+
+# wait_rollout ID [TIMEOUT]: polls the rollout every 0.1 s until it is stable, error, cancelled
+# or replaced; prints its last JSON; fails after TIMEOUT seconds [600].
+wait_rollout() {
+    local id=$1 limit=${2:-600} start body state
+    start=$(date +%s)
+    while true; do
+        body=$(api GET "/api/v1/rollouts/$id" || true)
+        state=$(json_field state <<< "$body")
+        case "$state" in stable|error|cancelled|replaced) break ;; esac
+        if [ $(( $(date +%s) - start )) -ge "$limit" ]; then
+            echo "rollout $id not finished within $limit s (state: $state)" >&2
+            printf '%s\n' "$body"
+            return 1
+        fi
+        sleep 0.1
+    done
+    printf '%s\n' "$body"
+}
