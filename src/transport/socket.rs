@@ -75,24 +75,42 @@ impl AsyncWrite for CountingIo {
     }
 }
 
+/// A handshake refused: the status and why.
+#[derive(Debug)]
+pub struct Rejected(StatusCode, &'static str);
+
+impl IntoResponse for Rejected {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, self.1).into_response();
+        if self.0 == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455 §4.2.2: name the version we speak.
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        response
+    }
+}
+
 /// Validates a WebSocket opening handshake. Gives the `101 Switching Protocols` response to
-/// return and the connection to take over once it is sent, or the error response.
-pub fn accept(request: &mut Request) -> Result<(Response, OnUpgrade), Response> {
+/// return and the connection to take over once it is sent.
+pub fn accept(request: &mut Request) -> Result<(Response, OnUpgrade), Rejected> {
     if request.method() != Method::GET {
-        return Err(reject(
+        return Err(Rejected(
             StatusCode::METHOD_NOT_ALLOWED,
             "a WebSocket handshake is a GET",
         ));
     }
     let headers = request.headers();
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(reject(
+        return Err(Rejected(
             StatusCode::BAD_REQUEST,
             "Connection header must include 'upgrade'",
         ));
     }
     if !has_token(headers, header::UPGRADE, "websocket") {
-        return Err(reject(
+        return Err(Rejected(
             StatusCode::BAD_REQUEST,
             "Upgrade header must be 'websocket'",
         ));
@@ -101,25 +119,20 @@ pub fn accept(request: &mut Request) -> Result<(Response, OnUpgrade), Response> 
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        let mut response = reject(
+        return Err(Rejected(
             StatusCode::UPGRADE_REQUIRED,
             "Sec-WebSocket-Version must be 13",
-        );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Err(response);
+        ));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(reject(
+        return Err(Rejected(
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Key header is missing",
         ));
     };
     let accept = derive_accept_key(key.as_bytes());
     let Some(upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
-        return Err(reject(
+        return Err(Rejected(
             StatusCode::UPGRADE_REQUIRED,
             "this connection cannot be upgraded",
         ));
@@ -132,10 +145,6 @@ pub fn accept(request: &mut Request) -> Result<(Response, OnUpgrade), Response> 
         out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     Ok((response, upgrade))
-}
-
-fn reject(status: StatusCode, message: &'static str) -> Response {
-    (status, message).into_response()
 }
 
 /// Whether a comma-separated header has `token`, in any case.

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -36,7 +36,7 @@ const WRITE_BUFFER: usize = 0;
 pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Request) -> Response {
     let (response, on_upgrade) = match socket::accept(&mut request) {
         Ok(accepted) => accepted,
-        Err(rejected) => return rejected,
+        Err(rejected) => return rejected.into_response(),
     };
     let origin = super::origin(request.headers());
     let max = state.max_message_size;

@@ -230,3 +230,35 @@ async fn unknown_path_is_404_and_wrong_method_is_405() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_bad_websocket_handshake_is_refused_with_the_reason() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let plain = client.get(server.http_url()).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    assert!(plain.text().await.unwrap().contains("upgrade"));
+    let old_version = client
+        .get(server.http_url())
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_version.status(), 426);
+    assert_eq!(old_version.headers()["sec-websocket-version"], "13");
+    let no_key = client
+        .get(server.http_url())
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "WebSocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 400);
+    // Nothing was registered, and real agents still connect.
+    let (mut agent, uid) = bystander(&server).await;
+    still_fine(&server, &mut agent, &uid).await;
+}

@@ -1,4 +1,6 @@
 use corral::protocol::proto::{self, RemoteConfigStatuses};
+use futures_util::SinkExt;
+use prost::Message;
 
 use crate::common::*;
 
@@ -218,4 +220,57 @@ async fn heartbeats_advance_last_seen_without_new_history() {
         list["agents"][0]["last_seen"],
         later.agent.last_seen.as_str()
     );
+}
+
+/// Large reports make the server rebuild the socket's buffers; messages the agent sent right
+/// behind them, already read from the network, must still arrive, in order.
+#[tokio::test]
+async fn messages_pipelined_behind_large_reports_are_not_lost() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    let mut seq = 1;
+    let mut last_body = String::new();
+    for round in 0..10 {
+        // A large report and a heartbeat, written together.
+        seq += 1;
+        let mut big = heartbeat(&uid, seq);
+        last_body = format!("# round {round}\n{}", "x: y\n".repeat(4000));
+        big.effective_config = Some(effective_config(&last_body));
+        let mut frame = vec![0u8];
+        big.encode(&mut frame).unwrap();
+        agent
+            .ws
+            .feed(WsMessage::Binary(frame.into()))
+            .await
+            .unwrap();
+        seq += 1;
+        let mut frame = vec![0u8];
+        heartbeat(&uid, seq).encode(&mut frame).unwrap();
+        agent
+            .ws
+            .feed(WsMessage::Binary(frame.into()))
+            .await
+            .unwrap();
+        agent.ws.flush().await.unwrap();
+        for _ in 0..2 {
+            let reply = agent.recv().await;
+            assert_eq!(
+                reply.flags & 0x1,
+                0,
+                "round {round}: the server saw a sequence gap and asked for full state"
+            );
+        }
+    }
+    server.wait_status(&uid, "connected").await;
+    let path = format!("/api/v1/agents/{}/effective-config", uuid_str(&uid));
+    for _ in 0..100 {
+        let (status, body) = server.get(&path).await;
+        if status == 200 && body["files"][""]["body"] == last_body.as_str() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the last large report's effective config never showed");
 }
