@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use chrono::Utc;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
@@ -38,7 +37,6 @@ pub(super) struct AgentActor {
     record: Arc<AgentRecord>,
     machine: StatusMachine,
     ctx: Arc<AgentContext>,
-    view: watch::Sender<Arc<AgentRecord>>,
     link: Arc<LinkState>,
     /// The WebSocket the agent is attached to.
     ws: Option<WsLink>,
@@ -78,7 +76,6 @@ impl AgentActor {
         record: Arc<AgentRecord>,
         is_new: bool,
         ctx: Arc<AgentContext>,
-        view: watch::Sender<Arc<AgentRecord>>,
         link: Arc<LinkState>,
     ) -> Self {
         let machine = if is_new {
@@ -94,7 +91,6 @@ impl AgentActor {
             machine,
             liveness: Liveness::new(DEFAULT_HEARTBEAT),
             ctx,
-            view,
             link,
             ws: None,
             live: None,
@@ -801,7 +797,7 @@ impl AgentActor {
 
     fn publish(&mut self, rec: AgentRecord, persist: bool) {
         self.record = Arc::new(rec);
-        self.view.send_replace(self.record.clone());
+        self.link.record.store(self.record.clone());
         self.ctx.changes.fetch_add(1, Ordering::Relaxed);
         if persist {
             self.ctx.writes.agent(self.record.clone());

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use dashmap::DashMap;
@@ -122,9 +122,11 @@ pub struct AgentContext {
     pub changes: Arc<AtomicU64>,
 }
 
-/// Facts about an agent's live connection that the router reads without asking the actor.
-#[derive(Default)]
+/// What the router and the API read of an agent without asking its actor: facts about its
+/// live connection, and its latest published record.
 pub struct LinkState {
+    /// The actor's latest record; replaced whole on every change.
+    record: arc_swap::ArcSwap<AgentRecord>,
     ws_conn: AtomicU64,
     /// `u64::MAX` until the first message.
     last_seq: AtomicU64,
@@ -134,8 +136,9 @@ pub struct LinkState {
 }
 
 impl LinkState {
-    fn new() -> Self {
+    fn new(record: Arc<AgentRecord>) -> Self {
         Self {
+            record: arc_swap::ArcSwap::new(record),
             ws_conn: AtomicU64::new(0),
             last_seq: AtomicU64::new(u64::MAX),
             last_seen_ms: AtomicI64::new(i64::MIN),
@@ -171,7 +174,6 @@ impl LinkState {
 #[derive(Clone)]
 pub struct AgentHandle {
     mailbox: flume::Sender<Command>,
-    view: watch::Receiver<Arc<AgentRecord>>,
     link: Arc<LinkState>,
 }
 
@@ -189,15 +191,10 @@ impl AgentHandle {
     ) -> Self {
         let (mailbox, inbox) = flume::bounded(MAILBOX_CAPACITY);
         let record = Arc::new(record);
-        let (view_tx, view) = watch::channel(record.clone());
-        let link = Arc::new(LinkState::new());
-        let actor = actor::AgentActor::new(record, is_new, ctx, view_tx, link.clone());
+        let link = Arc::new(LinkState::new(record.clone()));
+        let actor = actor::AgentActor::new(record, is_new, ctx, link.clone());
         tracker.spawn(actor.run(inbox));
-        Self {
-            mailbox,
-            view,
-            link,
-        }
+        Self { mailbox, link }
     }
 
     pub async fn send(&self, cmd: Command) -> Result<(), ActorGone> {
@@ -213,7 +210,7 @@ impl AgentHandle {
 
     /// The agent's latest published state; its `last_seen` may lag behind heartbeats.
     pub fn record(&self) -> Arc<AgentRecord> {
-        self.view.borrow().clone()
+        self.link.record.load_full()
     }
 
     /// The agent's latest state, with `last_seen` up to the last heartbeat.
@@ -258,7 +255,7 @@ impl AgentHandle {
     }
 
     pub fn uid(&self) -> InstanceUid {
-        self.view.borrow().uid
+        self.link.record.load().uid
     }
 }
 

@@ -30,8 +30,10 @@ const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Per-connection buffers: small, since OpAMP messages are few and mostly tiny (a heartbeat is
 /// a few dozen bytes). Larger messages grow the read buffer as needed, up to the message cap,
 /// and the socket is refreshed afterwards; replies are written out at once instead of gathered.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 0;
+/// A message larger than this, in or out, leaves buffers worth giving back.
+const REFRESH_ABOVE: usize = 1024;
 
 pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Request) -> Response {
     let (response, on_upgrade) = match socket::accept(&mut request) {
@@ -105,7 +107,7 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
             out = replies.recv_async() => match out.ok() {
                 Some(Outgoing::Message(msg)) => {
                     let bytes = encode_ws_frame(&msg);
-                    refresh_due |= bytes.len() > READ_BUFFER;
+                    refresh_due |= bytes.len() > REFRESH_ABOVE;
                     let frame = Message::Binary(bytes);
                     match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame))).await {
                         Ok(Ok(())) => {}
@@ -120,7 +122,7 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
                 None => break Ending::closed("websocket closed"),
                 Some(Ok(Message::Binary(bytes))) => {
                     received += socket::min_frame_len(bytes.len());
-                    refresh_due |= bytes.len() > READ_BUFFER;
+                    refresh_due |= bytes.len() > REFRESH_ABOVE;
                     let inbound = match unframe_ws(bytes).and_then(decode_agent_message) {
                         Ok(msg) => Inbound::from(msg),
                         Err(e) => {
