@@ -213,6 +213,12 @@ impl AgentHandle {
         self.link.record.load_full()
     }
 
+    /// The agent's latest published record, borrowed for a quick look (a scan over the fleet)
+    /// without touching its reference count.
+    pub fn peek(&self) -> impl std::ops::Deref<Target = Arc<AgentRecord>> + '_ {
+        self.link.record.load()
+    }
+
     /// The agent's latest state, with `last_seen` up to the last heartbeat.
     pub fn snapshot(&self) -> Arc<AgentRecord> {
         let record = self.record();

@@ -1,3 +1,4 @@
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::domain::{AgentRecord, InstanceUid};
@@ -24,6 +25,11 @@ pub struct AgentFilter {
 }
 
 impl AgentFilter {
+    /// Matches every agent.
+    pub fn is_empty(&self) -> bool {
+        self.status.is_none() && self.labels.0.is_empty() && self.selector.is_none()
+    }
+
     pub fn matches(&self, agent: &AgentRecord) -> bool {
         self.status.is_none_or(|s| agent.status == s)
             && self.labels.matches(agent)
@@ -52,37 +58,42 @@ pub struct FleetSummary {
 
 impl super::Fleet {
     /// Matching agents after `cursor`, at most `limit` of them.
+    ///
+    /// One pass over the registry that keeps only the `limit + 1` smallest uids after the
+    /// cursor (one more than a page tells whether more match): a page costs the same at any
+    /// depth, and an unfiltered page reads no agent's record but its own.
     pub fn list(&self, filter: &AgentFilter, cursor: Option<InstanceUid>, limit: usize) -> Page {
+        let keep = limit.saturating_add(1);
+        let mut smallest: BinaryHeap<InstanceUid> = BinaryHeap::with_capacity(keep.min(1024));
+        let everyone = filter.is_empty();
         let mut total = 0;
-        let mut after: Vec<Arc<AgentRecord>> = Vec::new();
-        for handle in self.agents.iter() {
-            let agent = handle.record();
-            if !filter.matches(&agent) {
+        for entry in self.agents.iter() {
+            if !everyone && !filter.matches(&entry.value().peek()) {
                 continue;
             }
             total += 1;
-            if cursor.is_none_or(|c| agent.uid > c) {
-                after.push(agent);
+            let uid = *entry.key();
+            if cursor.is_some_and(|c| uid <= c) {
+                continue;
+            }
+            if smallest.len() < keep {
+                smallest.push(uid);
+            } else if smallest.peek().is_some_and(|largest| uid < *largest) {
+                smallest.pop();
+                smallest.push(uid);
             }
         }
-        let more = after.len() > limit;
-        if more {
-            after.select_nth_unstable_by_key(limit, |a| a.uid);
-            after.truncate(limit);
-        }
-        after.sort_unstable_by_key(|a| a.uid);
-        for agent in &mut after {
-            if let Some(handle) = self.get(&agent.uid) {
-                *agent = handle.snapshot();
-            }
-        }
+        let mut uids = smallest.into_sorted_vec();
+        let more = uids.len() > limit;
+        uids.truncate(limit);
+        let agents: Vec<_> = uids
+            .iter()
+            .filter_map(|uid| self.get(uid))
+            .map(|handle| handle.snapshot())
+            .collect();
         Page {
-            next_cursor: if more {
-                after.last().map(|a| a.uid)
-            } else {
-                None
-            },
-            agents: after,
+            next_cursor: if more { uids.last().copied() } else { None },
+            agents,
             total,
         }
     }
