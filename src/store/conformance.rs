@@ -31,6 +31,7 @@ pub async fn run(store: &dyn Store) {
     configurations_keep_every_version(store).await;
     rollouts_keep_their_progress(store).await;
     packages_by_identity(store).await;
+    fleet_sized_batches(store).await;
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -438,4 +439,77 @@ async fn packages_by_identity(store: &dyn Store) {
         vec![package, other],
         "one entry per name, version, platform and arch; the last upload wins"
     );
+}
+
+/// A wave landing or a fleet reconnecting writes thousands of rows in one batch.
+async fn fleet_sized_batches(store: &dyn Store) {
+    const N: usize = 2_500;
+    let before = load(store).await.len();
+    let uids: Vec<_> = (0..N).map(|_| InstanceUid::new_v7()).collect();
+    let entry = |i: usize| HistoryEntry {
+        at: at(i as i64),
+        from: None,
+        to: Status::Connected,
+        reason: format!("entry {i}"),
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: uids.iter().map(|u| Arc::new(sample_agent(*u))).collect(),
+            history: uids.iter().map(|u| (*u, entry(0))).collect(),
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    assert_eq!(loaded.len(), before + N, "every agent of the batch is stored");
+    let last = loaded
+        .iter()
+        .find(|a| a.uid == uids[N - 1])
+        .expect("the last agent of the batch is stored");
+    assert_eq!(last.history.len(), 1);
+
+    let mut rollout = Rollout {
+        id: "r-fleet".into(),
+        payload: Payload::Config(ConfigPayload {
+            configuration: "fleet".into(),
+            version: 1,
+            hash: crate::domain::ContentHash::default(),
+            previous_version: None,
+        }),
+        params: Params {
+            initial: 100,
+            multiplier: 10,
+            maximum: 10_000,
+            max_errors: 10,
+            wave_timeout_ms: 300_000,
+        },
+        rollback: false,
+        progress: Progress::new(),
+        created_at: at(20),
+        updated_at: at(20),
+    };
+    rollout.progress.state = State::Started;
+    rollout.progress.agents = uids.iter().map(|u| (*u, Phase::Waiting)).collect();
+    let rows: Vec<_> = uids.iter().map(|u| (*u, Some(Phase::Waiting))).collect();
+    store.save_rollout(&rollout, &rows).await.expect("save");
+    // The first 1,500 leave the rollout; the rest are sent.
+    let (gone, sent) = uids.split_at(1_500);
+    let sent_phase = Phase::Sent { wave: 1, at_ms: 9 };
+    let mut changes: Vec<_> = gone.iter().map(|u| (*u, None)).collect();
+    changes.extend(sent.iter().map(|u| (*u, Some(sent_phase))));
+    for (uid, phase) in &changes {
+        match phase {
+            Some(p) => rollout.progress.agents.insert(*uid, *p),
+            None => rollout.progress.agents.remove(uid),
+        };
+    }
+    store.save_rollout(&rollout, &changes).await.expect("save changes");
+    let loaded = store.load_rollouts().await.expect("load");
+    let found = loaded
+        .iter()
+        .find(|r| r.id == "r-fleet")
+        .expect("rollout is stored");
+    assert_eq!(found.progress.agents.len(), N - 1_500);
+    assert!(found.progress.agents.values().all(|p| *p == sent_phase));
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 
 use super::{Store, StoreError, WriteBatch};
 use crate::config::{ComponentSet, ConfigVersion, Configuration, Selector};
@@ -24,6 +24,10 @@ use crate::status::Status;
 
 const DB_FILE: &str = "corral.db";
 const POOL_SIZE: u32 = 4;
+/// Rows one batched statement writes: 5 bound values each, well under SQLite's 32,766.
+const ROWS_PER_STATEMENT: usize = 1000;
+/// Agent rows one batched statement writes: 19 bound values each.
+const AGENT_ROWS_PER_STATEMENT: usize = 1000;
 
 /// The embedded store: one SQLite database in the data directory.
 pub struct SqliteStore {
@@ -203,21 +207,50 @@ impl Store for SqliteStore {
 
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for agent in &batch.agents {
-            let labels = serde_json::to_string(&agent.labels).unwrap_or_else(|_| "{}".into());
-            let description = protocol::description_to_proto(&agent.description).encode_to_vec();
-            let health = agent
-                .health
-                .as_deref()
-                .map(|h| protocol::health_to_proto(h).encode_to_vec());
-            sqlx::query(
+        // A batch holds whatever changed in the last flush interval, thousands of agents when
+        // a wave lands or a fleet reconnects: one statement per chunk, not one per row.
+        for chunk in batch.agents.chunks(AGENT_ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO agents (instance_uid, status, status_reason, transport, labels,
                     description, capabilities, health, effective_config_hash, remote_config_hash,
                     remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
                     offered_config_hash, components_hash, packages, offered_package_hash,
-                    applied_config_hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (instance_uid) DO UPDATE SET
+                    applied_config_hash) ",
+            );
+            query.push_values(chunk, |mut row, agent| {
+                let hash = |h: &Option<ContentHash>| h.as_ref().map(|h| h.0.clone());
+                row.push_bind(agent.uid.as_bytes().to_vec())
+                    .push_bind(agent.status.as_str())
+                    .push_bind(agent.status_reason.clone())
+                    .push_bind(agent.transport.map(Transport::as_str))
+                    .push_bind(serde_json::to_string(&agent.labels).unwrap_or_else(|_| "{}".into()))
+                    .push_bind(protocol::description_to_proto(&agent.description).encode_to_vec())
+                    .push_bind(agent.capabilities.bits() as i64)
+                    .push_bind(
+                        agent
+                            .health
+                            .as_deref()
+                            .map(|h| protocol::health_to_proto(h).encode_to_vec()),
+                    )
+                    .push_bind(hash(&agent.effective_config_hash))
+                    .push_bind(agent.remote_config.as_ref().map(|rc| rc.hash.0.clone()))
+                    .push_bind(agent.remote_config.as_ref().map(|rc| rc.status.as_str()))
+                    .push_bind(agent.remote_config.as_ref().map(|rc| rc.error.clone()))
+                    .push_bind(millis(agent.last_seen))
+                    .push_bind(agent.connected_at.map(millis))
+                    .push_bind(hash(&agent.offered_config_hash))
+                    .push_bind(hash(&agent.components_hash))
+                    .push_bind(
+                        agent
+                            .packages
+                            .as_deref()
+                            .map(|p| protocol::packages_to_proto(p).encode_to_vec()),
+                    )
+                    .push_bind(hash(&agent.offered_package_hash))
+                    .push_bind(hash(&agent.applied_config_hash));
+            });
+            query.push(
+                " ON CONFLICT (instance_uid) DO UPDATE SET
                     status = excluded.status, status_reason = excluded.status_reason,
                     transport = excluded.transport, labels = excluded.labels,
                     description = excluded.description, capabilities = excluded.capabilities,
@@ -231,61 +264,42 @@ impl Store for SqliteStore {
                     packages = excluded.packages,
                     offered_package_hash = excluded.offered_package_hash,
                     applied_config_hash = excluded.applied_config_hash",
-            )
-            .bind(agent.uid.as_bytes().as_slice())
-            .bind(agent.status.as_str())
-            .bind(&agent.status_reason)
-            .bind(agent.transport.map(Transport::as_str))
-            .bind(labels)
-            .bind(description)
-            .bind(agent.capabilities.bits() as i64)
-            .bind(health)
-            .bind(agent.effective_config_hash.as_ref().map(|h| h.0.as_slice()))
-            .bind(agent.remote_config.as_ref().map(|rc| rc.hash.0.as_slice()))
-            .bind(agent.remote_config.as_ref().map(|rc| rc.status.as_str()))
-            .bind(agent.remote_config.as_ref().map(|rc| rc.error.as_str()))
-            .bind(millis(agent.last_seen))
-            .bind(agent.connected_at.map(millis))
-            .bind(agent.offered_config_hash.as_ref().map(|h| h.0.as_slice()))
-            .bind(agent.components_hash.as_ref().map(|h| h.0.as_slice()))
-            .bind(
-                agent
-                    .packages
-                    .as_deref()
-                    .map(|p| protocol::packages_to_proto(p).encode_to_vec()),
-            )
-            .bind(agent.offered_package_hash.as_ref().map(|h| h.0.as_slice()))
-            .bind(agent.applied_config_hash.as_ref().map(|h| h.0.as_slice()))
-            .execute(&mut *tx)
-            .await?;
+            );
+            query.build().execute(&mut *tx).await?;
         }
-        let mut touched = Vec::new();
-        for (uid, entry) in &batch.history {
-            sqlx::query(
-                "INSERT INTO agent_history (instance_uid, at_ms, from_status, to_status, reason)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(uid.as_bytes().as_slice())
-            .bind(millis(entry.at))
-            .bind(entry.from.map(Status::as_str))
-            .bind(entry.to.as_str())
-            .bind(&entry.reason)
-            .execute(&mut *tx)
-            .await?;
-            if !touched.contains(uid) {
-                touched.push(*uid);
+        for chunk in batch.history.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO agent_history (instance_uid, at_ms, from_status, to_status, reason) ",
+            );
+            query.push_values(chunk, |mut row, (uid, entry)| {
+                row.push_bind(uid.as_bytes().to_vec())
+                    .push_bind(millis(entry.at))
+                    .push_bind(entry.from.map(Status::as_str))
+                    .push_bind(entry.to.as_str())
+                    .push_bind(entry.reason.clone());
+            });
+            query.build().execute(&mut *tx).await?;
+        }
+        let mut touched: Vec<InstanceUid> = batch.history.iter().map(|(uid, _)| *uid).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for chunk in touched.chunks(ROWS_PER_STATEMENT) {
+            // Keep the newest HISTORY_LIMIT entries of each agent that got new ones.
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "DELETE FROM agent_history WHERE id IN (
+                    SELECT id FROM (
+                        SELECT id, ROW_NUMBER() OVER (
+                            PARTITION BY instance_uid ORDER BY id DESC) AS newer
+                        FROM agent_history WHERE instance_uid IN (",
+            );
+            let mut list = query.separated(", ");
+            for uid in chunk {
+                list.push_bind(uid.as_bytes().to_vec());
             }
-        }
-        for uid in touched {
-            sqlx::query(
-                "DELETE FROM agent_history WHERE instance_uid = ?1 AND id <= (
-                    SELECT id FROM agent_history WHERE instance_uid = ?1
-                    ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )
-            .bind(uid.as_bytes().as_slice())
-            .bind(HISTORY_LIMIT as i64)
-            .execute(&mut *tx)
-            .await?;
+            list.push_unseparated(")) WHERE newer > ");
+            query.push_bind(HISTORY_LIMIT as i64);
+            query.push(")");
+            query.build().execute(&mut *tx).await?;
         }
         for (hash, config) in &batch.effective_configs {
             sqlx::query("INSERT OR IGNORE INTO effective_configs (hash, body) VALUES (?, ?)")
@@ -568,39 +582,50 @@ impl Store for SqliteStore {
         .bind(package.map(|p| p.selector.to_string()))
         .execute(&mut *tx)
         .await?;
-        for (uid, phase) in agents {
-            match phase {
-                Some(phase) => {
-                    let (wave, at_ms) = match phase {
-                        Phase::Sent { wave, at_ms } => {
-                            (Some(i64::from(*wave)), Some(*at_ms as i64))
-                        }
-                        _ => (None, None),
-                    };
-                    sqlx::query(
-                        "INSERT INTO rollout_agents (rollout_id, instance_uid, phase, wave, at_ms)
-                         VALUES (?, ?, ?, ?, ?)
-                         ON CONFLICT (rollout_id, instance_uid) DO UPDATE SET
-                            phase = excluded.phase, wave = excluded.wave, at_ms = excluded.at_ms",
-                    )
-                    .bind(&rollout.id)
-                    .bind(uid.as_bytes().as_slice())
-                    .bind(phase.as_str())
-                    .bind(wave)
-                    .bind(at_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query(
-                        "DELETE FROM rollout_agents WHERE rollout_id = ? AND instance_uid = ?",
-                    )
-                    .bind(&rollout.id)
-                    .bind(uid.as_bytes().as_slice())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+        // Many agents change at once (a wave starts, a wave lands): one statement per batch,
+        // not one per agent.
+        let upserts: Vec<_> = agents
+            .iter()
+            .filter_map(|(uid, phase)| phase.as_ref().map(|phase| (uid, phase)))
+            .collect();
+        for batch in upserts.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rollout_agents (rollout_id, instance_uid, phase, wave, at_ms) ",
+            );
+            query.push_values(batch, |mut row, (uid, phase)| {
+                let (wave, at_ms) = match phase {
+                    Phase::Sent { wave, at_ms } => (Some(i64::from(*wave)), Some(*at_ms as i64)),
+                    _ => (None, None),
+                };
+                row.push_bind(rollout.id.as_str())
+                    .push_bind(uid.as_bytes().to_vec())
+                    .push_bind(phase.as_str())
+                    .push_bind(wave)
+                    .push_bind(at_ms);
+            });
+            query.push(
+                " ON CONFLICT (rollout_id, instance_uid) DO UPDATE SET
+                    phase = excluded.phase, wave = excluded.wave, at_ms = excluded.at_ms",
+            );
+            query.build().execute(&mut *tx).await?;
+        }
+        let removed: Vec<_> = agents
+            .iter()
+            .filter(|(_, phase)| phase.is_none())
+            .map(|(uid, _)| uid)
+            .collect();
+        for batch in removed.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "DELETE FROM rollout_agents WHERE rollout_id = ",
+            );
+            query.push_bind(rollout.id.as_str());
+            query.push(" AND instance_uid IN (");
+            let mut list = query.separated(", ");
+            for uid in batch {
+                list.push_bind(uid.as_bytes().to_vec());
             }
+            list.push_unseparated(")");
+            query.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
