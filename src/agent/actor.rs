@@ -120,6 +120,9 @@ impl AgentActor {
 
     pub(super) async fn run(mut self, inbox: flume::Receiver<Command>) {
         let cancel = self.ctx.cancel.clone();
+        // Made once: a fresh one per message would join and leave the token's waiter list,
+        // which every agent shares, on every heartbeat.
+        let mut cancelled = pin!(cancel.cancelled());
         let mut silence = pin!(tokio::time::sleep_until(Instant::now()));
         loop {
             let deadline = self.deadline;
@@ -127,12 +130,13 @@ impl AgentActor {
                 silence.as_mut().reset(at);
             }
             tokio::select! {
-                _ = cancel.cancelled() => break,
+                biased;
                 cmd = inbox.recv_async() => match cmd {
                     Ok(cmd) => self.handle(cmd),
                     Err(_) => break,
                 },
                 _ = &mut silence, if deadline.is_some() => self.on_silence(),
+                _ = &mut cancelled => break,
             }
         }
     }

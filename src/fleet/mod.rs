@@ -95,18 +95,23 @@ impl Fleet {
             report,
         } = inbound;
         let uid = uid.map_err(|e| DispatchError::BadRequest(e.to_string()))?;
-        let reassign =
-            report.request_instance_uid || self.is_clone(&uid, &source, report.sequence_num);
-        let target = if reassign {
-            let new_uid = InstanceUid::new_v7();
-            if !report.request_instance_uid {
-                tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
+        // One registry lookup serves the clone check and the delivery.
+        let known = self.get(&uid);
+        let reassign = report.request_instance_uid
+            || known
+                .as_ref()
+                .is_some_and(|h| is_clone(h, &source, report.sequence_num));
+        let (target, handle) = match known {
+            Some(handle) if !reassign => (uid, handle),
+            _ if !reassign => (uid, self.get_or_spawn(uid)),
+            _ => {
+                let new_uid = InstanceUid::new_v7();
+                if !report.request_instance_uid {
+                    tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
+                }
+                (new_uid, self.get_or_spawn(new_uid))
             }
-            new_uid
-        } else {
-            uid
         };
-        let handle = self.get_or_spawn(target);
         handle
             .send(Command::Report(Box::new(Delivery {
                 raw_uid,
@@ -118,20 +123,6 @@ impl Fleet {
             .await
             .map_err(|_| DispatchError::Unavailable)?;
         Ok(target)
-    }
-
-    /// A WebSocket speaking for an agent already attached to another live WebSocket is a
-    /// clone unless its sequence number continues the agent's (then it is the same agent
-    /// reconnecting before its old connection was seen to drop).
-    fn is_clone(&self, uid: &InstanceUid, source: &Source, seq: u64) -> bool {
-        let Source::WebSocket { conn, .. } = source else {
-            return false;
-        };
-        let Some(existing) = self.agents.get(uid) else {
-            return false;
-        };
-        let link = existing.link();
-        matches!(link.ws_conn(), Some(other) if other != *conn) && !link.continues(seq)
     }
 
     /// Tells the actors a WebSocket connection ended.
@@ -169,4 +160,15 @@ impl Fleet {
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         &self.ctx.metrics
     }
+}
+
+/// A WebSocket speaking for an agent already attached to another live WebSocket is a clone
+/// unless its sequence number continues the agent's (then it is the same agent reconnecting
+/// before its old connection was seen to drop).
+fn is_clone(existing: &AgentHandle, source: &Source, seq: u64) -> bool {
+    let Source::WebSocket { conn, .. } = source else {
+        return false;
+    };
+    let link = existing.link();
+    matches!(link.ws_conn(), Some(other) if other != *conn) && !link.continues(seq)
 }

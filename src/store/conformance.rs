@@ -462,7 +462,11 @@ async fn fleet_sized_batches(store: &dyn Store) {
     )
     .await;
     let loaded = load(store).await;
-    assert_eq!(loaded.len(), before + N, "every agent of the batch is stored");
+    assert_eq!(
+        loaded.len(),
+        before + N,
+        "every agent of the batch is stored"
+    );
     let last = loaded
         .iter()
         .find(|a| a.uid == uids[N - 1])
@@ -504,7 +508,10 @@ async fn fleet_sized_batches(store: &dyn Store) {
             None => rollout.progress.agents.remove(uid),
         };
     }
-    store.save_rollout(&rollout, &changes).await.expect("save changes");
+    store
+        .save_rollout(&rollout, &changes)
+        .await
+        .expect("save changes");
     let loaded = store.load_rollouts().await.expect("load");
     let found = loaded
         .iter()

@@ -615,9 +615,8 @@ impl Store for SqliteStore {
             .map(|(uid, _)| uid)
             .collect();
         for batch in removed.chunks(ROWS_PER_STATEMENT) {
-            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
-                "DELETE FROM rollout_agents WHERE rollout_id = ",
-            );
+            let mut query =
+                sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM rollout_agents WHERE rollout_id = ");
             query.push_bind(rollout.id.as_str());
             query.push(" AND instance_uid IN (");
             let mut list = query.separated(", ");

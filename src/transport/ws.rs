@@ -98,12 +98,13 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
     // A large message went through: the socket's buffers should be refreshed.
     let mut refresh_due = false;
 
+    // Made once: a fresh one per message would join and leave the server token's waiter list,
+    // which every connection shares, on every heartbeat.
+    let mut shutting_down = std::pin::pin!(state.cancel.cancelled());
+
     let ending = loop {
         tokio::select! {
-            _ = state.cancel.cancelled() => break Ending::close(GOING_AWAY, "server shutting down"),
-            _ = kill.cancelled() => {
-                break Ending::close(TRY_AGAIN_LATER, "connection could not keep up with replies");
-            }
+            biased;
             out = replies.recv_async() => match out.ok() {
                 Some(Outgoing::Message(msg)) => {
                     let bytes = encode_ws_frame(&msg);
@@ -161,6 +162,10 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
                     break Ending::closed(lost_reason(&e));
                 }
             },
+            _ = kill.cancelled() => {
+                break Ending::close(TRY_AGAIN_LATER, "connection could not keep up with replies");
+            }
+            _ = &mut shutting_down => break Ending::close(GOING_AWAY, "server shutting down"),
         }
         if refresh_due {
             match sink.reunite(stream) {
