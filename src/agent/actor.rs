@@ -132,12 +132,19 @@ impl AgentActor {
             tokio::select! {
                 biased;
                 cmd = inbox.recv_async() => match cmd {
-                    Ok(cmd) => self.handle(cmd),
+                    Ok(cmd) => {
+                        self.take_answered();
+                        self.handle(cmd);
+                    }
                     Err(_) => break,
                 },
-                _ = &mut silence, if deadline.is_some() => self.on_silence(),
+                _ = &mut silence, if deadline.is_some() => {
+                    self.take_answered();
+                    self.on_silence();
+                }
                 _ = &mut cancelled => break,
             }
+            self.update_quiet();
         }
     }
 
@@ -681,7 +688,46 @@ impl AgentActor {
         self.publish(rec, true);
     }
 
+    /// Heartbeats the transport answered while the actor was quiet: the numbering goes on from
+    /// the last of them, and their gaps teach the interval.
+    fn take_answered(&mut self) {
+        let (last, gap) = self.link.take_answered();
+        if let Some(seq) = last {
+            self.full_state.caught_up(seq);
+            // The next gap the actor measures itself starts from its next heartbeat.
+            self.last_heartbeat = None;
+        }
+        if let Some(gap) = gap {
+            self.liveness.record_gap(gap);
+        }
+    }
+
+    /// Lets the transport answer bare heartbeats on the agent's WebSocket by itself while
+    /// the actor would only echo them: attached, greeted, nothing to offer or ask, no restart
+    /// or goodbye under way.
+    fn update_quiet(&mut self) {
+        let quiet = self.ws.is_some()
+            && self.live == Some(Transport::WebSocket)
+            && self.record.transport == Some(Transport::WebSocket)
+            && self.offered_settings
+            && !self.restart_pending
+            && self.said_goodbye_at.is_none()
+            && self.full_state.settled()
+            && !missing_state(&self.record)
+            && !self.wants_offer()
+            && !self.wants_package();
+        self.link
+            .set_quiet(quiet.then(|| self.full_state.last_seq()).flatten());
+    }
+
     fn on_silence(&mut self) {
+        // Heartbeats the transport answered count as heard.
+        let grace = self.liveness.grace();
+        let heard = (Utc::now() - self.link.last_seen()).to_std().ok();
+        if let Some(ago) = heard.filter(|ago| *ago < grace) {
+            self.deadline = Some(Instant::now() + (grace - ago));
+            return;
+        }
         let expected = self.liveness.expected_interval().as_secs_f64();
         let silent = self.last_heard.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let reason = format!("no message for {silent:.0}s (expected every {expected:.0}s)");

@@ -133,7 +133,17 @@ pub struct LinkState {
     /// Milliseconds since the epoch of the last message. Kept here, not in the snapshot, so a
     /// heartbeat publishes nothing.
     last_seen_ms: AtomicI64,
+    /// While the actor has nothing to add to a bare heartbeat on its WebSocket: the sequence
+    /// number it last saw. The transport answers a heartbeat numbered one more by itself and
+    /// advances this, so the actor is not woken for it. [`NOT_QUIET`] otherwise.
+    quiet_after: AtomicU64,
+    /// The longest gap between heartbeats the transport answered, in milliseconds, for the
+    /// actor to learn the agent's interval from.
+    answered_gap_ms: AtomicI64,
 }
+
+/// The actor wants to see every message.
+const NOT_QUIET: u64 = u64::MAX;
 
 impl LinkState {
     fn new(record: Arc<AgentRecord>) -> Self {
@@ -142,7 +152,57 @@ impl LinkState {
             ws_conn: AtomicU64::new(0),
             last_seq: AtomicU64::new(u64::MAX),
             last_seen_ms: AtomicI64::new(i64::MIN),
+            quiet_after: AtomicU64::new(NOT_QUIET),
+            answered_gap_ms: AtomicI64::new(0),
         }
+    }
+
+    /// The capabilities the agent last reported.
+    pub fn capabilities(&self) -> crate::domain::AgentCapabilities {
+        self.record.load().capabilities
+    }
+
+    /// Claims a bare heartbeat numbered `seq` on connection `conn` for the transport to answer
+    /// without the actor: only while the actor is quiet, on the connection it is attached to,
+    /// and in sequence (a gap goes to the actor, which asks for the full state). The
+    /// heartbeat counts as heard.
+    pub fn claim_heartbeat(&self, conn: ConnId, seq: u64) -> bool {
+        if seq == 0 || self.ws_conn() != Some(conn) {
+            return false;
+        }
+        if self
+            .quiet_after
+            .compare_exchange(seq - 1, seq, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.last_seq.store(seq, Ordering::Release);
+        let now = Utc::now().timestamp_millis();
+        let before = self.last_seen_ms.swap(now, Ordering::AcqRel);
+        if before != i64::MIN {
+            self.answered_gap_ms
+                .fetch_max(now.saturating_sub(before), Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Takes the transport's heartbeats back: the last sequence number it answered, if any,
+    /// and the longest gap between them. Until [`LinkState::set_quiet`], every message goes
+    /// to the actor.
+    fn take_answered(&self) -> (Option<u64>, Option<Duration>) {
+        let last = self.quiet_after.swap(NOT_QUIET, Ordering::AcqRel);
+        let gap = self.answered_gap_ms.swap(0, Ordering::AcqRel);
+        (
+            (last != NOT_QUIET).then_some(last),
+            (gap > 0).then(|| Duration::from_millis(gap as u64)),
+        )
+    }
+
+    /// Lets the transport answer heartbeats after `seq` (or, with `None`, none).
+    fn set_quiet(&self, seq: Option<u64>) {
+        self.quiet_after
+            .store(seq.unwrap_or(NOT_QUIET), Ordering::Release);
     }
 
     fn seen(&self, at: DateTime<Utc>) {
@@ -280,6 +340,38 @@ mod tests {
             std::mem::size_of::<Outgoing>() <= 32,
             "{}",
             std::mem::size_of::<Outgoing>()
+        );
+    }
+
+    #[test]
+    fn the_transport_answers_heartbeats_only_while_quiet_on_the_attached_connection_in_order() {
+        let link = LinkState::new(Arc::new(AgentRecord::new(
+            InstanceUid::new_v7(),
+            Utc::now(),
+        )));
+        link.ws_conn.store(7, Ordering::Release);
+        assert!(
+            !link.claim_heartbeat(7, 5),
+            "the actor has not said it is quiet"
+        );
+        link.set_quiet(Some(4));
+        assert!(!link.claim_heartbeat(8, 5), "another connection");
+        assert!(!link.claim_heartbeat(7, 6), "a gap goes to the actor");
+        assert!(link.claim_heartbeat(7, 5));
+        assert!(link.claim_heartbeat(7, 6));
+        assert!(
+            !link.claim_heartbeat(7, 6),
+            "a repeated number goes to the actor"
+        );
+        assert!(
+            link.continues(7),
+            "clone detection sees the answered numbers"
+        );
+        let (last, _) = link.take_answered();
+        assert_eq!(last, Some(6));
+        assert!(
+            !link.claim_heartbeat(7, 7),
+            "taken back until the actor is quiet again"
         );
     }
 

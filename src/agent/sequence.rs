@@ -36,6 +36,16 @@ impl FullStateTracker {
         false
     }
 
+    /// Heartbeats up to `seq` were answered elsewhere, in sequence: they are seen.
+    pub fn caught_up(&mut self, seq: u64) {
+        self.last_seq = Some(seq);
+    }
+
+    /// Neither waiting for a full report nor about to ask for one.
+    pub fn settled(&self) -> bool {
+        !self.awaiting && self.last_seq.is_some()
+    }
+
     pub fn last_seq(&self) -> Option<u64> {
         self.last_seq
     }

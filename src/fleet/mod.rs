@@ -9,8 +9,8 @@ use chrono::Utc;
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{AgentContext, AgentHandle, Command, Delivery, Source};
-use crate::domain::{AgentRecord, InstanceUid};
+use crate::agent::{AgentContext, AgentHandle, Command, ConnId, Delivery, Source};
+use crate::domain::{AgentRecord, AgentReport, InstanceUid, Transport};
 use crate::protocol::Inbound;
 
 pub use query::{AgentFilter, FleetSummary, LabelSelector, Page};
@@ -123,6 +123,29 @@ impl Fleet {
             .await
             .map_err(|_| DispatchError::Unavailable)?;
         Ok(target)
+    }
+
+    /// Whether the transport may answer this bare heartbeat on connection `conn` by itself,
+    /// without waking the agent's actor: the actor said it has nothing to add (see
+    /// `LinkState::claim_heartbeat`), and the heartbeat is next in sequence and changes
+    /// nothing, capabilities included. A claimed heartbeat is counted in and out.
+    pub fn answer_heartbeat(&self, uid: &InstanceUid, report: &AgentReport, conn: ConnId) -> bool {
+        if !report.is_heartbeat() || report.request_instance_uid {
+            return false;
+        }
+        let Some(handle) = self.agents.get(uid) else {
+            return false;
+        };
+        let link = handle.link();
+        if link.capabilities() != report.capabilities
+            || !link.claim_heartbeat(conn, report.sequence_num)
+        {
+            return false;
+        }
+        let metrics = &self.ctx.metrics;
+        metrics.message_in(Transport::WebSocket);
+        metrics.message_out(Transport::WebSocket);
+        true
     }
 
     /// Tells the actors a WebSocket connection ended.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::OpampState;
 use super::socket::{self, Socket};
-use crate::agent::{ConnId, OUTBOUND_CAPACITY, Outgoing, Source};
+use crate::agent::{ConnId, OUTBOUND_CAPACITY, Outgoing, SERVER_CAPABILITIES, Source};
 use crate::domain::{InstanceUid, ReplyError, ServerReply};
 use crate::fleet::DispatchError;
 use crate::protocol::{Inbound, decode_agent_message, encode_ws_frame, reply_to_proto, unframe_ws};
@@ -211,6 +211,18 @@ async fn route(
     if let Some(target) = sent_uid.and_then(|uid| aliases.get(&uid)) {
         inbound.uid = Ok(*target);
         inbound.report.request_instance_uid = false;
+    }
+    if let Ok(uid) = &inbound.uid
+        && state.fleet.answer_heartbeat(uid, &inbound.report, conn)
+    {
+        let reply = ServerReply {
+            capabilities: Some(SERVER_CAPABILITIES),
+            ..ServerReply::default()
+        };
+        let msg = reply_to_proto(inbound.raw_uid, &reply);
+        // Queued behind whatever the actor pushed before, so replies keep their order.
+        let _ = outbound.try_send(Outgoing::Message(Box::new(msg)));
+        return Ok(());
     }
     let raw_uid = inbound.raw_uid.clone();
     let source = Source::WebSocket {

@@ -82,3 +82,66 @@ async fn a_polling_agent_that_stops_is_disconnected_by_its_own_pace() {
     server.poll(&heartbeat(&uid, 6)).await;
     server.wait_status(&uid, "connected").await;
 }
+
+/// Once an agent is settled, the server answers its bare heartbeats without waking the agent's
+/// actor. They must still count: the agent stays connected past many grace periods, a later
+/// status report continues the numbering (no full state asked), and silence still ends it.
+#[tokio::test]
+async fn heartbeats_answered_by_the_transport_count_as_heard_and_in_sequence() {
+    let server = server_with_heartbeat(1).await;
+    let uid = new_uid();
+    let mut agent = accepting_agent(&server, &uid).await;
+    let messages_before = server
+        .metric("corral_messages_in_total{transport=\"websocket\"}")
+        .await;
+    let mut seq = 1;
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        seq += 1;
+        let mut hb = heartbeat(&uid, seq);
+        hb.capabilities |= ACCEPTS_SETTINGS;
+        let reply = agent.exchange(&hb).await;
+        assert_eq!(reply.flags & 0x1, 0, "heartbeat {seq} asked for full state");
+        assert_eq!(reply.instance_uid.as_ref(), &uid);
+    }
+    // Four seconds of heartbeats: past the 2.5 s grace more than once.
+    let a = server.agent(&uid).await.unwrap();
+    assert_eq!(a.agent.status, "connected");
+    assert_eq!(a.history.len(), 1);
+    assert_eq!(
+        server
+            .metric("corral_messages_in_total{transport=\"websocket\"}")
+            .await
+            - messages_before,
+        16.0
+    );
+    // A status change goes on from the last heartbeat's number.
+    seq += 1;
+    let mut unhealthy = heartbeat(&uid, seq);
+    unhealthy.capabilities |= ACCEPTS_SETTINGS;
+    unhealthy.health = Some(corral::protocol::proto::ComponentHealth {
+        healthy: false,
+        last_error: "exporter failing".into(),
+        ..Default::default()
+    });
+    let reply = agent.exchange(&unhealthy).await;
+    assert_eq!(
+        reply.flags & 0x1,
+        0,
+        "the report after heartbeats asked for full state"
+    );
+    server.wait_status(&uid, "error").await;
+    // Then silence: gone after the grace period, counted from the last message.
+    let started = Instant::now();
+    let a = server.wait_status(&uid, "disconnected").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.agent.status_reason.starts_with("no message for"),
+        "{}",
+        a.agent.status_reason
+    );
+}
