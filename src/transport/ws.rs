@@ -106,16 +106,10 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
         tokio::select! {
             biased;
             out = replies.recv_async() => match out.ok() {
-                Some(Outgoing::Message(msg)) => {
-                    let bytes = encode_ws_frame(&msg);
-                    refresh_due |= bytes.len() > REFRESH_ABOVE;
-                    let frame = Message::Binary(bytes);
-                    match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, sink.send(frame))).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => break Ending::closed(format!("websocket write failed: {e}")),
-                        Err(_) => break Ending::closed("agent stopped reading its replies"),
-                    }
-                }
+                Some(Outgoing::Message(msg)) => match Box::pin(write(&mut sink, &msg)).await {
+                    Ok(len) => refresh_due |= len > REFRESH_ABOVE,
+                    Err(ending) => break ending,
+                },
                 Some(Outgoing::Close { code, reason }) => break Ending::close(code, reason),
                 None => break Ending::closed("websocket closed"),
             },
@@ -138,7 +132,17 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
                     // Boxed: routing awaits the actor's mailbox and is the largest part of this future,
                     // which every idle connection would otherwise carry.
                     match Box::pin(route(&state, inbound, conn, (&outbound, &kill), &origin, &mut aliases, &mut agents)).await {
-                        Ok(()) => {}
+                        Ok(None) => {}
+                        // Answered here; straight out unless replies are waiting, to keep
+                        // their order.
+                        Ok(Some(reply)) if replies.is_empty() => {
+                            if let Err(ending) = Box::pin(write(&mut sink, &reply)).await {
+                                break ending;
+                            }
+                        }
+                        Ok(Some(reply)) => {
+                            let _ = outbound.try_send(Outgoing::Message(reply));
+                        }
                         Err(ending) => break ending,
                     }
                 }
@@ -196,8 +200,23 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
     Box::pin(state.fleet.connection_closed(&agents, conn, &ending.reason)).await;
 }
 
-/// Hands one message to its agent's actor. An unusable uid gets an error reply and the
-/// connection stays open.
+/// Writes one message; gives its size on the wire.
+async fn write(
+    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+    msg: &crate::protocol::proto::ServerToAgent,
+) -> Result<usize, Ending> {
+    let bytes = encode_ws_frame(msg);
+    let len = bytes.len();
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(bytes))).await {
+        Ok(Ok(())) => Ok(len),
+        Ok(Err(e)) => Err(Ending::closed(format!("websocket write failed: {e}"))),
+        Err(_) => Err(Ending::closed("agent stopped reading its replies")),
+    }
+}
+
+/// Hands one message to its agent's actor, or gives back the reply to a bare heartbeat that
+/// the connection answers itself (see `Fleet::answer_heartbeat`). An unusable uid gets an
+/// error reply and the connection stays open.
 async fn route(
     state: &OpampState,
     mut inbound: Inbound,
@@ -206,7 +225,7 @@ async fn route(
     origin: &Option<Arc<str>>,
     aliases: &mut HashMap<InstanceUid, InstanceUid>,
     agents: &mut Vec<InstanceUid>,
-) -> Result<(), Ending> {
+) -> Result<Option<Box<crate::protocol::proto::ServerToAgent>>, Ending> {
     let sent_uid = inbound.uid.as_ref().ok().copied();
     if let Some(target) = sent_uid.and_then(|uid| aliases.get(&uid)) {
         inbound.uid = Ok(*target);
@@ -219,10 +238,7 @@ async fn route(
             capabilities: Some(SERVER_CAPABILITIES),
             ..ServerReply::default()
         };
-        let msg = reply_to_proto(inbound.raw_uid, &reply);
-        // Queued behind whatever the actor pushed before, so replies keep their order.
-        let _ = outbound.try_send(Outgoing::Message(Box::new(msg)));
-        return Ok(());
+        return Ok(Some(Box::new(reply_to_proto(inbound.raw_uid, &reply))));
     }
     let raw_uid = inbound.raw_uid.clone();
     let source = Source::WebSocket {
@@ -240,7 +256,7 @@ async fn route(
             if !agents.contains(&target) {
                 agents.push(target);
             }
-            Ok(())
+            Ok(None)
         }
         Err(DispatchError::BadRequest(message)) => {
             state.fleet.metrics().decode_error("bad_instance_uid");
@@ -251,7 +267,7 @@ async fn route(
             let msg = reply_to_proto(raw_uid, &reply);
             // Best effort: a full queue means the agent is not reading anyway.
             let _ = outbound.try_send(Outgoing::Message(Box::new(msg)));
-            Ok(())
+            Ok(None)
         }
         Err(DispatchError::Unavailable) => Err(Ending::close(GOING_AWAY, "server shutting down")),
     }
@@ -287,6 +303,6 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let size = future_size(super::serve_connection);
-        assert!(size <= 1280, "connection future is {size} bytes");
+        assert!(size <= 1408, "connection future is {size} bytes");
     }
 }
