@@ -34,6 +34,8 @@ const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 0;
 /// A message larger than this, in or out, leaves buffers worth giving back.
 const REFRESH_ABOVE: usize = 1024;
+/// Messages after a large one at which the socket's buffers are tried for a refresh.
+const REFRESH_TRIES: u8 = 8;
 
 pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Request) -> Response {
     let (response, on_upgrade) = match socket::accept(&mut request) {
@@ -95,8 +97,11 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
     let mut agents: Vec<InstanceUid> = Vec::new();
     // The least number of bytes the frames received so far took on the wire.
     let mut received: u64 = 0;
-    // A large message went through: the socket's buffers should be refreshed.
+    // A large message went through: the socket's buffers should be refreshed. A client whose
+    // frames never add up (longer length fields than needed, fragments) is given up on after
+    // a few tries, until its next large message.
     let mut refresh_due = false;
+    let mut refresh_tries = 0u8;
 
     // Made once: a fresh one per message would join and leave the server token's waiter list,
     // which every connection shares, on every heartbeat.
@@ -175,7 +180,11 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
             match sink.reunite(stream) {
                 Ok(whole) => {
                     let (whole, refreshed) = Box::pin(socket::refresh(whole, received)).await;
-                    refresh_due = !refreshed;
+                    refresh_tries += 1;
+                    refresh_due = !refreshed && refresh_tries < REFRESH_TRIES;
+                    if !refresh_due {
+                        refresh_tries = 0;
+                    }
                     (sink, stream) = whole.split();
                 }
                 Err(futures_util::stream::ReuniteError(s, r)) => (sink, stream) = (s, r),
