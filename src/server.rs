@@ -74,6 +74,7 @@ pub async fn serve(
         },
         components: components.clone(),
         changes: Arc::default(),
+        changed: Arc::default(),
         metrics: metrics.clone(),
         writes: writes.clone(),
         cancel: shutdown.clone(),

@@ -848,7 +848,8 @@ impl AgentActor {
     fn publish(&mut self, rec: AgentRecord, persist: bool) {
         self.record = Arc::new(rec);
         self.link.record.store(self.record.clone());
-        self.ctx.changes.fetch_add(1, Ordering::Relaxed);
+        self.ctx.changed.lock().insert(self.record.uid);
+        self.ctx.changes.fetch_add(1, Ordering::Release);
         if persist {
             self.ctx.writes.agent(self.record.clone());
             self.unsaved = false;

@@ -120,6 +120,10 @@ pub struct AgentContext {
     /// Bumped whenever any agent publishes a changed record, so the rollout controller can
     /// tell a quiet fleet (heartbeats only) from one it must look at again.
     pub changes: Arc<AtomicU64>,
+    /// The agents whose records changed since the rollout controller last looked, so it can
+    /// look at those alone (a fleet with churn changes somewhere all the time). Added to
+    /// before `changes` is bumped.
+    pub changed: Arc<parking_lot::Mutex<std::collections::HashSet<InstanceUid>>>,
 }
 
 /// What the router and the API read of an agent without asking its actor: facts about its

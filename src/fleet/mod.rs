@@ -169,7 +169,16 @@ impl Fleet {
 
     /// A number that changes whenever any agent's published record does.
     pub fn changes(&self) -> u64 {
-        self.ctx.changes.load(std::sync::atomic::Ordering::Relaxed)
+        self.ctx.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The latest records of the agents that published a change since the last call.
+    pub fn take_changed(&self) -> Vec<Arc<AgentRecord>> {
+        let uids = std::mem::take(&mut *self.ctx.changed.lock());
+        uids.iter()
+            .filter_map(|uid| self.get(uid))
+            .map(|handle| handle.record())
+            .collect()
     }
 
     /// A component set an agent reported, by its hash.

@@ -520,10 +520,18 @@ impl Task {
         if !running && self.seen_changes == Some(changes) && self.told_all() {
             return;
         }
+        // With no rollout running and nothing of ours changed since the last full pass, only
+        // the agents whose records changed can need a new directive.
+        let only_changed = !running && self.seen_changes.is_some() && self.told_all();
         self.seen_changes = Some(changes);
         let now = Utc::now();
         let now_ms = now.timestamp_millis().max(0) as u64;
-        let agents = self.fleet.records();
+        let changed = self.fleet.take_changed();
+        let agents = if only_changed {
+            changed
+        } else {
+            self.fleet.records()
+        };
         // Each agent's configuration, worked out once a tick.
         let configs = self.configs.clone();
         let assignment: Vec<Option<&Arc<Configuration>>> =
@@ -678,7 +686,9 @@ impl Task {
                 None => {}
             }
         }
-        self.told.retain(|uid, _| seen.contains(uid));
+        if !only_changed {
+            self.told.retain(|uid, _| seen.contains(uid));
+        }
     }
 
     /// Every directive was handed over (a full mailbox leaves one to retry).

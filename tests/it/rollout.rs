@@ -601,3 +601,41 @@ async fn the_cli_applies_a_configuration_and_watches_its_rollout() {
     let out = succeeded(server.cli(&["rollout", "list"]).await);
     assert!(out.contains(&id) && out.contains("6/6"), "{out}");
 }
+
+/// With no rollout running, the controller looks only at agents whose records changed. An
+/// agent that connects after the rollout went stable, and one relabelled into the selector,
+/// must still get the version; agents already on it must not get it again.
+#[tokio::test]
+async fn agents_that_match_after_a_stable_rollout_get_the_version_once() {
+    let server = TestServer::start().await;
+    let agents = fleet(&server, 4, mixed, &[("env", "prod")]).await;
+    let bystander = SimAgent::spawn(&server, Via::WebSocket, "otelcol", &[("env", "dev")], None);
+    server.wait_connected(5).await;
+    let (_, hash) = put_config(&server, "prod", "env=prod", GOOD).await;
+    let hash = hex::decode(hash).unwrap();
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 4, "multiplier": 2}))
+        .await;
+    server.wait_rollout(&id, "stable").await;
+
+    let late = SimAgent::spawn(&server, Via::WebSocket, "otelcol", &[("env", "prod")], None);
+    let late_http = SimAgent::spawn(&server, Via::Http, "otelcol", &[("env", "prod")], None);
+    let path = format!("/api/v1/agents/{}/labels", uuid_str(&bystander.uid));
+    let (status, _) = server.put(&path, r#"{"labels": {"env": "prod"}}"#).await;
+    assert_eq!(status, 200);
+    for agent in [&late, &late_http, &bystander] {
+        let mut waited = 0;
+        while agent.times_received(&hash) == 0 {
+            assert!(
+                waited < 100,
+                "an agent that matched later never got the version"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for agent in agents.iter().chain([&late, &late_http, &bystander]) {
+        assert_eq!(agent.times_received(&hash), 1, "sent once");
+    }
+}
