@@ -30,15 +30,10 @@ REQUESTS=${REQUESTS:-200}
 SETTLE=${SETTLE:-10}
 DATA=${DATA:-/tmp/bench-api-data}
 OUT=${OUT:-/tmp/bench-api-out}
-OPAMP=${OPAMP:-127.0.0.1:4320}
-API=${API:-127.0.0.1:4321}
 
 cd "$(dirname "$0")/.."
 source examples/bench_lib.sh
-ulimit -n 20000
-bench_build
-rm -rf "$DATA" "$OUT"
-mkdir -p "$OUT"
+bench_setup
 
 start_server "$POLL"
 RSS_BEFORE=$(rss_kb "$SERVER")

@@ -1,6 +1,8 @@
 # Shell functions shared by the benchmark scripts (examples/bench_*.sh). Source it after
-# setting API (host:port of the admin API), OPAMP, DATA and OUT; it defines:
+# setting DATA and OUT (and, to move off the default ports, OPAMP and API); it defines:
 #
+#   bench_setup                 raises the open-file limit, builds (unless BUILD=0), empties
+#                               DATA and OUT
 #   bench_build                 cargo build --release of the server and the simulator, unless BUILD=0
 #   start_server [HEARTBEAT]    starts target/release/corral serve on DATA/OPAMP/API (log appended
 #                               to $OUT/server.log), sets SERVER to its pid, waits for /healthz
@@ -16,6 +18,8 @@
 # A trap on EXIT stops the simulator and the server the script started.
 
 BUILD=${BUILD:-1}
+OPAMP=${OPAMP:-127.0.0.1:4320}
+API=${API:-127.0.0.1:4321}
 SERVER=""
 SIM=""
 TCK=$(getconf CLK_TCK)
@@ -32,6 +36,13 @@ bench_build() {
         cargo build --release --quiet
         cargo build --release --quiet --example simulate
     fi
+}
+
+bench_setup() {
+    ulimit -n 20000
+    bench_build
+    rm -rf "$DATA" "$OUT"
+    mkdir -p "$OUT"
 }
 
 # utime+stime of a process, in clock ticks

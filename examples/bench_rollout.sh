@@ -38,15 +38,10 @@ CONFIG_SIZE=${CONFIG_SIZE:-5120}
 SETTLE=${SETTLE:-5}
 DATA=${DATA:-/tmp/bench-rollout-data}
 OUT=${OUT:-/tmp/bench-rollout-out}
-OPAMP=${OPAMP:-127.0.0.1:4320}
-API=${API:-127.0.0.1:4321}
 
 cd "$(dirname "$0")/.."
 source examples/bench_lib.sh
-ulimit -n 20000
-bench_build
-rm -rf "$DATA" "$OUT"
-mkdir -p "$OUT"
+bench_setup
 
 start_server "$HEARTBEAT"
 start_sim --server "ws://$OPAMP/v1/opamp" --agents "$AGENTS" --connect-rate "$CONNECT_RATE" \

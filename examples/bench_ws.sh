@@ -26,8 +26,6 @@ SETTLE=${SETTLE:-15}
 WINDOW=${WINDOW:-60}
 DATA=${DATA:-/tmp/bench-data}
 OUT=${OUT:-/tmp/bench-out}
-OPAMP=${OPAMP:-127.0.0.1:4320}
-API=${API:-127.0.0.1:4321}
 TRANSPORT=${TRANSPORT:-ws}
 CONFIG_SIZE=${CONFIG_SIZE:-5120}
 case "$TRANSPORT" in
@@ -38,10 +36,7 @@ esac
 
 cd "$(dirname "$0")/.."
 source examples/bench_lib.sh
-ulimit -n 20000
-bench_build
-rm -rf "$DATA" "$OUT"
-mkdir -p "$OUT"
+bench_setup
 
 start_server "$HEARTBEAT"
 sleep 1
