@@ -776,7 +776,10 @@ impl AgentActor {
             connection,
             config,
             upgrade: self.upgrade_progress(rec),
-            health_problem: rec.health.as_deref().and_then(|h| h.problem()),
+            health_problem: rec
+                .health
+                .as_deref()
+                .and_then(|h| h.problem.as_deref().map(String::from)),
             incompatible: self.directive.incompatible.clone(),
             pending: self.directive.pending,
         };

@@ -161,7 +161,12 @@ impl From<&AgentRecord> for AgentDto {
                 .into_iter()
                 .map(str::to_string)
                 .collect(),
-            health: a.health.as_deref().map(HealthDto::from),
+            health: a
+                .health
+                .as_deref()
+                .and_then(crate::protocol::health_tree)
+                .as_ref()
+                .map(HealthDto::from),
             effective_config_hash: a.effective_config_hash.as_ref().map(|h| h.to_hex()),
             remote_config: a.remote_config.as_ref().map(|rc| RemoteConfigDto {
                 hash: rc.hash.to_hex(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AgentCapabilities, AgentDescription, ContentHash, Health, InstanceUid, RemoteConfigState,
+    AgentCapabilities, AgentDescription, ContentHash, HealthReport, InstanceUid, RemoteConfigState,
     Transport,
 };
 use crate::status::{Status, Transition};
@@ -44,7 +44,7 @@ pub struct AgentRecord {
     pub labels: BTreeMap<String, String>,
     pub description: Arc<AgentDescription>,
     pub capabilities: AgentCapabilities,
-    pub health: Option<Arc<Health>>,
+    pub health: Option<Arc<HealthReport>>,
     pub effective_config_hash: Option<ContentHash>,
     pub remote_config: Option<RemoteConfigState>,
     /// The configuration hash last sent to the agent.

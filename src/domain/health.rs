@@ -1,4 +1,18 @@
+use bytes::Bytes;
+
 use super::{AttributeValue, StrMap};
+
+/// An agent's health as the fleet keeps it: the tree in its wire encoding (an OpAMP
+/// ComponentHealth message, which the protocol module reads and writes) and the one thing
+/// every status derivation needs from it. Every agent holds one; the tree itself is read only
+/// when someone looks, and kept this way it takes a few hundred bytes instead of a few
+/// kilobytes of nodes and strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthReport {
+    pub encoded: Bytes,
+    /// [`Health::problem`] of the tree.
+    pub problem: Option<Box<str>>,
+}
 
 /// An agent's health report, a tree of components (OpAMP's ComponentHealth).
 #[derive(Clone, Debug, Default, PartialEq)]

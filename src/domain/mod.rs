@@ -14,7 +14,7 @@ pub use agent::{AgentRecord, HISTORY_LIMIT, HistoryEntry};
 pub use capabilities::{AgentCapabilities, ServerCapabilities};
 pub use config_map::{ConfigFile, ConfigMap};
 pub use description::{AgentDescription, AttributeValue};
-pub use health::Health;
+pub use health::{Health, HealthReport};
 pub use package::{PackageOffer, PackageReport, PackageReports, PackageState};
 pub use report::{
     AgentReport, OwnTelemetry, RemoteConfigOffer, ReplyError, ReportedComponents, ServerReply,

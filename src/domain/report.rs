@@ -1,5 +1,5 @@
 use super::{
-    AgentCapabilities, AgentDescription, ConfigMap, ContentHash, Health, RemoteConfigState,
+    AgentCapabilities, AgentDescription, ConfigMap, ContentHash, HealthReport, RemoteConfigState,
 };
 use crate::config::ComponentSet;
 
@@ -24,7 +24,7 @@ pub struct AgentReport {
     pub sequence_num: u64,
     pub capabilities: AgentCapabilities,
     pub description: Option<AgentDescription>,
-    pub health: Option<Health>,
+    pub health: Option<HealthReport>,
     pub effective_config: Option<ConfigMap>,
     pub remote_config_status: Option<RemoteConfigState>,
     pub package_statuses: Option<super::PackageReports>,

@@ -7,9 +7,9 @@ use super::proto;
 use crate::config::ComponentSet;
 use crate::domain::{
     AgentCapabilities, AgentDescription, AgentReport, AttributeValue, ConfigFile, ConfigMap,
-    ContentHash, Health, InstanceUid, InvalidInstanceUid, PackageReport, PackageReports,
-    PackageState, RemoteConfigState, RemoteConfigStatus, ReplyError, ReportedComponents,
-    ServerReply, StrMap,
+    ContentHash, Health, HealthReport, InstanceUid, InvalidInstanceUid, PackageReport,
+    PackageReports, PackageState, RemoteConfigState, RemoteConfigStatus, ReplyError,
+    ReportedComponents, ServerReply, StrMap,
 };
 
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
@@ -32,7 +32,7 @@ impl From<proto::AgentToServer> for Inbound {
             sequence_num: msg.sequence_num,
             capabilities: AgentCapabilities::from_bits_retain(msg.capabilities),
             description: msg.agent_description.map(description_from_proto),
-            health: msg.health.map(health_from_proto),
+            health: msg.health.map(health_report),
             effective_config: msg
                 .effective_config
                 .map(|ec| config_map_from_proto(ec.config_map.unwrap_or_default())),
@@ -320,6 +320,25 @@ pub fn description_to_proto(d: &AgentDescription) -> proto::AgentDescription {
     }
 }
 
+/// The compact form the fleet keeps of a reported health tree.
+pub fn health_report(h: proto::ComponentHealth) -> HealthReport {
+    let encoded = Bytes::from(h.encode_to_vec());
+    let problem = health_from_proto(h).problem().map(String::into_boxed_str);
+    HealthReport { encoded, problem }
+}
+
+/// A stored health report, from its encoding.
+pub fn health_report_from_bytes(encoded: &[u8]) -> Result<HealthReport, prost::DecodeError> {
+    Ok(health_report(proto::ComponentHealth::decode(encoded)?))
+}
+
+/// The tree of a health report, for reading.
+pub fn health_tree(report: &HealthReport) -> Option<Health> {
+    proto::ComponentHealth::decode(report.encoded.as_ref())
+        .ok()
+        .map(health_from_proto)
+}
+
 pub fn health_from_proto(h: proto::ComponentHealth) -> Health {
     Health {
         healthy: h.healthy,
@@ -506,5 +525,38 @@ mod tests {
         let offer = msg.connection_settings.unwrap();
         assert_eq!(offer.opamp.unwrap().heartbeat_interval_seconds, 15);
         assert!(!offer.hash.is_empty());
+    }
+
+    #[test]
+    fn a_health_report_keeps_the_tree_and_its_problem() {
+        let exporter = proto::ComponentHealth {
+            healthy: false,
+            last_error: "connection refused".into(),
+            ..Default::default()
+        };
+        let pipeline = proto::ComponentHealth {
+            healthy: true,
+            component_health_map: [("exporter:otlp".to_string(), exporter)].into(),
+            ..Default::default()
+        };
+        let root = proto::ComponentHealth {
+            healthy: true,
+            status: "StatusOK".into(),
+            component_health_map: [("pipeline:traces".to_string(), pipeline)].into(),
+            ..Default::default()
+        };
+        let report = health_report(root.clone());
+        assert_eq!(
+            report.problem.as_deref(),
+            Some("pipeline:traces/exporter:otlp: connection refused")
+        );
+        let tree = health_tree(&report).expect("decodes");
+        assert_eq!(tree, health_from_proto(root));
+        assert_eq!(health_report_from_bytes(&report.encoded).unwrap(), report);
+        let healthy = health_report(proto::ComponentHealth {
+            healthy: true,
+            ..Default::default()
+        });
+        assert_eq!(healthy.problem, None);
     }
 }

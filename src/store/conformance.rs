@@ -80,7 +80,9 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
             )]),
         }),
         capabilities: AgentCapabilities::REPORTS_STATUS | AgentCapabilities::REPORTS_HEALTH,
-        health: Some(Arc::new(health)),
+        health: Some(Arc::new(crate::protocol::health_report(
+            crate::protocol::health_to_proto(&health),
+        ))),
         effective_config_hash: Some(crate::domain::ContentHash(vec![1, 2, 3])),
         remote_config: Some(RemoteConfigState {
             hash: crate::domain::ContentHash(vec![9; 32]),

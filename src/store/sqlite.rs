@@ -106,9 +106,9 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
         .map_err(|e| corrupt(&uid_bytes, e))?;
     let health: Option<Vec<u8>> = row.try_get("health")?;
     let health = match health {
-        Some(bytes) => Some(Arc::new(protocol::health_from_proto(
-            proto::ComponentHealth::decode(bytes.as_slice()).map_err(|e| corrupt(&uid_bytes, e))?,
-        ))),
+        Some(bytes) => Some(Arc::new(
+            protocol::health_report_from_bytes(&bytes).map_err(|e| corrupt(&uid_bytes, e))?,
+        )),
         None => None,
     };
     let rc_hash: Option<Vec<u8>> = row.try_get("remote_config_hash")?;
@@ -226,12 +226,7 @@ impl Store for SqliteStore {
                     .push_bind(serde_json::to_string(&agent.labels).unwrap_or_else(|_| "{}".into()))
                     .push_bind(protocol::description_to_proto(&agent.description).encode_to_vec())
                     .push_bind(agent.capabilities.bits() as i64)
-                    .push_bind(
-                        agent
-                            .health
-                            .as_deref()
-                            .map(|h| protocol::health_to_proto(h).encode_to_vec()),
-                    )
+                    .push_bind(agent.health.as_deref().map(|h| h.encoded.to_vec()))
                     .push_bind(hash(&agent.effective_config_hash))
                     .push_bind(agent.remote_config.as_ref().map(|rc| rc.hash.0.clone()))
                     .push_bind(agent.remote_config.as_ref().map(|rc| rc.status.as_str()))
