@@ -10,6 +10,22 @@ async fn server_with_heartbeat(secs: u64) -> TestServer {
     .await
 }
 
+/// A bare heartbeat from an agent that accepts the offered heartbeat interval.
+fn accepting_heartbeat(uid: &[u8; 16], seq: u64) -> corral::protocol::proto::AgentToServer {
+    let mut hb = heartbeat(uid, seq);
+    hb.capabilities |= ACCEPTS_SETTINGS;
+    hb
+}
+
+/// Waits until the agent is disconnected, at least `at_least` from now; its status reason.
+async fn disconnected_after(server: &TestServer, uid: &[u8; 16], at_least: Duration) -> String {
+    let started = Instant::now();
+    let a = server.wait_status(uid, "disconnected").await;
+    let waited = started.elapsed();
+    assert!(waited >= at_least, "too early: {waited:?}");
+    a.agent.status_reason
+}
+
 /// An agent that accepts the offered heartbeat, connected and past its first report.
 async fn accepting_agent(server: &TestServer, uid: &[u8; 16]) -> WsAgent {
     let mut msg = full_report(uid, 1, "otelcol");
@@ -24,19 +40,9 @@ async fn a_silent_websocket_agent_becomes_disconnected_after_the_grace_period() 
     let server = server_with_heartbeat(1).await;
     let uid = new_uid();
     let mut agent = accepting_agent(&server, &uid).await;
-    let started = Instant::now();
     // Keeps its socket open but says nothing.
-    let a = server.wait_status(&uid, "disconnected").await;
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(2400),
-        "too early: {waited:?}"
-    );
-    assert!(
-        a.agent.status_reason.starts_with("no message for"),
-        "{}",
-        a.agent.status_reason
-    );
+    let reason = disconnected_after(&server, &uid, Duration::from_millis(2400)).await;
+    assert!(reason.starts_with("no message for"), "{reason}");
     assert_eq!(agent.closed_with().await, 1001);
 }
 
@@ -47,9 +53,7 @@ async fn heartbeats_keep_an_agent_connected() {
     let mut agent = accepting_agent(&server, &uid).await;
     for seq in 2..6 {
         tokio::time::sleep(Duration::from_millis(900)).await;
-        let mut hb = heartbeat(&uid, seq);
-        hb.capabilities |= ACCEPTS_SETTINGS;
-        agent.exchange(&hb).await;
+        agent.exchange(&accepting_heartbeat(&uid, seq)).await;
         assert_eq!(server.agent(&uid).await.unwrap().agent.status, "connected");
     }
     assert_eq!(server.agent(&uid).await.unwrap().history.len(), 1);
@@ -66,18 +70,8 @@ async fn a_polling_agent_that_stops_is_disconnected_by_its_own_pace() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         server.poll(&heartbeat(&uid, seq)).await;
     }
-    let started = Instant::now();
-    let a = server.wait_status(&uid, "disconnected").await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(2000),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        a.agent.status_reason.contains("expected every 1s"),
-        "{}",
-        a.agent.status_reason
-    );
+    let reason = disconnected_after(&server, &uid, Duration::from_millis(2000)).await;
+    assert!(reason.contains("expected every 1s"), "{reason}");
     // Polling again brings it back.
     server.poll(&heartbeat(&uid, 6)).await;
     server.wait_status(&uid, "connected").await;
@@ -98,9 +92,7 @@ async fn heartbeats_answered_by_the_transport_count_as_heard_and_in_sequence() {
     for _ in 0..16 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         seq += 1;
-        let mut hb = heartbeat(&uid, seq);
-        hb.capabilities |= ACCEPTS_SETTINGS;
-        let reply = agent.exchange(&hb).await;
+        let reply = agent.exchange(&accepting_heartbeat(&uid, seq)).await;
         assert_eq!(reply.flags & 0x1, 0, "heartbeat {seq} asked for full state");
         assert_eq!(reply.instance_uid.as_ref(), &uid);
     }
@@ -117,8 +109,7 @@ async fn heartbeats_answered_by_the_transport_count_as_heard_and_in_sequence() {
     );
     // A status change goes on from the last heartbeat's number.
     seq += 1;
-    let mut unhealthy = heartbeat(&uid, seq);
-    unhealthy.capabilities |= ACCEPTS_SETTINGS;
+    let mut unhealthy = accepting_heartbeat(&uid, seq);
     unhealthy.health = Some(corral::protocol::proto::ComponentHealth {
         healthy: false,
         last_error: "exporter failing".into(),
@@ -132,16 +123,6 @@ async fn heartbeats_answered_by_the_transport_count_as_heard_and_in_sequence() {
     );
     server.wait_status(&uid, "error").await;
     // Then silence: gone after the grace period, counted from the last message.
-    let started = Instant::now();
-    let a = server.wait_status(&uid, "disconnected").await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(2000),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        a.agent.status_reason.starts_with("no message for"),
-        "{}",
-        a.agent.status_reason
-    );
+    let reason = disconnected_after(&server, &uid, Duration::from_millis(2000)).await;
+    assert!(reason.starts_with("no message for"), "{reason}");
 }
