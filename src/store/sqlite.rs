@@ -28,6 +28,8 @@ const POOL_SIZE: u32 = 4;
 const ROWS_PER_STATEMENT: usize = 1000;
 /// Agent rows one batched statement writes: 19 bound values each.
 const AGENT_ROWS_PER_STATEMENT: usize = 1000;
+// Batched statements are built with `persistent(false)`: their text changes with the row count,
+// and a cached compiled 1,000-row statement holds about a megabyte on each pooled connection.
 
 /// The embedded store: one SQLite database in the data directory.
 pub struct SqliteStore {
@@ -260,7 +262,7 @@ impl Store for SqliteStore {
                     offered_package_hash = excluded.offered_package_hash,
                     applied_config_hash = excluded.applied_config_hash",
             );
-            query.build().execute(&mut *tx).await?;
+            query.build().persistent(false).execute(&mut *tx).await?;
         }
         for chunk in batch.history.chunks(ROWS_PER_STATEMENT) {
             let mut query = sqlx::QueryBuilder::<Sqlite>::new(
@@ -273,7 +275,7 @@ impl Store for SqliteStore {
                     .push_bind(entry.to.as_str())
                     .push_bind(entry.reason.clone());
             });
-            query.build().execute(&mut *tx).await?;
+            query.build().persistent(false).execute(&mut *tx).await?;
         }
         let mut touched: Vec<InstanceUid> = batch.history.iter().map(|(uid, _)| *uid).collect();
         touched.sort_unstable();
@@ -294,7 +296,7 @@ impl Store for SqliteStore {
             list.push_unseparated(")) WHERE newer > ");
             query.push_bind(HISTORY_LIMIT as i64);
             query.push(")");
-            query.build().execute(&mut *tx).await?;
+            query.build().persistent(false).execute(&mut *tx).await?;
         }
         for (hash, config) in &batch.effective_configs {
             sqlx::query("INSERT OR IGNORE INTO effective_configs (hash, body) VALUES (?, ?)")
@@ -602,7 +604,7 @@ impl Store for SqliteStore {
                 " ON CONFLICT (rollout_id, instance_uid) DO UPDATE SET
                     phase = excluded.phase, wave = excluded.wave, at_ms = excluded.at_ms",
             );
-            query.build().execute(&mut *tx).await?;
+            query.build().persistent(false).execute(&mut *tx).await?;
         }
         let removed: Vec<_> = agents
             .iter()
@@ -619,7 +621,7 @@ impl Store for SqliteStore {
                 list.push_bind(uid.as_bytes().to_vec());
             }
             list.push_unseparated(")");
-            query.build().execute(&mut *tx).await?;
+            query.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
