@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod domain;

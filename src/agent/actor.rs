@@ -29,8 +29,7 @@ const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 #[derive(Clone)]
 struct WsLink {
     conn: ConnId,
-    outbound: flume::Sender<Outgoing>,
-    kill: tokio_util::sync::CancellationToken,
+    outbound: crate::channel::Sender<Outgoing>,
 }
 
 pub(super) struct AgentActor {
@@ -118,7 +117,7 @@ impl AgentActor {
         actor
     }
 
-    pub(super) async fn run(mut self, inbox: flume::Receiver<Command>) {
+    pub(super) async fn run(mut self, inbox: crate::channel::Receiver<Command>) {
         let cancel = self.ctx.cancel.clone();
         // Made once: a fresh one per message would join and leave the token's waiter list,
         // which every agent shares, on every heartbeat.
@@ -131,7 +130,7 @@ impl AgentActor {
             }
             tokio::select! {
                 biased;
-                cmd = inbox.recv_async() => match cmd {
+                cmd = inbox.recv() => match cmd {
                     Ok(cmd) => {
                         self.take_answered();
                         self.handle(cmd);
@@ -603,11 +602,7 @@ impl AgentActor {
     /// new connection (WebSocket) or polling session (HTTP).
     fn attach(&mut self, source: &Source, transport: Transport) -> bool {
         match source {
-            Source::WebSocket {
-                conn,
-                outbound,
-                kill,
-            } => {
+            Source::WebSocket { conn, outbound } => {
                 match self.ws.take() {
                     Some(link) if link.conn == *conn => {
                         self.ws = Some(link);
@@ -625,7 +620,6 @@ impl AgentActor {
                 self.ws = Some(WsLink {
                     conn: *conn,
                     outbound: outbound.clone(),
-                    kill: kill.clone(),
                 });
                 self.link.ws_conn.store(*conn, Ordering::Release);
                 self.set_live(Some(transport));
@@ -678,7 +672,7 @@ impl AgentActor {
             });
             if closing.is_err() {
                 // No room even for the close: drop the connection.
-                link.kill.cancel();
+                link.outbound.abort();
             }
         }
         self.detach();
@@ -737,12 +731,12 @@ impl AgentActor {
 
     fn push(
         &mut self,
-        outbound: &flume::Sender<Outgoing>,
+        outbound: &crate::channel::Sender<Outgoing>,
         message: crate::protocol::proto::ServerToAgent,
     ) {
         match outbound.try_send(Outgoing::Message(Box::new(message))) {
             Ok(()) => self.ctx.metrics.message_out(Transport::WebSocket),
-            Err(flume::TrySendError::Full(_)) => {
+            Err(crate::channel::TrySendError::Full(_)) => {
                 self.ctx.metrics.overflow("websocket_outbound");
                 tracing::warn!(uid = %self.record.uid, "agent is not reading its replies; closing");
                 self.go_offline(
@@ -750,7 +744,7 @@ impl AgentActor {
                     "connection could not keep up with replies".into(),
                 );
             }
-            Err(flume::TrySendError::Disconnected(_)) => {}
+            Err(crate::channel::TrySendError::Closed(_)) => {}
         }
     }
 

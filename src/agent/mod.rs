@@ -59,9 +59,8 @@ pub enum Outgoing {
 pub enum Source {
     WebSocket {
         conn: ConnId,
-        outbound: flume::Sender<Outgoing>,
-        /// Fired to drop a connection whose queue is too full to take even a close.
-        kill: CancellationToken,
+        /// Aborted to drop a connection whose queue is too full to take even a close.
+        outbound: crate::channel::Sender<Outgoing>,
     },
     Http {
         reply: oneshot::Sender<proto::ServerToAgent>,
@@ -237,7 +236,7 @@ impl LinkState {
 
 #[derive(Clone)]
 pub struct AgentHandle {
-    mailbox: flume::Sender<Command>,
+    mailbox: crate::channel::Sender<Command>,
     link: Arc<LinkState>,
 }
 
@@ -253,7 +252,7 @@ impl AgentHandle {
         ctx: Arc<AgentContext>,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
-        let (mailbox, inbox) = flume::bounded(MAILBOX_CAPACITY);
+        let (mailbox, inbox) = crate::channel::bounded(MAILBOX_CAPACITY);
         let record = Arc::new(record);
         let link = Arc::new(LinkState::new(record.clone()));
         let actor = actor::AgentActor::new(record, is_new, ctx, link.clone());
@@ -262,7 +261,7 @@ impl AgentHandle {
     }
 
     pub async fn send(&self, cmd: Command) -> Result<(), ActorGone> {
-        self.mailbox.send_async(cmd).await.map_err(|_| ActorGone)
+        self.mailbox.send(cmd).await.map_err(|_| ActorGone)
     }
 
     /// Hands over a directive without waiting; `false` when the mailbox is full (try later).

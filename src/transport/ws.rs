@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::channel::RecvError;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -8,7 +9,6 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 
 use super::OpampState;
 use super::socket::{self, Socket};
@@ -90,8 +90,7 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
     let conn = state.next_conn_id();
     let metrics = state.fleet.metrics();
     let (mut sink, mut stream) = socket.split();
-    let (outbound, replies) = flume::bounded::<Outgoing>(OUTBOUND_CAPACITY);
-    let kill = CancellationToken::new();
+    let (outbound, replies) = crate::channel::bounded::<Outgoing>(OUTBOUND_CAPACITY);
     // Uids the server assigned on this connection, for agents that keep using the old one.
     let mut aliases: HashMap<InstanceUid, InstanceUid> = HashMap::new();
     let mut agents: Vec<InstanceUid> = Vec::new();
@@ -110,13 +109,16 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
     let ending = loop {
         tokio::select! {
             biased;
-            out = replies.recv_async() => match out.ok() {
-                Some(Outgoing::Message(msg)) => match Box::pin(write(&mut sink, &msg)).await {
+            out = replies.recv() => match out {
+                Ok(Outgoing::Message(msg)) => match Box::pin(write(&mut sink, &msg)).await {
                     Ok(len) => refresh_due |= len > REFRESH_ABOVE,
                     Err(ending) => break ending,
                 },
-                Some(Outgoing::Close { code, reason }) => break Ending::close(code, reason),
-                None => break Ending::closed("websocket closed"),
+                Ok(Outgoing::Close { code, reason }) => break Ending::close(code, reason),
+                Err(RecvError::Aborted) => {
+                    break Ending::close(TRY_AGAIN_LATER, "connection could not keep up with replies");
+                }
+                Err(RecvError::Closed) => break Ending::closed("websocket closed"),
             },
             frame = stream.next() => match frame {
                 None => break Ending::closed("websocket closed"),
@@ -136,7 +138,7 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
                     };
                     // Boxed: routing awaits the actor's mailbox and is the largest part of this future,
                     // which every idle connection would otherwise carry.
-                    match Box::pin(route(&state, inbound, conn, (&outbound, &kill), &origin, &mut aliases, &mut agents)).await {
+                    match Box::pin(route(&state, inbound, conn, &outbound, &origin, &mut aliases, &mut agents)).await {
                         Ok(None) => {}
                         // Answered here; straight out unless replies are waiting, to keep
                         // their order.
@@ -171,9 +173,6 @@ async fn serve_connection(socket: Socket, state: OpampState, origin: Option<Arc<
                     break Ending::closed(lost_reason(&e));
                 }
             },
-            _ = kill.cancelled() => {
-                break Ending::close(TRY_AGAIN_LATER, "connection could not keep up with replies");
-            }
             _ = &mut shutting_down => break Ending::close(GOING_AWAY, "server shutting down"),
         }
         if refresh_due {
@@ -230,7 +229,7 @@ async fn route(
     state: &OpampState,
     mut inbound: Inbound,
     conn: ConnId,
-    (outbound, kill): (&flume::Sender<Outgoing>, &CancellationToken),
+    outbound: &crate::channel::Sender<Outgoing>,
     origin: &Option<Arc<str>>,
     aliases: &mut HashMap<InstanceUid, InstanceUid>,
     agents: &mut Vec<InstanceUid>,
@@ -253,7 +252,6 @@ async fn route(
     let source = Source::WebSocket {
         conn,
         outbound: outbound.clone(),
-        kill: kill.clone(),
     };
     match state.fleet.dispatch(inbound, source, origin.clone()).await {
         Ok(target) => {
