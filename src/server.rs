@@ -78,11 +78,13 @@ pub async fn serve(
         metrics: metrics.clone(),
         writes: writes.clone(),
         cancel: shutdown.clone(),
+        silence: Default::default(),
     });
     let fleet = Arc::new(Fleet::new(ctx, tracker.clone()));
     let known = store.load_agents().await.context("cannot load agents")?;
     tracing::info!(agents = known.len(), "restored fleet");
     fleet.restore(known);
+    fleet.spawn_silence_watch();
     let controller = spawn_controller(
         store.clone(),
         fleet.clone(),

@@ -1,6 +1,7 @@
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -48,8 +49,8 @@ pub(super) struct AgentActor {
     last_heartbeat: Option<Instant>,
     /// The sequence number of the agent's goodbye, to ignore messages it had queued before.
     said_goodbye_at: Option<u64>,
-    /// When silence means the agent is gone.
-    deadline: Option<Instant>,
+    /// The fleet's silence watch has the agent (see `SilenceWatch`).
+    watching: bool,
     /// Connection settings were offered on the current connection.
     offered_settings: bool,
     /// What the rollout controller wants of this agent.
@@ -97,7 +98,7 @@ impl AgentActor {
             last_heard: None,
             last_heartbeat: None,
             said_goodbye_at: None,
-            deadline: None,
+            watching: false,
             offered_settings: false,
             directive: Directive::default(),
             offered_config_here: false,
@@ -122,12 +123,7 @@ impl AgentActor {
         // Made once: a fresh one per message would join and leave the token's waiter list,
         // which every agent shares, on every heartbeat.
         let mut cancelled = pin!(cancel.cancelled());
-        let mut silence = pin!(tokio::time::sleep_until(Instant::now()));
         loop {
-            let deadline = self.deadline;
-            if let Some(at) = deadline {
-                silence.as_mut().reset(at);
-            }
             tokio::select! {
                 biased;
                 cmd = inbox.recv() => match cmd {
@@ -137,10 +133,6 @@ impl AgentActor {
                     }
                     Err(_) => break,
                 },
-                _ = &mut silence, if deadline.is_some() => {
-                    self.take_answered();
-                    self.on_silence();
-                }
                 _ = &mut cancelled => break,
             }
             self.update_quiet();
@@ -178,6 +170,7 @@ impl AgentActor {
                 let _ = done.send(self.record.clone());
             }
             Command::Direct(directive) => self.on_directive(*directive),
+            Command::Silence => self.on_silence(),
             Command::RetryConfig { done } => {
                 let failed_target = self.directive.version.as_ref().is_some_and(|v| {
                     self.record.remote_config.as_ref().is_some_and(|rc| {
@@ -439,7 +432,7 @@ impl AgentActor {
         self.liveness
             .set_offered(accepts_settings.then_some(self.ctx.heartbeat_interval));
         let watched = transport == Transport::Http || caps.contains(Caps::REPORTS_HEARTBEAT);
-        self.deadline = (watched && !report.disconnect).then(|| instant + self.liveness.grace());
+        self.watch((watched && !report.disconnect).then(|| self.liveness.grace()));
 
         if restarting {
             self.restart_pending = false;
@@ -660,7 +653,7 @@ impl AgentActor {
         self.ws = None;
         self.link.ws_conn.store(0, Ordering::Release);
         self.set_live(None);
-        self.deadline = None;
+        self.watch(None);
     }
 
     /// Marks the agent Disconnected, closing its WebSocket with `close` if it has one.
@@ -714,12 +707,29 @@ impl AgentActor {
             .set_quiet(quiet.then(|| self.full_state.last_seq()).flatten());
     }
 
+    /// Has the fleet's silence watch look for silence longer than `grace` (or stop looking).
+    fn watch(&mut self, grace: Option<Duration>) {
+        self.watching = grace.is_some();
+        let watched = &self.link.watched;
+        match grace {
+            Some(grace) => {
+                let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+                self.ctx.silence.watch(self.record.uid, watched, grace_ms);
+            }
+            None => watched.unwatch(),
+        }
+    }
+
     fn on_silence(&mut self) {
+        if !self.watching {
+            // Went offline while the watch's word was on its way.
+            return;
+        }
         // Heartbeats the transport answered count as heard.
         let grace = self.liveness.grace();
         let heard = (Utc::now() - self.link.last_seen()).to_std().ok();
-        if let Some(ago) = heard.filter(|ago| *ago < grace) {
-            self.deadline = Some(Instant::now() + (grace - ago));
+        if heard.is_some_and(|ago| ago < grace) {
+            self.watch(Some(grace));
             return;
         }
         let expected = self.liveness.expected_interval().as_secs_f64();

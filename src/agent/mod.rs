@@ -6,6 +6,7 @@
 mod actor;
 mod liveness;
 mod sequence;
+mod silence;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::telemetry::Metrics;
 
 pub use liveness::{GRACE_FACTOR, Liveness};
 pub use sequence::FullStateTracker;
+pub use silence::{SILENCE_TICK_MS, SilenceWatch};
 
 /// Commands waiting for one agent's actor.
 pub const MAILBOX_CAPACITY: usize = 16;
@@ -102,6 +104,8 @@ pub enum Command {
     RetryConfig {
         done: oneshot::Sender<Result<Arc<AgentRecord>, String>>,
     },
+    /// The fleet's watch found nothing heard from the agent for its grace period.
+    Silence,
 }
 
 /// What every actor shares: settings, metrics and the store's write buffer.
@@ -123,6 +127,8 @@ pub struct AgentContext {
     /// look at those alone (a fleet with churn changes somewhere all the time). Added to
     /// before `changes` is bumped.
     pub changed: Arc<parking_lot::Mutex<std::collections::HashSet<InstanceUid>>>,
+    /// Agents watched for silence; see [`Fleet::watch_for_silence`](crate::fleet::Fleet).
+    pub silence: SilenceWatch,
 }
 
 /// What the router and the API read of an agent without asking its actor: facts about its
@@ -133,9 +139,9 @@ pub struct LinkState {
     ws_conn: AtomicU64,
     /// `u64::MAX` until the first message.
     last_seq: AtomicU64,
-    /// Milliseconds since the epoch of the last message. Kept here, not in the snapshot, so a
-    /// heartbeat publishes nothing.
-    last_seen_ms: AtomicI64,
+    /// When the last message came (kept here, not in the record, so a heartbeat publishes
+    /// nothing), and the fleet's watch for silence.
+    watched: silence::Watched,
     /// While the actor has nothing to add to a bare heartbeat on its WebSocket: the sequence
     /// number it last saw. The transport answers a heartbeat numbered one more by itself and
     /// advances this, so the actor is not woken for it. [`NOT_QUIET`] otherwise.
@@ -154,7 +160,7 @@ impl LinkState {
             record: arc_swap::ArcSwap::new(record),
             ws_conn: AtomicU64::new(0),
             last_seq: AtomicU64::new(u64::MAX),
-            last_seen_ms: AtomicI64::new(i64::MIN),
+            watched: silence::Watched::default(),
             quiet_after: AtomicU64::new(NOT_QUIET),
             answered_gap_ms: AtomicI64::new(0),
         }
@@ -182,7 +188,7 @@ impl LinkState {
         }
         self.last_seq.store(seq, Ordering::Release);
         let now = Utc::now().timestamp_millis();
-        let before = self.last_seen_ms.swap(now, Ordering::AcqRel);
+        let before = self.watched.last_seen_ms.swap(now, Ordering::AcqRel);
         if before != i64::MIN {
             self.answered_gap_ms
                 .fetch_max(now.saturating_sub(before), Ordering::AcqRel);
@@ -209,13 +215,12 @@ impl LinkState {
     }
 
     fn seen(&self, at: DateTime<Utc>) {
-        self.last_seen_ms
-            .store(at.timestamp_millis(), Ordering::Release);
+        self.watched.seen(at.timestamp_millis());
     }
 
     /// When the agent last sent anything (the epoch if never, in this process).
     pub fn last_seen(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(self.last_seen_ms.load(Ordering::Acquire))
+        DateTime::from_timestamp_millis(self.watched.last_seen_ms.load(Ordering::Acquire))
             .unwrap_or_default()
     }
 
@@ -262,6 +267,12 @@ impl AgentHandle {
 
     pub async fn send(&self, cmd: Command) -> Result<(), ActorGone> {
         self.mailbox.send(cmd).await.map_err(|_| ActorGone)
+    }
+
+    /// Tells the actor its agent has been silent for its grace period; `false` when the
+    /// mailbox is full.
+    pub fn tell_silent(&self) -> bool {
+        self.mailbox.try_send(Command::Silence).is_ok()
     }
 
     /// Hands over a directive without waiting; `false` when the mailbox is full (try later).

@@ -9,7 +9,7 @@ use chrono::Utc;
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::{AgentContext, AgentHandle, Command, ConnId, Delivery, Source};
+use crate::agent::{AgentContext, AgentHandle, Command, ConnId, Delivery, SILENCE_TICK_MS, Source};
 use crate::domain::{AgentRecord, AgentReport, InstanceUid, Transport};
 use crate::protocol::Inbound;
 
@@ -38,6 +38,25 @@ impl Fleet {
             ctx,
             tracker,
         }
+    }
+
+    /// Starts the one task that watches every agent for silence (see `SilenceWatch`); it
+    /// stops with the server.
+    pub fn spawn_silence_watch(self: &Arc<Self>) {
+        let fleet = self.clone();
+        self.tracker.spawn(async move {
+            let tick = std::time::Duration::from_millis(SILENCE_TICK_MS as u64);
+            let mut ticks = tokio::time::interval(tick);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = fleet.ctx.cancel.cancelled() => return,
+                }
+                let now = Utc::now().timestamp_millis();
+                fleet.ctx.silence.sweep(now, |uid| fleet.get(uid));
+            }
+        });
     }
 
     /// Starts actors for agents read back from the store.
