@@ -854,7 +854,7 @@ impl AgentActor {
 
     fn publish(&mut self, rec: AgentRecord, persist: bool) {
         self.record = Arc::new(rec);
-        self.link.record.store(self.record.clone());
+        self.link.publish(self.record.clone());
         self.ctx.changed.lock().insert(self.record.uid);
         self.ctx.changes.fetch_add(1, Ordering::Release);
         if persist {

@@ -136,6 +136,8 @@ pub struct AgentContext {
 pub struct LinkState {
     /// The actor's latest record; replaced whole on every change.
     record: arc_swap::ArcSwap<AgentRecord>,
+    /// The record's capabilities, for the heartbeat fast path to read without the record.
+    capabilities: AtomicU64,
     ws_conn: AtomicU64,
     /// `u64::MAX` until the first message.
     last_seq: AtomicU64,
@@ -157,6 +159,7 @@ const NOT_QUIET: u64 = u64::MAX;
 impl LinkState {
     fn new(record: Arc<AgentRecord>) -> Self {
         Self {
+            capabilities: AtomicU64::new(record.capabilities.bits()),
             record: arc_swap::ArcSwap::new(record),
             ws_conn: AtomicU64::new(0),
             last_seq: AtomicU64::new(u64::MAX),
@@ -168,7 +171,15 @@ impl LinkState {
 
     /// The capabilities the agent last reported.
     pub fn capabilities(&self) -> crate::domain::AgentCapabilities {
-        self.record.load().capabilities
+        crate::domain::AgentCapabilities::from_bits_retain(
+            self.capabilities.load(Ordering::Acquire),
+        )
+    }
+
+    fn publish(&self, record: Arc<AgentRecord>) {
+        self.capabilities
+            .store(record.capabilities.bits(), Ordering::Release);
+        self.record.store(record);
     }
 
     /// Claims a bare heartbeat numbered `seq` on connection `conn` for the transport to answer

@@ -148,14 +148,16 @@ impl Fleet {
     /// without waking the agent's actor: the actor said it has nothing to add (see
     /// `LinkState::claim_heartbeat`), and the heartbeat is next in sequence and changes
     /// nothing, capabilities included. A claimed heartbeat is counted in and out.
-    pub fn answer_heartbeat(&self, uid: &InstanceUid, report: &AgentReport, conn: ConnId) -> bool {
+    pub fn answer_heartbeat(
+        &self,
+        agent: &AgentHandle,
+        report: &AgentReport,
+        conn: ConnId,
+    ) -> bool {
         if !report.is_heartbeat() || report.request_instance_uid {
             return false;
         }
-        let Some(handle) = self.agents.get(uid) else {
-            return false;
-        };
-        let link = handle.link();
+        let link = agent.link();
         if link.capabilities() != report.capabilities
             || !link.claim_heartbeat(conn, report.sequence_num)
         {
