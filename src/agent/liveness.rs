@@ -1,4 +1,3 @@
-use std::collections::VecDeque;
 use std::time::Duration;
 
 /// How many recent heartbeat gaps inform the expected interval.
@@ -18,7 +17,13 @@ pub const GRACE_FACTOR: f64 = 2.5;
 pub struct Liveness {
     default: Duration,
     offered: Option<Duration>,
-    gaps: VecDeque<Duration>,
+    /// The latest gaps in milliseconds, oldest overwritten first; kept inline, since every
+    /// agent has one.
+    gaps: [u32; GAPS_KEPT],
+    /// Gaps seen, up to [`GAPS_KEPT`].
+    seen: u8,
+    /// Where the next gap goes.
+    next: u8,
 }
 
 impl Liveness {
@@ -26,7 +31,9 @@ impl Liveness {
         Self {
             default,
             offered: None,
-            gaps: VecDeque::with_capacity(GAPS_KEPT),
+            gaps: [0; GAPS_KEPT],
+            seen: 0,
+            next: 0,
         }
     }
 
@@ -36,23 +43,23 @@ impl Liveness {
     }
 
     pub fn forget_gaps(&mut self) {
-        self.gaps.clear();
+        self.seen = 0;
+        self.next = 0;
     }
 
     /// The time between two heartbeats.
     pub fn record_gap(&mut self, gap: Duration) {
-        if self.gaps.len() == GAPS_KEPT {
-            self.gaps.pop_front();
-        }
-        self.gaps.push_back(gap);
+        let ms = u32::try_from(gap.as_millis()).unwrap_or(u32::MAX);
+        self.gaps[usize::from(self.next)] = ms;
+        self.next = (self.next + 1) % GAPS_KEPT as u8;
+        self.seen = (self.seen + 1).min(GAPS_KEPT as u8);
     }
 
     pub fn expected_interval(&self) -> Duration {
-        let learned = (self.gaps.len() >= GAPS_TRUSTED).then(|| {
-            self.gaps
-                .iter()
-                .copied()
-                .fold(Duration::ZERO, Duration::max)
+        let seen = usize::from(self.seen);
+        let learned = (seen >= GAPS_TRUSTED).then(|| {
+            let longest = self.gaps[..seen].iter().copied().max().unwrap_or(0);
+            Duration::from_millis(u64::from(longest))
         });
         let interval = match (self.offered, learned) {
             (Some(offered), Some(learned)) => offered.max(learned),
