@@ -133,7 +133,10 @@ impl AgentActor {
                     }
                     Err(_) => break,
                 },
-                _ = &mut cancelled => break,
+                _ = &mut cancelled => {
+                    self.close_for_shutdown();
+                    break;
+                }
             }
             self.update_quiet();
         }
@@ -717,6 +720,20 @@ impl AgentActor {
                 self.ctx.silence.watch(self.record.uid, watched, grace_ms);
             }
             None => watched.unwatch(),
+        }
+    }
+
+    /// Closes the agent's WebSocket as the server stops. Its connection leaves this to the
+    /// actor once an agent speaks on it (see `serve_connection`).
+    fn close_for_shutdown(&self) {
+        if let Some(link) = &self.ws {
+            let closing = link.outbound.try_send(Outgoing::Close {
+                code: CLOSE_GOING_AWAY,
+                reason: "server shutting down".into(),
+            });
+            if closing.is_err() {
+                link.outbound.abort();
+            }
         }
     }
 

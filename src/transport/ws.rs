@@ -187,7 +187,12 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                     break Ending::closed(lost_reason(&e));
                 }
             },
-            _ = &mut shutting_down => break Ending::close(GOING_AWAY, "server shutting down"),
+            // Once an agent speaks here, its actor closes the connection at shutdown: the
+            // token's future takes two locks every connection shares on each poll, and this
+            // loop polls on every message.
+            _ = &mut shutting_down, if speakers.last.is_none() => {
+                break Ending::close(GOING_AWAY, "server shutting down");
+            }
         }
         if refresh_due {
             let refreshed;

@@ -274,3 +274,18 @@ async fn messages_pipelined_behind_large_reports_are_not_lost() {
     }
     panic!("the last large report's effective config never showed");
 }
+
+#[tokio::test]
+async fn a_server_shutting_down_closes_every_websocket_as_going_away() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut speaking = WsAgent::connect(&server.ws_url()).await;
+    speaking.exchange(&full_report(&uid, 1, "a")).await;
+    speaking.exchange(&heartbeat(&uid, 2)).await;
+    // Connected, but no agent has spoken on it yet.
+    let mut silent = WsAgent::connect(&server.ws_url()).await;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(speaking.closed_with().await, 1001);
+    assert_eq!(silent.closed_with().await, 1001);
+    stopping.await.expect("server stopped");
+}
