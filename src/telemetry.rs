@@ -36,6 +36,10 @@ pub struct Metrics {
     pub queue_overflows: Family<KindLabel, Counter>,
     pub store_flushes: Counter,
     pub store_errors: Counter,
+    /// The message counters of each transport (by `Transport as usize`), looked up once:
+    /// they are counted on every heartbeat, and a family lookup hashes its labels under a lock.
+    counted_in: [Counter; 2],
+    counted_out: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -51,6 +55,8 @@ impl Default for Metrics {
             queue_overflows: Family::default(),
             store_flushes: Counter::default(),
             store_errors: Counter::default(),
+            counted_in: Default::default(),
+            counted_out: Default::default(),
         };
         m.registry
             .register("agents", "Known agents by status", m.agents.clone());
@@ -100,9 +106,12 @@ impl Default for Metrics {
             });
         }
         for transport in Transport::ALL {
-            let _ = m.connections.get_or_create(&TransportLabel {
+            let label = TransportLabel {
                 transport: transport.as_str(),
-            });
+            };
+            let _ = m.connections.get_or_create(&label);
+            m.counted_in[transport as usize] = m.messages_in.get_or_create(&label).clone();
+            m.counted_out[transport as usize] = m.messages_out.get_or_create(&label).clone();
         }
         m
     }
@@ -143,19 +152,11 @@ impl Metrics {
     }
 
     pub fn message_in(&self, transport: Transport) {
-        self.messages_in
-            .get_or_create(&TransportLabel {
-                transport: transport.as_str(),
-            })
-            .inc();
+        self.counted_in[transport as usize].inc();
     }
 
     pub fn message_out(&self, transport: Transport) {
-        self.messages_out
-            .get_or_create(&TransportLabel {
-                transport: transport.as_str(),
-            })
-            .inc();
+        self.counted_out[transport as usize].inc();
     }
 
     pub fn decode_error(&self, kind: &'static str) {

@@ -139,8 +139,8 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                 Some(Ok(Message::Binary(bytes))) => {
                     received += socket::min_frame_len(bytes.len());
                     refresh_due |= bytes.len() > REFRESH_ABOVE;
-                    let inbound = match unframe_ws(bytes).and_then(decode_agent_message) {
-                        Ok(msg) => Inbound::from(msg),
+                    let next = match unframe_ws(bytes).and_then(decode_agent_message) {
+                        Ok(msg) => answer_here(&state, Inbound::from(msg), conn, &speakers),
                         Err(e) => {
                             metrics.decode_error(e.kind());
                             let code = match e {
@@ -150,21 +150,26 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                             break Ending::close(code, e.to_string());
                         }
                     };
-                    // Boxed: routing awaits the actor's mailbox and is the largest part of this future,
-                    // which every idle connection would otherwise carry.
-                    match Box::pin(route(&state, inbound, conn, &outbound, &origin, &mut speakers)).await {
-                        Ok(None) => {}
+                    match next {
                         // Answered here; straight out unless replies are waiting, to keep
                         // their order.
-                        Ok(Some(reply)) if replies.is_empty() => {
+                        Next::Answered(reply) if replies.is_empty() => {
                             if let Err(ending) = Box::pin(write(&mut socket, &reply)).await {
                                 break ending;
                             }
                         }
-                        Ok(Some(reply)) => {
+                        Next::Answered(reply) => {
                             let _ = outbound.try_send(Outgoing::Message(reply));
                         }
-                        Err(ending) => break ending,
+                        // Boxed: routing awaits the actor's mailbox and is the largest part of
+                        // this future, which every idle connection would otherwise carry.
+                        Next::Route(inbound, sent_uid) => {
+                            let to = (conn, &outbound, &origin);
+                            let routed = Box::pin(route(&state, inbound, sent_uid, to, &mut speakers));
+                            if let Err(ending) = routed.await {
+                                break ending;
+                            }
+                        }
                     }
                 }
                 Some(Ok(Message::Text(_))) => {
@@ -237,22 +242,36 @@ async fn write(
     }
 }
 
-/// Hands one message to its agent's actor, or gives back the reply to a bare heartbeat that
-/// the connection answers itself (see `Fleet::answer_heartbeat`). An unusable uid gets an
-/// error reply and the connection stays open.
-async fn route(
+impl Speakers {
+    /// Points a message at the uid the server assigned its agent here, if it was given one.
+    /// Gives the uid the message carried.
+    fn resolve(&self, inbound: &mut Inbound) -> Option<InstanceUid> {
+        let sent_uid = inbound.uid.as_ref().ok().copied();
+        if let Some(target) = sent_uid.and_then(|uid| self.aliases.get(&uid)) {
+            inbound.uid = Ok(*target);
+            inbound.report.request_instance_uid = false;
+        }
+        sent_uid
+    }
+}
+
+/// What to do with one message from an agent.
+enum Next {
+    /// A bare heartbeat the connection answers itself, without its agent's actor (see
+    /// `Fleet::answer_heartbeat`).
+    Answered(Box<crate::protocol::proto::ServerToAgent>),
+    /// For the agent's actor, with the uid the message carried. Boxed, so that the message
+    /// is not part of the connection's future.
+    Route(Box<Inbound>, Option<InstanceUid>),
+}
+
+fn answer_here(
     state: &OpampState,
     mut inbound: Inbound,
     conn: ConnId,
-    outbound: &crate::channel::Sender<Outgoing>,
-    origin: &Option<Arc<str>>,
-    speakers: &mut Speakers,
-) -> Result<Option<Box<crate::protocol::proto::ServerToAgent>>, Ending> {
-    let sent_uid = inbound.uid.as_ref().ok().copied();
-    if let Some(target) = sent_uid.and_then(|uid| speakers.aliases.get(&uid)) {
-        inbound.uid = Ok(*target);
-        inbound.report.request_instance_uid = false;
-    }
+    speakers: &Speakers,
+) -> Next {
+    let sent_uid = speakers.resolve(&mut inbound);
     if let (Ok(uid), Some((last, handle))) = (&inbound.uid, &speakers.last)
         && uid == last
         && state.fleet.answer_heartbeat(handle, &inbound.report, conn)
@@ -261,14 +280,26 @@ async fn route(
             capabilities: Some(SERVER_CAPABILITIES),
             ..ServerReply::default()
         };
-        return Ok(Some(Box::new(reply_to_proto(inbound.raw_uid, &reply))));
+        return Next::Answered(Box::new(reply_to_proto(inbound.raw_uid, &reply)));
     }
+    Next::Route(Box::new(inbound), sent_uid)
+}
+
+/// Hands one message to its agent's actor. An unusable uid gets an error reply and the
+/// connection stays open.
+async fn route(
+    state: &OpampState,
+    inbound: Box<Inbound>,
+    sent_uid: Option<InstanceUid>,
+    (conn, outbound, origin): (ConnId, &crate::channel::Sender<Outgoing>, &Option<Arc<str>>),
+    speakers: &mut Speakers,
+) -> Result<(), Ending> {
     let raw_uid = inbound.raw_uid.clone();
     let source = Source::WebSocket {
         conn,
         outbound: outbound.clone(),
     };
-    match state.fleet.dispatch(inbound, source, origin.clone()).await {
+    match state.fleet.dispatch(*inbound, source, origin.clone()).await {
         Ok(target) => {
             if let Some(sent) = sent_uid
                 && sent != target
@@ -285,7 +316,7 @@ async fn route(
             {
                 speakers.last = state.fleet.get(&target).map(|handle| (target, handle));
             }
-            Ok(None)
+            Ok(())
         }
         Err(DispatchError::BadRequest(message)) => {
             state.fleet.metrics().decode_error("bad_instance_uid");
@@ -296,7 +327,7 @@ async fn route(
             let msg = reply_to_proto(raw_uid, &reply);
             // Best effort: a full queue means the agent is not reading anyway.
             let _ = outbound.try_send(Outgoing::Message(Box::new(msg)));
-            Ok(None)
+            Ok(())
         }
         Err(DispatchError::Unavailable) => Err(Ending::close(GOING_AWAY, "server shutting down")),
     }
