@@ -53,6 +53,20 @@ struct State<T> {
     aborted: bool,
 }
 
+impl<T> Shared<T> {
+    /// Closes the queue as `mark` says, drops what it holds (outside the lock) and wakes every
+    /// sender waiting for room, to learn it is closed.
+    fn close(&self, mark: impl FnOnce(&mut State<T>)) {
+        let dropped = {
+            let mut state = self.state.lock();
+            mark(&mut state);
+            std::mem::take(&mut state.queue)
+        };
+        drop(dropped);
+        self.room.notify_waiters();
+    }
+}
+
 pub struct Sender<T> {
     shared: Arc<Shared<T>>,
 }
@@ -116,14 +130,8 @@ impl<T> Sender<T> {
     /// Gives up on the queue: the receiver's next `recv` says so at once, even when the queue
     /// is full, and what it holds is dropped.
     pub fn abort(&self) {
-        let dropped = {
-            let mut state = self.shared.state.lock();
-            state.aborted = true;
-            std::mem::take(&mut state.queue)
-        };
-        drop(dropped);
+        self.shared.close(|state| state.aborted = true);
         self.shared.ready.notify_one();
-        self.shared.room.notify_waiters();
     }
 }
 
@@ -197,13 +205,7 @@ impl<T> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let dropped = {
-            let mut state = self.shared.state.lock();
-            state.receiver_gone = true;
-            std::mem::take(&mut state.queue)
-        };
-        drop(dropped);
-        self.shared.room.notify_waiters();
+        self.shared.close(|state| state.receiver_gone = true);
     }
 }
 
