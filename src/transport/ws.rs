@@ -192,10 +192,10 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                     break Ending::closed(lost_reason(&e));
                 }
             },
-            // Once an agent speaks here, its actor closes the connection at shutdown: the
-            // token's future takes two locks every connection shares on each poll, and this
-            // loop polls on every message.
-            _ = &mut shutting_down, if speakers.last.is_none() => {
+            // While an agent's actor is attached here, the actor closes the connection at
+            // shutdown: the token's future takes two locks every connection shares on each
+            // poll, and this loop polls on every message.
+            _ = &mut shutting_down, if !speakers.closed_by_actor(conn) => {
                 break Ending::close(GOING_AWAY, "server shutting down");
             }
         }
@@ -243,6 +243,14 @@ async fn write(
 }
 
 impl Speakers {
+    /// Whether the actor of the agent speaking here is attached to this connection, and so
+    /// closes it when the server stops.
+    fn closed_by_actor(&self, conn: ConnId) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|(_, agent)| agent.link().ws_conn() == Some(conn))
+    }
+
     /// Points a message at the uid the server assigned its agent here, if it was given one.
     /// Gives the uid the message carried.
     fn resolve(&self, inbound: &mut Inbound) -> Option<InstanceUid> {

@@ -284,8 +284,17 @@ async fn a_server_shutting_down_closes_every_websocket_as_going_away() {
     speaking.exchange(&heartbeat(&uid, 2)).await;
     // Connected, but no agent has spoken on it yet.
     let mut silent = WsAgent::connect(&server.ws_url()).await;
+    // Said goodbye, so its actor let go of the socket, but left it open.
+    let leaving_uid = new_uid();
+    let mut leaving = WsAgent::connect(&server.ws_url()).await;
+    leaving.exchange(&full_report(&leaving_uid, 1, "b")).await;
+    let mut bye = heartbeat(&leaving_uid, 2);
+    bye.agent_disconnect = Some(proto::AgentDisconnect {});
+    leaving.exchange(&bye).await;
+    server.wait_status(&leaving_uid, "disconnected").await;
     let stopping = tokio::spawn(server.stop());
     assert_eq!(speaking.closed_with().await, 1001);
     assert_eq!(silent.closed_with().await, 1001);
+    assert_eq!(leaving.closed_with().await, 1001);
     stopping.await.expect("server stopped");
 }
