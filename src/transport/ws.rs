@@ -235,10 +235,19 @@ async fn write(
 ) -> Result<usize, Ending> {
     let bytes = encode_ws_frame(msg);
     let len = bytes.len();
-    match tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Binary(bytes))).await {
-        Ok(Ok(())) => Ok(len),
-        Ok(Err(e)) => Err(Ending::closed(format!("websocket write failed: {e}"))),
-        Err(_) => Err(Ending::closed("agent stopped reading its replies")),
+    let mut send = std::pin::pin!(socket.send(Message::Binary(bytes)));
+    // Nearly every write completes at once; only one that has to wait gets a timer (making one
+    // reads the clock and clones the runtime's handle, on every heartbeat otherwise).
+    let sent = match futures_util::poll!(send.as_mut()) {
+        std::task::Poll::Ready(sent) => sent,
+        std::task::Poll::Pending => match tokio::time::timeout(WRITE_TIMEOUT, send).await {
+            Ok(sent) => sent,
+            Err(_) => return Err(Ending::closed("agent stopped reading its replies")),
+        },
+    };
+    match sent {
+        Ok(()) => Ok(len),
+        Err(e) => Err(Ending::closed(format!("websocket write failed: {e}"))),
     }
 }
 
