@@ -178,24 +178,19 @@ impl<T> Receiver<T> {
             if state.aborted {
                 return Some(Err(RecvError::Aborted));
             }
-            let value = state.queue.pop_front();
+            let Some(value) = state.queue.pop_front() else {
+                // Read under the lock: a sender queues under it before it leaves, so with no
+                // sender left, nothing more can arrive after this look at the queue.
+                let gone = self.shared.senders.load(Ordering::Acquire) == 0;
+                return gone.then_some(Err(RecvError::Closed));
+            };
             if state.queue.is_empty() && state.queue.capacity() > 0 {
                 state.queue = VecDeque::new();
             }
             value
         };
-        match value {
-            Some(value) => {
-                self.shared.room.notify_one();
-                Some(Ok(value))
-            }
-            // Read after the look at the queue: a last value sent before the last sender left
-            // is still taken.
-            None if self.shared.senders.load(Ordering::Acquire) == 0 => {
-                Some(Err(RecvError::Closed))
-            }
-            None => None,
-        }
+        self.shared.room.notify_one();
+        Some(Ok(value))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -294,6 +289,27 @@ mod tests {
         drop(rx);
         assert_eq!(blocked.await.unwrap(), Err(Closed(2)));
         assert_eq!(tx.try_send(3), Err(TrySendError::Closed(3)));
+    }
+
+    /// The last sender queues a value and leaves while the receiver looks: the value is never
+    /// mistaken for a closed, empty queue.
+    #[test]
+    fn a_last_value_racing_the_last_sender_leaving_is_still_received() {
+        for _ in 0..20_000 {
+            let (tx, rx) = bounded::<u32>(1);
+            let sender = std::thread::spawn(move || {
+                tx.try_send(7).unwrap();
+                drop(tx);
+            });
+            let got = loop {
+                if let Some(got) = rx.try_recv() {
+                    break got;
+                }
+                std::hint::spin_loop();
+            };
+            sender.join().unwrap();
+            assert_eq!(got, Ok(7));
+        }
     }
 
     #[tokio::test]

@@ -24,7 +24,6 @@ use crate::status::{
 /// WebSocket close codes the actor uses.
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
-const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// The WebSocket an agent is attached to.
 #[derive(Clone)]
@@ -465,10 +464,13 @@ impl AgentActor {
             own_telemetry,
             ..ServerReply::default()
         };
-        self.reply(source, protocol::reply_to_proto(raw_uid, &reply));
+        // Let go of the socket before the goodbye's reply goes out (the reply goes through
+        // `source`): once the connection has the reply, it must see that no actor will close
+        // it at shutdown.
         if report.disconnect {
             self.detach();
         }
+        self.reply(source, protocol::reply_to_proto(raw_uid, &reply));
     }
 
     fn reply(&mut self, source: Source, message: crate::protocol::proto::ServerToAgent) {
@@ -766,10 +768,10 @@ impl AgentActor {
             Err(crate::channel::TrySendError::Full(_)) => {
                 self.ctx.metrics.overflow("websocket_outbound");
                 tracing::warn!(uid = %self.record.uid, "agent is not reading its replies; closing");
-                self.go_offline(
-                    Some(CLOSE_TRY_AGAIN_LATER),
-                    "connection could not keep up with replies".into(),
-                );
+                // No room for a close either: the connection ends with 1013 when it sees the
+                // abort (also the one a goodbye's reply went to, after the actor let go of it).
+                outbound.abort();
+                self.go_offline(None, "connection could not keep up with replies".into());
             }
             Err(crate::channel::TrySendError::Closed(_)) => {}
         }

@@ -152,24 +152,33 @@ impl Watched {
             // Superseded by an entry due later than this one was.
             return Recheck::Done;
         }
+        // Take the entry out first, and only then look at the grace period: an actor that
+        // watches the agent again meanwhile either finds no entry and adds its own, or came
+        // before the take, and then its grace period is seen here.
+        if self
+            .due_ms
+            .compare_exchange(entry, NOT_WATCHED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // The actor armed an earlier entry in the meantime: that one decides.
+            return Recheck::Done;
+        }
         let grace = self.grace_ms.load(Ordering::Acquire);
+        if grace == 0 {
+            return Recheck::Done;
+        }
         let due = self
             .last_seen_ms
             .load(Ordering::Acquire)
             .max(0)
             .saturating_add(grace);
-        let (next, outcome) = match grace {
-            0 => (NOT_WATCHED, Recheck::Done),
-            _ if due > now_ms => (due, Recheck::Later(due)),
-            _ => (NOT_WATCHED, Recheck::Silent),
-        };
-        // Lost to the actor arming an earlier entry in the meantime: that one decides.
-        match self
-            .due_ms
-            .compare_exchange(entry, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => outcome,
-            Err(_) => Recheck::Done,
+        if due <= now_ms {
+            return Recheck::Silent;
+        }
+        match self.retry(due) {
+            Some(due) => Recheck::Later(due),
+            // The actor armed one as early.
+            None => Recheck::Done,
         }
     }
 
@@ -244,6 +253,26 @@ mod tests {
         let stale = watch.take_due(75_000);
         assert_eq!(stale, vec![uid], "the first entry is still there");
         assert!(!watch.recheck(uid, &w, 75_000), "and is dropped as stale");
+    }
+
+    #[test]
+    fn an_agent_watched_again_before_its_old_entry_comes_due_stays_watched() {
+        let watch = SilenceWatch::default();
+        let uid = InstanceUid::new_v7();
+        let w = watched_at(0);
+        watch.watch(uid, &w, 1_000);
+        w.unwatch();
+        w.seen(1_500);
+        watch.watch(uid, &w, 1_000);
+        assert_eq!(watch.len(), 1, "the old entry is earlier: none added");
+        assert_eq!(watch.take_due(1_000), vec![uid]);
+        assert!(!watch.recheck(uid, &w, 1_000));
+        assert_eq!(
+            watch.take_due(2_500),
+            vec![uid],
+            "moved on to its new due time"
+        );
+        assert!(watch.recheck(uid, &w, 2_500));
     }
 
     #[test]
