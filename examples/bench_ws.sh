@@ -10,7 +10,8 @@
 # DATA [/tmp/bench-data], OUT [/tmp/bench-out], OPAMP [127.0.0.1:4320], API [127.0.0.1:4321],
 # BUILD [1: cargo build --release first], TRANSPORT [ws; or http for polling agents, where
 # "heartbeats" are idle polls], CONFIG_SIZE [5120: bytes of each agent's effective config; 0
-# gives the built-in 941-byte YAML of the runs before this knob].
+# gives the built-in 941-byte YAML of the runs before this knob], SIM_ARGS [none: more simulator
+# options, e.g. "--label k8s.cluster.name=prod" for larger descriptions].
 #
 # Measures: wall time from simulator start until the admin API reports every agent connected;
 # server RSS before the agents and after all are connected and reported; server and simulator
@@ -44,8 +45,9 @@ RSS_BEFORE=$(rss_kb "$SERVER")
 CPU_START=$(cpu_ticks "$SERVER")
 
 T0=$(now)
+# shellcheck disable=SC2086 # SIM_ARGS holds several options
 start_sim --server "$SCHEME://$OPAMP/v1/opamp" --agents "$AGENTS" \
-    --connect-rate "$CONNECT_RATE" --config-size "$CONFIG_SIZE"
+    --connect-rate "$CONNECT_RATE" --config-size "$CONFIG_SIZE" ${SIM_ARGS:-}
 wait_connected "$AGENTS" 3600
 T1=$(now)
 CPU_CONNECTED=$(cpu_ticks "$SERVER")
