@@ -288,7 +288,7 @@ impl AgentActor {
         if let Some(report) = rec
             .packages
             .as_ref()
-            .and_then(|p| p.packages.get(&package.name))
+            .and_then(|p| p.packages.get(package.name.as_str()))
         {
             let has_it = report.state == PackageState::Installed && report.agent_has_hash == hash;
             let on_it = report.server_offered_hash == hash

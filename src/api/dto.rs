@@ -102,7 +102,7 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 
 fn value(v: &AttributeValue) -> Value {
     match v {
-        AttributeValue::String(s) => Value::String(s.clone()),
+        AttributeValue::String(s) => Value::String(s.to_string()),
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Int(i) => Value::from(*i),
         AttributeValue::Double(d) => Value::from(*d),
@@ -113,7 +113,7 @@ fn value(v: &AttributeValue) -> Value {
 }
 
 fn attributes(map: &StrMap<AttributeValue>) -> Map<String, Value> {
-    map.iter().map(|(k, v)| (k.clone(), value(v))).collect()
+    map.iter().map(|(k, v)| (k.to_string(), value(v))).collect()
 }
 
 impl From<&Health> for HealthDto {
@@ -127,7 +127,7 @@ impl From<&Health> for HealthDto {
             components: h
                 .components
                 .iter()
-                .map(|(k, c)| (k.clone(), HealthDto::from(c)))
+                .map(|(k, c)| (k.to_string(), HealthDto::from(c)))
                 .collect(),
             attributes: attributes(&h.attributes),
         }
@@ -181,7 +181,7 @@ impl From<&AgentRecord> for AgentDto {
                 .iter()
                 .flat_map(|p| p.packages.iter())
                 .map(|(name, p)| AgentPackageDto {
-                    name: name.clone(),
+                    name: name.to_string(),
                     version: p.agent_has_version.clone(),
                     status: p.state.as_str().to_string(),
                     offered_version: p.server_offered_version.clone(),

@@ -1,11 +1,12 @@
 use std::fmt;
 
-use super::StrMap;
+use super::{SharedStr, StrMap};
 
 /// An attribute value as an agent reports it (OpAMP's AnyValue).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttributeValue {
-    String(String),
+    /// Shared: most values (`os.type`, a version, a cluster) are the same on many agents.
+    String(SharedStr),
     Bool(bool),
     Int(i64),
     Double(f64),
@@ -72,7 +73,7 @@ mod tests {
         let nested = AttributeValue::Array(vec![
             AttributeValue::Int(3),
             AttributeValue::Map(StrMap::from_iter([(
-                "k".to_string(),
+                "k".into(),
                 AttributeValue::Bool(true),
             )])),
         ]);

@@ -8,6 +8,7 @@ mod description;
 mod health;
 mod package;
 mod report;
+mod shared_str;
 mod uid;
 
 pub use agent::{AgentRecord, HISTORY_LIMIT, HistoryEntry};
@@ -19,14 +20,15 @@ pub use package::{PackageOffer, PackageReport, PackageReports, PackageState};
 pub use report::{
     AgentReport, OwnTelemetry, RemoteConfigOffer, ReplyError, ReportedComponents, ServerReply,
 };
+pub use shared_str::SharedStr;
 pub use uid::{InstanceUid, InvalidInstanceUid};
 
 use std::fmt;
 
 /// A small map keyed by name, kept as one sorted vector: per-agent maps (attributes, health
 /// components, packages) hold a handful of entries, where a `BTreeMap` node would reserve room
-/// for eleven.
-pub type StrMap<V> = litemap::LiteMap<String, V>;
+/// for eleven. The names are shared across agents, since every agent repeats them.
+pub type StrMap<V> = litemap::LiteMap<SharedStr, V>;
 
 /// An opaque content hash (config, components, packages), shown as lowercase hex.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

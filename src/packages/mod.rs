@@ -181,14 +181,8 @@ mod tests {
         rec.description = Arc::new(AgentDescription {
             identifying: StrMap::new(),
             non_identifying: StrMap::from_iter([
-                (
-                    PLATFORM_ATTRIBUTE.to_string(),
-                    AttributeValue::String(os.into()),
-                ),
-                (
-                    ARCH_ATTRIBUTE.to_string(),
-                    AttributeValue::String(arch.into()),
-                ),
+                (PLATFORM_ATTRIBUTE.into(), AttributeValue::String(os.into())),
+                (ARCH_ATTRIBUTE.into(), AttributeValue::String(arch.into())),
             ]),
         });
         rec

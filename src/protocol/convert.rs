@@ -9,7 +9,7 @@ use crate::domain::{
     AgentCapabilities, AgentDescription, AgentReport, AttributeValue, ConfigFile, ConfigMap,
     ContentHash, Health, HealthReport, InstanceUid, InvalidInstanceUid, PackageReport,
     PackageReports, PackageState, RemoteConfigState, RemoteConfigStatus, ReplyError,
-    ReportedComponents, ServerReply, StrMap,
+    ReportedComponents, ServerReply, SharedStr, StrMap,
 };
 
 const FLAG_REQUEST_INSTANCE_UID: u64 = 0x1;
@@ -98,7 +98,7 @@ pub fn packages_from_proto(ps: proto::PackageStatuses) -> PackageReports {
                         .map(|d| d.download_percent)
                         .filter(|pct| pct.is_finite()),
                 };
-                (name, report)
+                (SharedStr::from(name), report)
             })
             .collect(),
         server_provided_all_packages_hash: ContentHash(
@@ -122,7 +122,7 @@ pub fn packages_to_proto(ps: &PackageReports) -> proto::PackageStatuses {
                     PackageState::Downloading => proto::PackageStatusEnum::Downloading,
                 };
                 let status = proto::PackageStatus {
-                    name: name.clone(),
+                    name: name.to_string(),
                     agent_has_version: p.agent_has_version.clone(),
                     agent_has_hash: Bytes::copy_from_slice(&p.agent_has_hash.0),
                     server_offered_version: p.server_offered_version.clone(),
@@ -134,7 +134,7 @@ pub fn packages_to_proto(ps: &PackageReports) -> proto::PackageStatuses {
                         download_bytes_per_second: 0.0,
                     }),
                 };
-                (name.clone(), status)
+                (name.to_string(), status)
             })
             .collect(),
         server_provided_all_packages_hash: Bytes::copy_from_slice(
@@ -349,7 +349,7 @@ pub fn health_from_proto(h: proto::ComponentHealth) -> Health {
         components: h
             .component_health_map
             .into_iter()
-            .map(|(name, c)| (name, health_from_proto(c)))
+            .map(|(name, c)| (SharedStr::from(name), health_from_proto(c)))
             .collect(),
         attributes: attributes_from_proto(h.attributes),
     }
@@ -365,7 +365,7 @@ pub fn health_to_proto(h: &Health) -> proto::ComponentHealth {
         component_health_map: h
             .components
             .iter()
-            .map(|(name, c)| (name.clone(), health_to_proto(c)))
+            .map(|(name, c)| (name.to_string(), health_to_proto(c)))
             .collect(),
         attributes: attributes_to_proto(&h.attributes),
     }
@@ -374,7 +374,7 @@ pub fn health_to_proto(h: &Health) -> proto::ComponentHealth {
 /// Later duplicates of a key win, as in a map built from the list in order.
 fn attributes_from_proto(kvs: Vec<proto::KeyValue>) -> StrMap<AttributeValue> {
     kvs.into_iter()
-        .map(|kv| (kv.key, value_from_proto(kv.value)))
+        .map(|kv| (SharedStr::from(kv.key), value_from_proto(kv.value)))
         .collect()
 }
 
@@ -382,7 +382,7 @@ fn attributes_to_proto(attrs: &StrMap<AttributeValue>) -> Vec<proto::KeyValue> {
     attrs
         .iter()
         .map(|(key, value)| proto::KeyValue {
-            key: key.clone(),
+            key: key.to_string(),
             value: Some(value_to_proto(value)),
         })
         .collect()
@@ -391,8 +391,8 @@ fn attributes_to_proto(attrs: &StrMap<AttributeValue>) -> Vec<proto::KeyValue> {
 fn value_from_proto(v: Option<proto::AnyValue>) -> AttributeValue {
     use proto::any_value::Value;
     match v.and_then(|v| v.value) {
-        None => AttributeValue::String(String::new()),
-        Some(Value::StringValue(s)) => AttributeValue::String(s),
+        None => AttributeValue::String(SharedStr::default()),
+        Some(Value::StringValue(s)) => AttributeValue::String(SharedStr::from(s)),
         Some(Value::BoolValue(b)) => AttributeValue::Bool(b),
         Some(Value::IntValue(i)) => AttributeValue::Int(i),
         Some(Value::DoubleValue(d)) => AttributeValue::Double(d),
@@ -410,7 +410,7 @@ fn value_from_proto(v: Option<proto::AnyValue>) -> AttributeValue {
 fn value_to_proto(v: &AttributeValue) -> proto::AnyValue {
     use proto::any_value::Value;
     let value = match v {
-        AttributeValue::String(s) => Value::StringValue(s.clone()),
+        AttributeValue::String(s) => Value::StringValue(s.to_string()),
         AttributeValue::Bool(b) => Value::BoolValue(*b),
         AttributeValue::Int(i) => Value::IntValue(*i),
         AttributeValue::Double(d) => Value::DoubleValue(*d),

@@ -746,7 +746,7 @@ fn package_outcome(
     if let Some(report) = agent
         .packages
         .as_ref()
-        .and_then(|p| p.packages.get(&payload.name))
+        .and_then(|p| p.packages.get(payload.name.as_str()))
     {
         if report.state == PackageState::Installed && report.agent_has_hash == hash {
             return Some(Outcome::Applied);

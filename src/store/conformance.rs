@@ -95,7 +95,7 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
         offered_package_hash: Some(crate::domain::ContentHash(vec![6; 32])),
         packages: Some(Arc::new(crate::domain::PackageReports {
             packages: StrMap::from_iter([(
-                String::new(),
+                Default::default(),
                 crate::domain::PackageReport {
                     agent_has_version: "v0.115.0".into(),
                     agent_has_hash: crate::domain::ContentHash(vec![1; 32]),
