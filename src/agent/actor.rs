@@ -32,6 +32,20 @@ struct WsLink {
     outbound: crate::channel::Sender<Outgoing>,
 }
 
+impl WsLink {
+    /// Has the connection close with `code`; drops it when its queue has no room even for
+    /// the close.
+    fn close(&self, code: u16, reason: String) {
+        if self
+            .outbound
+            .try_send(Outgoing::Close { code, reason })
+            .is_err()
+        {
+            self.outbound.abort();
+        }
+    }
+}
+
 pub(super) struct AgentActor {
     record: Arc<AgentRecord>,
     machine: StatusMachine,
@@ -48,8 +62,6 @@ pub(super) struct AgentActor {
     last_heartbeat: Option<Instant>,
     /// The sequence number of the agent's goodbye, to ignore messages it had queued before.
     said_goodbye_at: Option<u64>,
-    /// The fleet's silence watch has the agent (see `SilenceWatch`).
-    watching: bool,
     /// Connection settings were offered on the current connection.
     offered_settings: bool,
     /// What the rollout controller wants of this agent.
@@ -97,7 +109,6 @@ impl AgentActor {
             last_heard: None,
             last_heartbeat: None,
             said_goodbye_at: None,
-            watching: false,
             offered_settings: false,
             directive: Directive::default(),
             offered_config_here: false,
@@ -664,14 +675,7 @@ impl AgentActor {
     /// Marks the agent Disconnected, closing its WebSocket with `close` if it has one.
     fn go_offline(&mut self, close: Option<u16>, reason: String) {
         if let (Some(code), Some(link)) = (close, &self.ws) {
-            let closing = link.outbound.try_send(Outgoing::Close {
-                code,
-                reason: reason.clone(),
-            });
-            if closing.is_err() {
-                // No room even for the close: drop the connection.
-                link.outbound.abort();
-            }
+            link.close(code, reason.clone());
         }
         self.detach();
         let mut rec = (*self.record).clone();
@@ -713,8 +717,7 @@ impl AgentActor {
     }
 
     /// Has the fleet's silence watch look for silence longer than `grace` (or stop looking).
-    fn watch(&mut self, grace: Option<Duration>) {
-        self.watching = grace.is_some();
+    fn watch(&self, grace: Option<Duration>) {
         let watched = &self.link.watched;
         match grace {
             Some(grace) => {
@@ -729,18 +732,12 @@ impl AgentActor {
     /// actor once an agent speaks on it (see `serve_connection`).
     fn close_for_shutdown(&self) {
         if let Some(link) = &self.ws {
-            let closing = link.outbound.try_send(Outgoing::Close {
-                code: CLOSE_GOING_AWAY,
-                reason: "server shutting down".into(),
-            });
-            if closing.is_err() {
-                link.outbound.abort();
-            }
+            link.close(CLOSE_GOING_AWAY, "server shutting down".into());
         }
     }
 
     fn on_silence(&mut self) {
-        if !self.watching {
+        if !self.link.watched.is_watched() {
             // Went offline while the watch's word was on its way.
             return;
         }

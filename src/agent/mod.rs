@@ -1,7 +1,7 @@
 //! One actor per agent. The actor task alone owns an agent's state, whichever transport the
 //! agent uses and across HTTP polls; connection tasks only move bytes to and from it.
-//! [`AgentHandle`] is the cloneable way in: a bounded mailbox and a `watch` of the agent's
-//! latest [`AgentRecord`].
+//! [`AgentHandle`] is the cloneable way in: a bounded mailbox and the [`LinkState`] that
+//! publishes the agent's latest [`AgentRecord`].
 
 mod actor;
 mod liveness;
@@ -127,7 +127,7 @@ pub struct AgentContext {
     /// look at those alone (a fleet with churn changes somewhere all the time). Added to
     /// before `changes` is bumped.
     pub changed: Arc<parking_lot::Mutex<std::collections::HashSet<InstanceUid>>>,
-    /// Agents watched for silence; see [`Fleet::watch_for_silence`](crate::fleet::Fleet).
+    /// Agents watched for silence; see [`Fleet::spawn_silence_watch`](crate::fleet::Fleet).
     pub silence: SilenceWatch,
 }
 

@@ -33,7 +33,7 @@ impl SilenceWatch {
     }
 
     /// Takes the entries due by `now_ms`.
-    pub fn take_due(&self, now_ms: i64) -> Vec<InstanceUid> {
+    fn take_due(&self, now_ms: i64) -> Vec<InstanceUid> {
         let due = {
             let mut map = self.due.lock();
             let later = map.split_off(&now_ms.saturating_add(1));
@@ -42,7 +42,7 @@ impl SilenceWatch {
         due.into_values().flatten().collect()
     }
 
-    /// Watches the agent whose link this is; see [`Watched::watch`].
+    /// Watches the agent whose link this is: due a grace period after it was last heard.
     pub fn watch(&self, uid: InstanceUid, watched: &Watched, grace_ms: i64) {
         if let Some(due) = watched.watch(grace_ms) {
             self.insert(due, uid);
@@ -51,7 +51,7 @@ impl SilenceWatch {
 
     /// Looks again at an agent whose entry came due at `now_ms`: moves the entry to when the
     /// agent would now be silent, or drops it. Returns whether the agent is silent.
-    pub fn recheck(&self, uid: InstanceUid, watched: &Watched, now_ms: i64) -> bool {
+    fn recheck(&self, uid: InstanceUid, watched: &Watched, now_ms: i64) -> bool {
         match watched.recheck(now_ms) {
             Recheck::Later(due) => {
                 self.insert(due, uid);
@@ -63,31 +63,28 @@ impl SilenceWatch {
     }
 
     /// Looks at every entry due by `now_ms` (`agent` finds an agent's handle) and tells the
-    /// actors of silent agents. Returns how many were told.
-    pub fn sweep(&self, now_ms: i64, agent: impl Fn(&InstanceUid) -> Option<AgentHandle>) -> usize {
-        let mut told = 0;
+    /// actors of silent agents.
+    pub fn sweep(&self, now_ms: i64, agent: impl Fn(&InstanceUid) -> Option<AgentHandle>) {
         for uid in self.take_due(now_ms) {
             let Some(handle) = agent(&uid) else { continue };
             let watched = &handle.link().watched;
-            if !self.recheck(uid, watched, now_ms) {
-                continue;
-            }
-            if handle.tell_silent() {
-                told += 1;
-            } else if let Some(due) = watched.retry(now_ms + SILENCE_TICK_MS) {
+            if self.recheck(uid, watched, now_ms)
+                && !handle.tell_silent()
+                && let Some(due) = watched.retry(now_ms + SILENCE_TICK_MS)
+            {
                 // A full mailbox: the actor is busy; ask again next tick.
                 self.insert(due, uid);
             }
         }
-        told
     }
 
-    /// Entries waiting, for tests and metrics.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.due.lock().values().map(Vec::len).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -139,6 +136,11 @@ impl Watched {
     /// Puts the agent back in the watch, due at `due_ms`, unless an entry is due as early.
     fn retry(&self, due_ms: i64) -> Option<i64> {
         (self.due_ms.fetch_min(due_ms, Ordering::AcqRel) > due_ms).then_some(due_ms)
+    }
+
+    /// Whether the agent is watched (its entry may still be on its way).
+    pub fn is_watched(&self) -> bool {
+        self.grace_ms.load(Ordering::Acquire) != 0
     }
 
     /// Stops watching; the entry is dropped when it comes due.

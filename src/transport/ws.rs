@@ -153,13 +153,13 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                     match next {
                         // Answered here; straight out unless replies are waiting, to keep
                         // their order.
-                        Next::Answered(reply) if replies.is_empty() => {
-                            if let Err(ending) = Box::pin(write(&mut socket, &reply)).await {
+                        Next::Answered(answer) if replies.is_empty() => {
+                            if let Err(ending) = Box::pin(write(&mut socket, &answer)).await {
                                 break ending;
                             }
                         }
-                        Next::Answered(reply) => {
-                            let _ = outbound.try_send(Outgoing::Message(reply));
+                        Next::Answered(answer) => {
+                            let _ = outbound.try_send(Outgoing::Message(answer));
                         }
                         // Boxed: routing awaits the actor's mailbox and is the largest part of
                         // this future, which every idle connection would otherwise carry.
