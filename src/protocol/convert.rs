@@ -323,13 +323,23 @@ pub fn description_to_proto(d: &AgentDescription) -> proto::AgentDescription {
 /// The compact form the fleet keeps of a reported health tree.
 pub fn health_report(h: proto::ComponentHealth) -> HealthReport {
     let encoded = Bytes::from(h.encode_to_vec());
-    let problem = health_from_proto(h).problem().map(String::into_boxed_str);
-    HealthReport { encoded, problem }
+    HealthReport {
+        encoded,
+        problem: health_problem(h),
+    }
 }
 
-/// A stored health report, from its encoding.
+/// A stored health report, from its encoding (kept as it is).
 pub fn health_report_from_bytes(encoded: &[u8]) -> Result<HealthReport, prost::DecodeError> {
-    Ok(health_report(proto::ComponentHealth::decode(encoded)?))
+    let problem = health_problem(proto::ComponentHealth::decode(encoded)?);
+    Ok(HealthReport {
+        encoded: Bytes::copy_from_slice(encoded),
+        problem,
+    })
+}
+
+fn health_problem(h: proto::ComponentHealth) -> Option<Box<str>> {
+    health_from_proto(h).problem().map(String::into_boxed_str)
 }
 
 /// The tree of a health report, for reading.
