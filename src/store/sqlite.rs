@@ -24,10 +24,9 @@ use crate::status::Status;
 
 const DB_FILE: &str = "corral.db";
 const POOL_SIZE: u32 = 4;
-/// Rows one batched statement writes: 5 bound values each, well under SQLite's 32,766.
+/// Rows one batched statement writes: at most 19 bound values each (an agent row), so at
+/// most 19,000 in a statement, under SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 1000;
-/// Agent rows one batched statement writes: 19 bound values each.
-const AGENT_ROWS_PER_STATEMENT: usize = 1000;
 // Batched statements are built with `persistent(false)`: their text changes with the row count,
 // and a cached compiled 1,000-row statement holds about a megabyte on each pooled connection.
 
@@ -211,7 +210,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         // A batch holds whatever changed in the last flush interval, thousands of agents when
         // a wave lands or a fleet reconnects: one statement per chunk, not one per row.
-        for chunk in batch.agents.chunks(AGENT_ROWS_PER_STATEMENT) {
+        for chunk in batch.agents.chunks(ROWS_PER_STATEMENT) {
             let mut query = sqlx::QueryBuilder::<Sqlite>::new(
                 "INSERT INTO agents (instance_uid, status, status_reason, transport, labels,
                     description, capabilities, health, effective_config_hash, remote_config_hash,
