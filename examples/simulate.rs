@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
-use corral::protocol::proto;
+use corral::edge::protocol::proto;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use rand::Rng;
@@ -1645,7 +1645,7 @@ async fn ws_exchange(
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     inc(&ctx.stats.received);
                     ctx.stats.bytes_received.fetch_add(bytes.len() as u64, Relaxed);
-                    let reply = corral::protocol::unframe_ws(bytes)
+                    let reply = corral::edge::protocol::unframe_ws(bytes)
                         .map_err(|e| e.to_string())
                         .and_then(|b| proto::ServerToAgent::decode(b).map_err(|e| e.to_string()));
                     let reply = match reply {

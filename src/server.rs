@@ -11,16 +11,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::agent::AgentContext;
-use crate::api::{self, ApiState};
-use crate::domain::OwnTelemetry;
-use crate::fleet::Fleet;
-use crate::packages::BlobStore;
-use crate::rollout::spawn_controller;
+use crate::core::domain::OwnTelemetry;
+use crate::edge::api::{self, ApiState};
+use crate::edge::store::BlobStore;
+use crate::edge::store::{SqliteStore, Store, WriteBuffer, run_flusher};
+use crate::edge::transport::{self, OpampState};
 use crate::settings::Settings;
-use crate::store::{SqliteStore, Store, WriteBuffer, run_flusher};
+use crate::tasks::agent::AgentContext;
+use crate::tasks::controller::spawn_controller;
+use crate::tasks::fleet::Fleet;
 use crate::telemetry::Metrics;
-use crate::transport::{self, OpampState};
 
 /// How long actors and connections get to finish after shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -91,7 +91,7 @@ pub async fn serve(
         components,
         settings
             .heartbeat_interval
-            .mul_f64(crate::agent::GRACE_FACTOR),
+            .mul_f64(crate::tasks::agent::GRACE_FACTOR),
         shutdown.clone(),
         &tracker,
     )

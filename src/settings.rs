@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::transport::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::edge::transport::DEFAULT_MAX_MESSAGE_SIZE;
 
 pub const DEFAULT_OPAMP_LISTEN: &str = "0.0.0.0:4320";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:4321";

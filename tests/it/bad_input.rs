@@ -1,4 +1,4 @@
-use corral::protocol::proto;
+use corral::edge::protocol::proto;
 use prost::Message;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral::api::dto::{AgentDetailDto, FleetDto};
-use corral::protocol::proto;
+use corral::edge::api::dto::{AgentDetailDto, FleetDto};
+use corral::edge::protocol::proto;
 use corral::server::{Listeners, serve};
 use corral::settings::{Partial, Settings};
 use futures_util::{SinkExt, StreamExt};
@@ -451,7 +451,7 @@ impl WsAgent {
                 .expect("frame");
             match frame {
                 WsMessage::Binary(b) => {
-                    let body = corral::protocol::unframe_ws(b).expect("header 0");
+                    let body = corral::edge::protocol::unframe_ws(b).expect("header 0");
                     return proto::ServerToAgent::decode(body).expect("ServerToAgent");
                 }
                 WsMessage::Ping(_) | WsMessage::Pong(_) => continue,

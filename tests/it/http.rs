@@ -1,6 +1,6 @@
 use std::io::{Read, Write};
 
-use corral::protocol::proto;
+use corral::edge::protocol::proto;
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;

@@ -11,7 +11,7 @@ async fn server_with_heartbeat(secs: u64) -> TestServer {
 }
 
 /// A bare heartbeat from an agent that accepts the offered heartbeat interval.
-fn accepting_heartbeat(uid: &[u8; 16], seq: u64) -> corral::protocol::proto::AgentToServer {
+fn accepting_heartbeat(uid: &[u8; 16], seq: u64) -> corral::edge::protocol::proto::AgentToServer {
     let mut hb = heartbeat(uid, seq);
     hb.capabilities |= ACCEPTS_SETTINGS;
     hb
@@ -110,7 +110,7 @@ async fn heartbeats_answered_by_the_transport_count_as_heard_and_in_sequence() {
     // A status change goes on from the last heartbeat's number.
     seq += 1;
     let mut unhealthy = accepting_heartbeat(&uid, seq);
-    unhealthy.health = Some(corral::protocol::proto::ComponentHealth {
+    unhealthy.health = Some(corral::edge::protocol::proto::ComponentHealth {
         healthy: false,
         last_error: "exporter failing".into(),
         ..Default::default()

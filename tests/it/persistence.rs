@@ -1,4 +1,4 @@
-use corral::protocol::proto;
+use corral::edge::protocol::proto;
 
 use crate::common::*;
 
@@ -73,11 +73,11 @@ async fn heartbeats_do_not_write_to_the_store() {
     agent.exchange(&full_report(&uid, 1, "quiet")).await;
     server.wait_status(&uid, "connected").await;
     // Let the first report's changes be flushed.
-    tokio::time::sleep(corral::store::FLUSH_INTERVAL * 3).await;
+    tokio::time::sleep(corral::edge::store::FLUSH_INTERVAL * 3).await;
     let flushes = server.metric("corral_store_flushes_total").await;
     for seq in 2..50 {
         agent.exchange(&heartbeat(&uid, seq)).await;
     }
-    tokio::time::sleep(corral::store::FLUSH_INTERVAL * 3).await;
+    tokio::time::sleep(corral::edge::store::FLUSH_INTERVAL * 3).await;
     assert_eq!(server.metric("corral_store_flushes_total").await, flushes);
 }

@@ -415,7 +415,7 @@ async fn configurations_are_versioned_idempotently_and_validated() {
 
 #[tokio::test]
 async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
-    use corral::protocol::proto;
+    use corral::edge::protocol::proto;
     let server = TestServer::start().await;
     let uid = new_uid();
     let hash = bytes::Bytes::from_static(&[0x5a; 32]);
@@ -484,7 +484,7 @@ async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
 
 #[tokio::test]
 async fn a_failed_version_is_sent_again_only_when_an_admin_asks() {
-    use corral::protocol::proto::{self, RemoteConfigStatuses};
+    use corral::edge::protocol::proto::{self, RemoteConfigStatuses};
     let server = TestServer::start().await;
     let uid = new_uid();
     let mut agent = WsAgent::connect(&server.ws_url()).await;

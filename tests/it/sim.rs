@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral::protocol::proto::{self, PackageStatusEnum, RemoteConfigStatuses};
+use corral::edge::protocol::proto::{self, PackageStatusEnum, RemoteConfigStatuses};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
@@ -382,7 +382,7 @@ async fn ws_session(
         let Some(Ok(WsMessage::Binary(bytes))) = frame else {
             return Err(());
         };
-        let body = corral::protocol::unframe_ws(bytes).map_err(|_| ())?;
+        let body = corral::edge::protocol::unframe_ws(bytes).map_err(|_| ())?;
         let reply = proto::ServerToAgent::decode(body).map_err(|_| ())?;
         let reaction = react(spec, life, seen, &reply).await;
         for msg in reaction.send {

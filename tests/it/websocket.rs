@@ -1,4 +1,4 @@
-use corral::protocol::proto::{self, RemoteConfigStatuses};
+use corral::edge::protocol::proto::{self, RemoteConfigStatuses};
 use futures_util::SinkExt;
 use prost::Message;
 

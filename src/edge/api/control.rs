@@ -1,0 +1,389 @@
+//! Configurations and rollouts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use bytes::Bytes;
+
+use super::dto::{
+    AgentConfigDto, ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto,
+    ConfigurationsDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto, RolloutIdDto,
+    RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
+};
+use super::{ApiError, ApiState};
+use crate::core::config::{Configuration, Selector, assign, check_compatible};
+use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
+use crate::core::rollout::{
+    DEFAULT_INITIAL, DEFAULT_MAX_ERRORS, DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER,
+    DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, directive,
+};
+use crate::tasks::controller::{
+    Action, ConfigurationSpec, ControlError, ControlView, RolloutSpec, RolloutTarget,
+};
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::BadRequest(m) => ApiError::BadRequest(m),
+            ControlError::NotFound(m) => ApiError::NotFound(m),
+            ControlError::Conflict(m) => ApiError::Conflict(m),
+            ControlError::Store(e) => ApiError::Internal(e.to_string()),
+            ControlError::Stopped => ApiError::Unavailable,
+        }
+    }
+}
+
+fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+pub(super) async fn put_configuration(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<ConfigurationPutDto>, JsonRejection>,
+) -> Result<Json<ConfigurationPutResultDto>, ApiError> {
+    let body = json(body)?;
+    let selector = Selector::parse(&body.selector)
+        .map_err(|e| ApiError::BadRequest(format!("selector: {e}")))?;
+    let files = ConfigMap {
+        files: body
+            .files
+            .into_iter()
+            .map(|(name, f)| {
+                let file = ConfigFile {
+                    body: Bytes::from(f.body.into_bytes()),
+                    content_type: f.content_type,
+                };
+                (name, file)
+            })
+            .collect(),
+    };
+    let before = state.controller.view();
+    let existed = before
+        .configuration(&name)
+        .and_then(|c| c.latest())
+        .map(|v| v.version);
+    let version = state
+        .controller
+        .put_configuration(ConfigurationSpec {
+            name: name.clone(),
+            selector,
+            priority: body.priority,
+            files,
+        })
+        .await?;
+    Ok(Json(ConfigurationPutResultDto {
+        name,
+        version: version.version,
+        hash: version.hash.to_hex(),
+        created: existed != Some(version.version),
+    }))
+}
+
+fn matched_agents(
+    state: &ApiState,
+    view: &ControlView,
+    config: &Configuration,
+) -> Vec<Arc<AgentRecord>> {
+    let mut agents: Vec<_> = state
+        .fleet
+        .records()
+        .into_iter()
+        .filter(|a| assign(&view.configurations, a).is_some_and(|c| c.name == config.name))
+        .collect();
+    agents.sort_by_key(|a| a.uid);
+    agents
+}
+
+fn configuration_dto(
+    state: &ApiState,
+    view: &ControlView,
+    config: &Configuration,
+    detail: bool,
+) -> ConfigurationDto {
+    let agents = matched_agents(state, view, config);
+    ConfigurationDto {
+        name: config.name.clone(),
+        selector: config.selector.to_string(),
+        priority: config.priority,
+        latest_version: config.latest().map(|v| v.version),
+        latest_hash: config.latest().map(|v| v.hash.to_hex()),
+        agent_count: agents.len(),
+        rollout: view.latest_rollout(&config.name).and_then(|r| {
+            Some(RolloutIdDto {
+                id: r.id.clone(),
+                state: r.progress.state.as_str().to_string(),
+                version: r.config()?.version,
+            })
+        }),
+        created_at: rfc3339(config.created_at),
+        updated_at: rfc3339(config.updated_at),
+        versions: detail.then(|| {
+            config
+                .versions
+                .iter()
+                .map(|v| version_dto(config, v, false))
+                .collect()
+        }),
+        agents: detail.then(|| agents.iter().map(|a| a.uid.to_string()).collect()),
+    }
+}
+
+fn version_dto(
+    config: &Configuration,
+    v: &crate::core::config::ConfigVersion,
+    with_files: bool,
+) -> VersionDto {
+    VersionDto {
+        name: config.name.clone(),
+        version: v.version,
+        hash: v.hash.to_hex(),
+        created_at: rfc3339(v.created_at),
+        components: v
+            .components
+            .iter()
+            .map(|(k, t)| format!("{k}/{t}"))
+            .collect(),
+        files: with_files.then(|| {
+            v.files
+                .files
+                .iter()
+                .map(|(name, f)| {
+                    let file = FileDto {
+                        body: String::from_utf8_lossy(&f.body).into_owned(),
+                        content_type: f.content_type.clone(),
+                    };
+                    (name.clone(), file)
+                })
+                .collect::<BTreeMap<_, _>>()
+        }),
+    }
+}
+
+pub(super) async fn list_configurations(State(state): State<ApiState>) -> Json<ConfigurationsDto> {
+    let view = state.controller.view();
+    Json(ConfigurationsDto {
+        configurations: view
+            .configurations
+            .iter()
+            .map(|c| configuration_dto(&state, &view, c, false))
+            .collect(),
+    })
+}
+
+fn find_configuration(view: &ControlView, name: &str) -> Result<Arc<Configuration>, ApiError> {
+    view.configuration(name)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no configuration {name:?}")))
+}
+
+pub(super) async fn show_configuration(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<ConfigurationDto>, ApiError> {
+    let view = state.controller.view();
+    let config = find_configuration(&view, &name)?;
+    Ok(Json(configuration_dto(&state, &view, &config, true)))
+}
+
+pub(super) async fn show_version(
+    State(state): State<ApiState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<VersionDto>, ApiError> {
+    let view = state.controller.view();
+    let config = find_configuration(&view, &name)?;
+    let n: u32 = version
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("version {version:?} is not a number")))?;
+    let v = config
+        .version(n)
+        .ok_or_else(|| ApiError::NotFound(format!("configuration {name} has no version {n}")))?;
+    Ok(Json(version_dto(&config, v, true)))
+}
+
+pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
+    let counts = r.progress.counts();
+    let config = r.config();
+    let package = r.package();
+    RolloutDto {
+        id: r.id.clone(),
+        configuration: config.map(|c| c.configuration.clone()),
+        version: config.map(|c| c.version),
+        previous_version: config.and_then(|c| c.previous_version),
+        package: package.map(|p| PackageRefDto {
+            name: p.name.clone(),
+            version: p.version.clone(),
+        }),
+        selector: package.map(|p| p.selector.to_string()),
+        skipped: view
+            .skipped
+            .get(&r.id)
+            .into_iter()
+            .flatten()
+            .map(|(uid, reason)| SkippedDto {
+                instance_uid: uid.to_string(),
+                reason: reason.clone(),
+            })
+            .collect(),
+        state: r.progress.state.as_str().to_string(),
+        wave: r.progress.wave,
+        wave_sizes: (0..r.progress.wave.max(1) + 1)
+            .map(|k| r.params.wave_size(k))
+            .collect(),
+        counts: RolloutCountsDto {
+            total: counts.total,
+            completed: counts.completed,
+            errors: counts.errors,
+            configuring: counts.configuring,
+            pending: counts.pending,
+        },
+        initial: r.params.initial,
+        multiplier: r.params.multiplier,
+        maximum: r.params.maximum,
+        max_errors: r.params.max_errors,
+        rollback_on_failure: r.rollback,
+        wave_timeout_seconds: r.params.wave_timeout_ms / 1000,
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+    }
+}
+
+pub(super) async fn start_rollout(
+    State(state): State<ApiState>,
+    body: Result<Json<RolloutStartDto>, JsonRejection>,
+) -> Result<Json<RolloutDto>, ApiError> {
+    let body = json(body)?;
+    let params = Params {
+        initial: body.initial.unwrap_or(DEFAULT_INITIAL),
+        multiplier: body.multiplier.unwrap_or(DEFAULT_MULTIPLIER),
+        maximum: body.maximum.unwrap_or(DEFAULT_MAXIMUM),
+        max_errors: body.max_errors.unwrap_or(DEFAULT_MAX_ERRORS),
+        wave_timeout_ms: body
+            .wave_timeout_seconds
+            .unwrap_or(DEFAULT_WAVE_TIMEOUT_SECS)
+            .saturating_mul(1000),
+    };
+    let target = match (body.configuration, body.package) {
+        (Some(configuration), None) => {
+            if body.selector.is_some() {
+                return Err(ApiError::BadRequest(
+                    "a configuration rollout goes to the agents assigned to it; selector is for package rollouts".into(),
+                ));
+            }
+            RolloutTarget::Config {
+                configuration,
+                version: body.version,
+            }
+        }
+        (None, Some(package)) => RolloutTarget::Package {
+            name: package.name,
+            version: package.version,
+            selector: Selector::parse(body.selector.as_deref().unwrap_or_default())
+                .map_err(|e| ApiError::BadRequest(format!("selector: {e}")))?,
+        },
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give either \"configuration\" or \"package\"".into(),
+            ));
+        }
+    };
+    let rollout = state
+        .controller
+        .start_rollout(RolloutSpec {
+            target,
+            params,
+            rollback: body.rollback_on_failure.unwrap_or(false),
+        })
+        .await?;
+    Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
+}
+
+pub(super) async fn list_rollouts(State(state): State<ApiState>) -> Json<RolloutsDto> {
+    let view = state.controller.view();
+    Json(RolloutsDto {
+        rollouts: view
+            .rollouts
+            .iter()
+            .rev()
+            .map(|r| rollout_dto(&view, r))
+            .collect(),
+    })
+}
+
+pub(super) async fn show_rollout(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDto>, ApiError> {
+    let view = state.controller.view();
+    let rollout = view
+        .rollout(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
+    Ok(Json(rollout_dto(&view, rollout)))
+}
+
+pub(super) async fn act_on_rollout(
+    State(state): State<ApiState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<RolloutDto>, ApiError> {
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "cancel" => Action::Cancel,
+        other => return Err(ApiError::NotFound(format!("no rollout action {other:?}"))),
+    };
+    let rollout = state.controller.act(id, action).await?;
+    Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
+}
+
+/// The agent's configuration as the API shows it: assignment, the version it runs, the one it
+/// was sent and has not confirmed, the one it should run, and whether it can.
+pub(super) fn agent_config(
+    state: &ApiState,
+    view: &ControlView,
+    agent: &AgentRecord,
+) -> Option<AgentConfigDto> {
+    let config = assign(&view.configurations, agent)?;
+    let version_of = |hash: &crate::core::domain::ContentHash| {
+        config
+            .versions
+            .iter()
+            .find(|v| &v.hash == hash)
+            .map(|v| v.version)
+    };
+    let current = agent.applied_config_hash.as_ref().and_then(version_of);
+    let pending = agent
+        .offered_config_hash
+        .as_ref()
+        .filter(|h| agent.remote_config.as_ref().map(|rc| &rc.hash) != Some(*h))
+        .and_then(version_of);
+    let available = agent
+        .components_hash
+        .as_ref()
+        .and_then(|h| state.fleet.components(h));
+    let directive = directive(
+        config,
+        view.latest_rollout(&config.name).map(Arc::as_ref),
+        agent,
+        available.as_deref(),
+    );
+    // Judged against what the agent is headed to, else the latest version.
+    let judged = directive.version.as_ref().or(config.latest());
+    let compatibility = match (&available, judged) {
+        (None, _) => "unknown",
+        _ if directive.incompatible.is_some() => "incompatible",
+        (Some(set), Some(v)) if check_compatible(v, Some(set)).is_err() => "incompatible",
+        _ => "compatible",
+    };
+    Some(AgentConfigDto {
+        name: config.name.clone(),
+        current_version: current,
+        pending_version: pending,
+        target_version: directive.version.as_ref().map(|v| v.version),
+        compatibility: compatibility.to_string(),
+        incompatible_reason: directive.incompatible,
+    })
+}

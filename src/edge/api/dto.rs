@@ -1,0 +1,394 @@
+//! The JSON shapes of the admin API: the only serde types of the API, converted from domain
+//! types here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::core::domain::{AgentRecord, AttributeValue, Health, HistoryEntry, StrMap};
+use crate::tasks::fleet::FleetSummary;
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentDto {
+    pub instance_uid: String,
+    pub status: String,
+    pub status_reason: String,
+    pub transport: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub identifying_attributes: Map<String, Value>,
+    pub non_identifying_attributes: Map<String, Value>,
+    pub capabilities: Vec<String>,
+    pub health: Option<HealthDto>,
+    pub effective_config_hash: Option<String>,
+    pub remote_config: Option<RemoteConfigDto>,
+    pub last_seen: String,
+    pub connected_at: Option<String>,
+    /// The configuration assigned to the agent, if any.
+    #[serde(default)]
+    pub configuration: Option<AgentConfigDto>,
+    #[serde(default)]
+    pub packages: Vec<AgentPackageDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct HealthDto {
+    pub healthy: bool,
+    pub status: String,
+    pub last_error: String,
+    pub start_time_unix_nano: u64,
+    pub status_time_unix_nano: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, HealthDto>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub attributes: Map<String, Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RemoteConfigDto {
+    pub hash: String,
+    pub status: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct HistoryDto {
+    pub at: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentDetailDto {
+    #[serde(flatten)]
+    pub agent: AgentDto,
+    pub history: Vec<HistoryDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentListDto {
+    pub agents: Vec<AgentDto>,
+    pub next_cursor: Option<String>,
+    pub total: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct FleetDto {
+    pub total: i64,
+    pub by_status: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct LabelsDto {
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigFileDto {
+    pub body: String,
+    pub content_type: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct EffectiveConfigDto {
+    pub hash: String,
+    pub files: BTreeMap<String, ConfigFileDto>,
+}
+
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn value(v: &AttributeValue) -> Value {
+    match v {
+        AttributeValue::String(s) => Value::String(s.to_string()),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Int(i) => Value::from(*i),
+        AttributeValue::Double(d) => Value::from(*d),
+        AttributeValue::Bytes(b) => Value::String(hex::encode(b)),
+        AttributeValue::Array(values) => Value::Array(values.iter().map(value).collect()),
+        AttributeValue::Map(map) => Value::Object(attributes(map)),
+    }
+}
+
+fn attributes(map: &StrMap<AttributeValue>) -> Map<String, Value> {
+    map.iter().map(|(k, v)| (k.to_string(), value(v))).collect()
+}
+
+impl From<&Health> for HealthDto {
+    fn from(h: &Health) -> Self {
+        Self {
+            healthy: h.healthy,
+            status: h.status.clone(),
+            last_error: h.last_error.clone(),
+            start_time_unix_nano: h.start_time_unix_nano,
+            status_time_unix_nano: h.status_time_unix_nano,
+            components: h
+                .components
+                .iter()
+                .map(|(k, c)| (k.to_string(), HealthDto::from(c)))
+                .collect(),
+            attributes: attributes(&h.attributes),
+        }
+    }
+}
+
+impl From<&HistoryEntry> for HistoryDto {
+    fn from(e: &HistoryEntry) -> Self {
+        Self {
+            at: rfc3339(e.at),
+            from: e.from.map(|s| s.as_str().to_string()),
+            to: e.to.as_str().to_string(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+impl From<&AgentRecord> for AgentDto {
+    fn from(a: &AgentRecord) -> Self {
+        Self {
+            instance_uid: a.uid.to_string(),
+            status: a.status.as_str().to_string(),
+            status_reason: a.status_reason.clone(),
+            transport: a.transport.map(|t| t.as_str().to_string()),
+            labels: a.labels.clone(),
+            identifying_attributes: attributes(&a.description.identifying),
+            non_identifying_attributes: attributes(&a.description.non_identifying),
+            capabilities: a
+                .capabilities
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            health: a
+                .health
+                .as_deref()
+                .and_then(crate::edge::protocol::health_tree)
+                .as_ref()
+                .map(HealthDto::from),
+            effective_config_hash: a.effective_config_hash.as_ref().map(|h| h.to_hex()),
+            remote_config: a.remote_config.as_ref().map(|rc| RemoteConfigDto {
+                hash: rc.hash.to_hex(),
+                status: rc.status.as_str().to_string(),
+                error: rc.error.clone(),
+            }),
+            last_seen: rfc3339(a.last_seen),
+            connected_at: a.connected_at.map(rfc3339),
+            configuration: None,
+            packages: a
+                .packages
+                .iter()
+                .flat_map(|p| p.packages.iter())
+                .map(|(name, p)| AgentPackageDto {
+                    name: name.to_string(),
+                    version: p.agent_has_version.clone(),
+                    status: p.state.as_str().to_string(),
+                    offered_version: p.server_offered_version.clone(),
+                    download_percent: p.download_percent,
+                    error: p.error.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&AgentRecord> for AgentDetailDto {
+    fn from(a: &AgentRecord) -> Self {
+        Self {
+            agent: AgentDto::from(a),
+            history: a.history.iter().map(HistoryDto::from).collect(),
+        }
+    }
+}
+
+impl From<FleetSummary> for FleetDto {
+    fn from(s: FleetSummary) -> Self {
+        Self {
+            total: s.total,
+            by_status: s
+                .by_status
+                .into_iter()
+                .map(|(status, n)| (status.as_str().to_string(), n))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentConfigDto {
+    pub name: String,
+    pub current_version: Option<u32>,
+    pub pending_version: Option<u32>,
+    pub target_version: Option<u32>,
+    /// "compatible", "incompatible" or "unknown" (the agent reports no components).
+    pub compatibility: String,
+    pub incompatible_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct FileDto {
+    pub body: String,
+    #[serde(default)]
+    pub content_type: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigurationPutDto {
+    #[serde(default)]
+    pub selector: String,
+    #[serde(default)]
+    pub priority: i32,
+    pub files: BTreeMap<String, FileDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigurationPutResultDto {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    /// A new version was created (false: the content was unchanged).
+    pub created: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutIdDto {
+    pub id: String,
+    pub state: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct VersionDto {
+    pub name: String,
+    pub version: u32,
+    pub hash: String,
+    pub created_at: String,
+    /// "kind/type" of every component the version uses.
+    pub components: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub files: Option<BTreeMap<String, FileDto>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigurationDto {
+    pub name: String,
+    pub selector: String,
+    pub priority: i32,
+    pub latest_version: Option<u32>,
+    pub latest_hash: Option<String>,
+    pub agent_count: usize,
+    pub rollout: Option<RolloutIdDto>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub versions: Option<Vec<VersionDto>>,
+    /// Instance uids of the agents assigned to it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ConfigurationsDto {
+    pub configurations: Vec<ConfigurationDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PackageRefDto {
+    pub name: String,
+    pub version: String,
+}
+
+/// Either `configuration` (with an optional numeric `version`) or `package` (with an optional
+/// `selector`; default: every agent).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStartDto {
+    pub configuration: Option<String>,
+    pub version: Option<u32>,
+    pub package: Option<PackageRefDto>,
+    pub selector: Option<String>,
+    pub initial: Option<u32>,
+    pub multiplier: Option<u32>,
+    pub maximum: Option<u32>,
+    pub max_errors: Option<u32>,
+    pub rollback_on_failure: Option<bool>,
+    pub wave_timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutCountsDto {
+    pub total: u32,
+    pub completed: u32,
+    pub errors: u32,
+    pub configuring: u32,
+    pub pending: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutDto {
+    pub id: String,
+    /// Set for configuration rollouts.
+    pub configuration: Option<String>,
+    pub version: Option<u32>,
+    pub previous_version: Option<u32>,
+    /// Set for upgrade rollouts.
+    pub package: Option<PackageRefDto>,
+    pub selector: Option<String>,
+    /// Matching agents the upgrade passes over, with the reason.
+    #[serde(default)]
+    pub skipped: Vec<SkippedDto>,
+    pub state: String,
+    /// Waves started so far.
+    pub wave: u32,
+    /// Planned size of each wave up to the next one.
+    pub wave_sizes: Vec<u32>,
+    pub counts: RolloutCountsDto,
+    pub initial: u32,
+    pub multiplier: u32,
+    pub maximum: u32,
+    pub max_errors: u32,
+    pub rollback_on_failure: bool,
+    pub wave_timeout_seconds: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RolloutsDto {
+    pub rollouts: Vec<RolloutDto>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct SkippedDto {
+    pub instance_uid: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PackageDto {
+    pub name: String,
+    pub version: String,
+    pub platform: String,
+    pub arch: String,
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct PackagesDto {
+    pub packages: Vec<PackageDto>,
+}
+
+/// What the API shows of an agent's packages.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AgentPackageDto {
+    pub name: String,
+    pub version: String,
+    pub status: String,
+    pub offered_version: String,
+    pub download_percent: Option<f64>,
+    pub error: String,
+}

@@ -1,0 +1,104 @@
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use super::{ServerArg, get_json};
+use crate::edge::api::dto::{PackageDto, PackagesDto};
+
+#[derive(Debug, Subcommand)]
+pub enum PackageCommand {
+    /// Upload an agent build (stored once per content, by SHA-256).
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// Package name; the collector itself is the top-level package ''
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Only for agents with this os.type (e.g. linux)
+        #[arg(long, default_value = "")]
+        platform: String,
+        /// Only for agents with this host.arch (e.g. amd64)
+        #[arg(long, default_value = "")]
+        arch: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// All uploaded packages.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    match cmd {
+        PackageCommand::Upload {
+            file,
+            version,
+            name,
+            platform,
+            arch,
+            server,
+        } => {
+            let body = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let url = server.url("/api/v1/packages");
+            let query = [
+                ("name", name),
+                ("version", version),
+                ("platform", platform),
+                ("arch", arch),
+            ];
+            let request = client
+                .post(url)
+                .query(&query)
+                .header("content-type", "application/octet-stream")
+                .body(reqwest::Body::wrap_stream(
+                    tokio_util::io::ReaderStream::new(body),
+                ));
+            let p: PackageDto = get_json(request).await?;
+            println!(
+                "uploaded {:?} {} ({} bytes, sha256 {})",
+                p.name, p.version, p.size, p.sha256
+            );
+        }
+        PackageCommand::List { server } => {
+            let list: PackagesDto = get_json(client.get(server.url("/api/v1/packages"))).await?;
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+                "NAME", "VERSION", "PLATFORM", "ARCH", "SIZE", "SHA256", "UPLOADED",
+            ]);
+            for p in list.packages {
+                table.add_row([
+                    format!("{:?}", p.name),
+                    p.version,
+                    p.platform,
+                    p.arch,
+                    p.size.to_string(),
+                    p.sha256,
+                    p.created_at,
+                ]);
+            }
+            println!("{table}");
+        }
+    }
+    Ok(())
+}
+
+/// Asks on the terminal; anything but y/yes is no.
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}

@@ -1,0 +1,525 @@
+//! The behaviour every [`Store`] implementation must have. Each implementation's tests call
+//! [`run`] on a fresh, empty store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+
+use super::{Store, WriteBatch};
+use crate::core::config::{ComponentSet, ConfigVersion, Configuration, Selector};
+use crate::core::domain::{
+    AgentCapabilities, AgentDescription, AgentRecord, AttributeValue, ConfigFile, ConfigMap,
+    HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
+    StrMap, Transport,
+};
+use crate::core::packages::Package;
+use crate::core::rollout::{
+    ConfigPayload, PackagePayload, Params, Payload, Phase, Progress, Rollout, State,
+};
+use crate::core::status::Status;
+
+/// Runs every check in order on an empty store; panics with the failing check's message.
+pub async fn run(store: &dyn Store) {
+    starts_empty(store).await;
+    round_trips_an_agent(store).await;
+    upserts_replace_the_record(store).await;
+    keeps_only_the_latest_history(store).await;
+    effective_configs_by_hash(store).await;
+    component_sets_by_hash(store).await;
+    configurations_keep_every_version(store).await;
+    rollouts_keep_their_progress(store).await;
+    packages_by_identity(store).await;
+    fleet_sized_batches(store).await;
+}
+
+fn at(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid timestamp")
+}
+
+fn sample_agent(uid: InstanceUid) -> AgentRecord {
+    let mut component = Health {
+        healthy: false,
+        last_error: "connection refused".into(),
+        ..Health::default()
+    };
+    component.attributes.insert(
+        "endpoint".into(),
+        AttributeValue::String("otlp:4317".into()),
+    );
+    let mut health = Health {
+        healthy: true,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        status: "StatusOK".into(),
+        ..Health::default()
+    };
+    health.components.insert("exporter:otlp".into(), component);
+    AgentRecord {
+        status: Status::Error,
+        admin_state: crate::core::lifecycle::AdminState::Managed,
+        status_reason: "exporter:otlp: connection refused".into(),
+        transport: Some(Transport::WebSocket),
+        labels: BTreeMap::from([
+            ("env".into(), "prod".into()),
+            ("région".into(), "ça".into()),
+        ]),
+        description: Arc::new(AgentDescription {
+            identifying: StrMap::from_iter([
+                (
+                    "service.name".into(),
+                    AttributeValue::String("otelcol".into()),
+                ),
+                ("pid".into(), AttributeValue::Int(7)),
+            ]),
+            non_identifying: StrMap::from_iter([(
+                "tags".into(),
+                AttributeValue::Array(vec![
+                    AttributeValue::Bool(true),
+                    AttributeValue::Double(1.5),
+                ]),
+            )]),
+        }),
+        capabilities: AgentCapabilities::REPORTS_STATUS | AgentCapabilities::REPORTS_HEALTH,
+        health: Some(Arc::new(crate::edge::protocol::health_report(
+            crate::edge::protocol::health_to_proto(&health),
+        ))),
+        effective_config_hash: Some(crate::core::domain::ContentHash(vec![1, 2, 3])),
+        remote_config: Some(RemoteConfigState {
+            hash: crate::core::domain::ContentHash(vec![9; 32]),
+            status: RemoteConfigStatus::Failed,
+            error: "bad yaml".into(),
+        }),
+        last_seen: at(10),
+        connected_at: Some(at(5)),
+        applied_config_hash: Some(crate::core::domain::ContentHash(vec![8; 32])),
+        offered_package_hash: Some(crate::core::domain::ContentHash(vec![6; 32])),
+        packages: Some(Arc::new(crate::core::domain::PackageReports {
+            packages: StrMap::from_iter([(
+                Default::default(),
+                crate::core::domain::PackageReport {
+                    agent_has_version: "v0.115.0".into(),
+                    agent_has_hash: crate::core::domain::ContentHash(vec![1; 32]),
+                    server_offered_version: "v0.116.0".into(),
+                    server_offered_hash: crate::core::domain::ContentHash(vec![6; 32]),
+                    state: crate::core::domain::PackageState::Downloading,
+                    error: String::new(),
+                    download_percent: Some(42.5),
+                },
+            )]),
+            ..Default::default()
+        })),
+        ..AgentRecord::new(uid, at(0))
+    }
+}
+
+async fn load(store: &dyn Store) -> Vec<AgentRecord> {
+    store.load_agents().await.expect("load_agents")
+}
+
+async fn write(store: &dyn Store, batch: WriteBatch) {
+    store.write(&batch).await.expect("write");
+}
+
+async fn starts_empty(store: &dyn Store) {
+    assert!(load(store).await.is_empty(), "a new store has no agents");
+    write(store, WriteBatch::default()).await;
+}
+
+async fn round_trips_an_agent(store: &dyn Store) {
+    let uid = InstanceUid::new_v7();
+    let agent = sample_agent(uid);
+    let entry = HistoryEntry {
+        at: at(5),
+        from: None,
+        to: Status::Connected,
+        reason: "connected".into(),
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(agent.clone())],
+            history: vec![(uid, entry.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    let found = loaded
+        .iter()
+        .find(|a| a.uid == uid)
+        .expect("agent is stored");
+    let expected = AgentRecord {
+        history: Arc::from([entry]),
+        ..agent
+    };
+    assert_eq!(found, &expected, "an agent reads back as written");
+}
+
+async fn upserts_replace_the_record(store: &dyn Store) {
+    let uid = InstanceUid::new_v7();
+    let first = sample_agent(uid);
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(first.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let second = AgentRecord {
+        status: Status::Disconnected,
+        status_reason: "websocket closed".into(),
+        labels: BTreeMap::new(),
+        health: None,
+        remote_config: None,
+        connected_at: None,
+        last_seen: at(99),
+        ..first
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(second.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    let found: Vec<_> = loaded.iter().filter(|a| a.uid == uid).collect();
+    assert_eq!(found, vec![&second], "the second write replaces the first");
+}
+
+async fn keeps_only_the_latest_history(store: &dyn Store) {
+    let uid = InstanceUid::new_v7();
+    let statuses = [Status::Connected, Status::Error];
+    let entries: Vec<_> = (0..HISTORY_LIMIT + 20)
+        .map(|i| HistoryEntry {
+            at: at(i as i64),
+            from: Some(statuses[i % 2]),
+            to: statuses[(i + 1) % 2],
+            reason: format!("change {i}"),
+        })
+        .collect();
+    let (early, late) = entries.split_at(30);
+    let agent = Arc::new(AgentRecord::new(uid, at(0)));
+    for part in [early, late] {
+        write(
+            store,
+            WriteBatch {
+                agents: vec![agent.clone()],
+                history: part.iter().map(|e| (uid, e.clone())).collect(),
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    let loaded = load(store).await;
+    let found = loaded
+        .iter()
+        .find(|a| a.uid == uid)
+        .expect("agent is stored");
+    assert_eq!(found.history.len(), HISTORY_LIMIT, "history is bounded");
+    assert_eq!(
+        &found.history[..],
+        &entries[20..],
+        "the newest entries are kept, oldest first"
+    );
+    assert!(found.history[0].at < found.history[HISTORY_LIMIT - 1].at + Duration::seconds(1));
+}
+
+async fn effective_configs_by_hash(store: &dyn Store) {
+    let config = ConfigMap {
+        files: BTreeMap::from([(
+            String::new(),
+            ConfigFile {
+                body: Bytes::from_static(b"receivers:\n  otlp:\n"),
+                content_type: "text/yaml".into(),
+            },
+        )]),
+    };
+    let hash = config.hash();
+    assert_eq!(store.effective_config(&hash).await.expect("read"), None);
+    for _ in 0..2 {
+        write(
+            store,
+            WriteBatch {
+                effective_configs: vec![(hash.clone(), config.clone())],
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        store.effective_config(&hash).await.expect("read"),
+        Some(config),
+        "an effective config reads back by its hash, written twice without error"
+    );
+}
+
+async fn component_sets_by_hash(store: &dyn Store) {
+    let set: ComponentSet = [("receivers", "otlp"), ("exporters", "kafka")]
+        .into_iter()
+        .collect();
+    let hash = crate::core::domain::ContentHash(vec![7; 32]);
+    for _ in 0..2 {
+        write(
+            store,
+            WriteBatch {
+                component_sets: vec![(hash.clone(), set.clone())],
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+    }
+    let sets = store
+        .load_component_sets()
+        .await
+        .expect("load component sets");
+    assert_eq!(
+        sets,
+        vec![(hash, set)],
+        "a component set reads back by its hash, once"
+    );
+}
+
+fn collector_yaml(body: &'static str) -> ConfigMap {
+    ConfigMap {
+        files: BTreeMap::from([(
+            "collector.yaml".to_string(),
+            ConfigFile {
+                body: Bytes::from_static(body.as_bytes()),
+                content_type: "text/yaml".into(),
+            },
+        )]),
+    }
+}
+
+async fn configurations_keep_every_version(store: &dyn Store) {
+    assert!(store.load_configurations().await.expect("load").is_empty());
+    let v1 = Arc::new(
+        ConfigVersion::new(1, collector_yaml("receivers:\n  otlp:\n"), at(1)).expect("v1"),
+    );
+    let mut config = Configuration {
+        name: "prod".into(),
+        selector: Selector::parse("env=prod,region in (eu,us),!canary").expect("selector"),
+        priority: 5,
+        versions: vec![v1.clone()],
+        created_at: at(1),
+        updated_at: at(1),
+    };
+    store
+        .save_configuration(&config, Some(&v1))
+        .await
+        .expect("save v1");
+    let v2 = Arc::new(
+        ConfigVersion::new(2, collector_yaml("exporters:\n  kafka:\n"), at(2)).expect("v2"),
+    );
+    config.versions.push(v2.clone());
+    config.priority = 7;
+    config.updated_at = at(2);
+    store
+        .save_configuration(&config, Some(&v2))
+        .await
+        .expect("save v2");
+    let loaded = store.load_configurations().await.expect("load");
+    assert_eq!(
+        loaded,
+        vec![config.clone()],
+        "a configuration reads back with every version"
+    );
+    assert!(
+        store.save_configuration(&config, Some(&v2)).await.is_err(),
+        "a version number is never written twice"
+    );
+}
+
+async fn rollouts_keep_their_progress(store: &dyn Store) {
+    assert!(store.load_rollouts().await.expect("load").is_empty());
+    let (a, b, c) = (
+        InstanceUid::new_v7(),
+        InstanceUid::new_v7(),
+        InstanceUid::new_v7(),
+    );
+    let mut rollout = Rollout {
+        id: "r-1".into(),
+        payload: Payload::Config(ConfigPayload {
+            configuration: "prod".into(),
+            version: 2,
+            hash: crate::core::domain::ContentHash::default(),
+            previous_version: Some(1),
+        }),
+        params: Params {
+            initial: 3,
+            multiplier: 5,
+            maximum: 100,
+            max_errors: 1,
+            wave_timeout_ms: 300_000,
+        },
+        rollback: true,
+        progress: Progress::new(),
+        created_at: at(10),
+        updated_at: at(10),
+    };
+    store.save_rollout(&rollout, &[]).await.expect("save");
+    rollout.progress.state = State::Started;
+    rollout.progress.wave = 1;
+    rollout.progress.agents = BTreeMap::from([
+        (
+            a,
+            Phase::Sent {
+                wave: 0,
+                at_ms: 1_234,
+            },
+        ),
+        (b, Phase::Waiting),
+        (c, Phase::Failed),
+    ]);
+    rollout.updated_at = at(11);
+    let rows: Vec<_> = rollout
+        .progress
+        .agents
+        .iter()
+        .map(|(u, p)| (*u, Some(*p)))
+        .collect();
+    store
+        .save_rollout(&rollout, &rows)
+        .await
+        .expect("save progress");
+    rollout.progress.agents.remove(&b);
+    rollout.progress.agents.insert(a, Phase::Completed);
+    store
+        .save_rollout(&rollout, &[(a, Some(Phase::Completed)), (b, None)])
+        .await
+        .expect("save changes");
+    let upgrade = Rollout {
+        id: "r-2".into(),
+        payload: Payload::Package(PackagePayload {
+            name: String::new(),
+            version: "v0.116.0".into(),
+            selector: Selector::parse("os.type=linux").expect("selector"),
+        }),
+        rollback: false,
+        created_at: at(12),
+        updated_at: at(12),
+        ..rollout.clone()
+    };
+    store
+        .save_rollout(&upgrade, &[])
+        .await
+        .expect("save upgrade");
+    let loaded = store.load_rollouts().await.expect("load");
+    let mut upgrade_as_loaded = upgrade;
+    upgrade_as_loaded.progress.agents.clear();
+    assert_eq!(
+        loaded,
+        vec![rollout, upgrade_as_loaded],
+        "rollouts read back with their payload and per-agent progress, oldest first"
+    );
+}
+
+async fn packages_by_identity(store: &dyn Store) {
+    assert!(store.load_packages().await.expect("load").is_empty());
+    let mut package = Package {
+        name: String::new(),
+        version: "v0.116.0".into(),
+        platform: "linux".into(),
+        arch: "amd64".into(),
+        sha256: crate::core::domain::ContentHash(vec![3; 32]),
+        size: 1234,
+        created_at: at(20),
+    };
+    store.save_package(&package).await.expect("save");
+    package.sha256 = crate::core::domain::ContentHash(vec![4; 32]);
+    store.save_package(&package).await.expect("replace");
+    let other = Package {
+        platform: "windows".into(),
+        ..package.clone()
+    };
+    store.save_package(&other).await.expect("save other");
+    assert_eq!(
+        store.load_packages().await.expect("load"),
+        vec![package, other],
+        "one entry per name, version, platform and arch; the last upload wins"
+    );
+}
+
+/// A wave landing or a fleet reconnecting writes thousands of rows in one batch.
+async fn fleet_sized_batches(store: &dyn Store) {
+    const N: usize = 2_500;
+    let before = load(store).await.len();
+    let uids: Vec<_> = (0..N).map(|_| InstanceUid::new_v7()).collect();
+    let entry = |i: usize| HistoryEntry {
+        at: at(i as i64),
+        from: None,
+        to: Status::Connected,
+        reason: format!("entry {i}"),
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: uids.iter().map(|u| Arc::new(sample_agent(*u))).collect(),
+            history: uids.iter().map(|u| (*u, entry(0))).collect(),
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    assert_eq!(
+        loaded.len(),
+        before + N,
+        "every agent of the batch is stored"
+    );
+    let last = loaded
+        .iter()
+        .find(|a| a.uid == uids[N - 1])
+        .expect("the last agent of the batch is stored");
+    assert_eq!(last.history.len(), 1);
+
+    let mut rollout = Rollout {
+        id: "r-fleet".into(),
+        payload: Payload::Config(ConfigPayload {
+            configuration: "fleet".into(),
+            version: 1,
+            hash: crate::core::domain::ContentHash::default(),
+            previous_version: None,
+        }),
+        params: Params {
+            initial: 100,
+            multiplier: 10,
+            maximum: 10_000,
+            max_errors: 10,
+            wave_timeout_ms: 300_000,
+        },
+        rollback: false,
+        progress: Progress::new(),
+        created_at: at(20),
+        updated_at: at(20),
+    };
+    rollout.progress.state = State::Started;
+    rollout.progress.agents = uids.iter().map(|u| (*u, Phase::Waiting)).collect();
+    let rows: Vec<_> = uids.iter().map(|u| (*u, Some(Phase::Waiting))).collect();
+    store.save_rollout(&rollout, &rows).await.expect("save");
+    // The first 1,500 leave the rollout; the rest are sent.
+    let (gone, sent) = uids.split_at(1_500);
+    let sent_phase = Phase::Sent { wave: 1, at_ms: 9 };
+    let mut changes: Vec<_> = gone.iter().map(|u| (*u, None)).collect();
+    changes.extend(sent.iter().map(|u| (*u, Some(sent_phase))));
+    for (uid, phase) in &changes {
+        match phase {
+            Some(p) => rollout.progress.agents.insert(*uid, *p),
+            None => rollout.progress.agents.remove(uid),
+        };
+    }
+    store
+        .save_rollout(&rollout, &changes)
+        .await
+        .expect("save changes");
+    let loaded = store.load_rollouts().await.expect("load");
+    let found = loaded
+        .iter()
+        .find(|r| r.id == "r-fleet")
+        .expect("rollout is stored");
+    assert_eq!(found.progress.agents.len(), N - 1_500);
+    assert!(found.progress.agents.values().all(|p| *p == sent_phase));
+}

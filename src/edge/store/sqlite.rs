@@ -1,0 +1,659 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use prost::Message;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool};
+
+use super::{Store, StoreError, WriteBatch};
+use crate::core::config::{ComponentSet, ConfigVersion, Configuration, Selector};
+use crate::core::domain::{
+    AgentCapabilities, AgentRecord, ConfigMap, ContentHash, HISTORY_LIMIT, HistoryEntry,
+    InstanceUid, RemoteConfigState, RemoteConfigStatus, Transport,
+};
+use crate::core::packages::Package;
+use crate::core::rollout::{
+    ConfigPayload, PackagePayload, Params, Payload, Phase, Progress, Rollout, State,
+};
+use crate::core::status::Status;
+use crate::edge::protocol::{self, proto};
+
+const DB_FILE: &str = "corral.db";
+const POOL_SIZE: u32 = 4;
+/// Rows one batched statement writes: at most 19 bound values each (an agent row), so at
+/// most 19,000 in a statement, under SQLite's 32,766.
+const ROWS_PER_STATEMENT: usize = 1000;
+// Batched statements are built with `persistent(false)`: their text changes with the row count,
+// and a cached compiled 1,000-row statement holds about a megabyte on each pooled connection.
+
+/// The embedded store: one SQLite database in the data directory.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(data_dir.join(DB_FILE))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn component_set_json(set: &ComponentSet) -> String {
+    let mut map: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (kind, type_) in set.iter() {
+        map.entry(kind).or_default().push(type_);
+    }
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+}
+
+fn component_set_from_json(body: &str) -> Result<ComponentSet, serde_json::Error> {
+    let map: std::collections::BTreeMap<String, Vec<String>> = serde_json::from_str(body)?;
+    let mut set = ComponentSet::new();
+    for (kind, types) in &map {
+        for t in types {
+            set.insert(kind, t);
+        }
+    }
+    Ok(set)
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn corrupt(uid: &[u8], detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        uid: hex::encode(uid),
+        detail: detail.to_string(),
+    }
+}
+
+fn parse_status(uid: &[u8], s: &str) -> Result<Status, StoreError> {
+    Status::parse(s).ok_or_else(|| corrupt(uid, format!("unknown status {s:?}")))
+}
+
+fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreError> {
+    let uid_bytes: Vec<u8> = row.try_get("instance_uid")?;
+    let uid = InstanceUid::from_bytes(&uid_bytes).map_err(|e| corrupt(&uid_bytes, e))?;
+    let status = parse_status(&uid_bytes, row.try_get("status")?)?;
+    let transport: Option<String> = row.try_get("transport")?;
+    let labels: String = row.try_get("labels")?;
+    let labels = serde_json::from_str(&labels).map_err(|e| corrupt(&uid_bytes, e))?;
+    let description: Vec<u8> = row.try_get("description")?;
+    let description = proto::AgentDescription::decode(description.as_slice())
+        .map_err(|e| corrupt(&uid_bytes, e))?;
+    let health: Option<Vec<u8>> = row.try_get("health")?;
+    let health = match health {
+        Some(bytes) => Some(Arc::new(
+            protocol::health_report_from_bytes(&bytes).map_err(|e| corrupt(&uid_bytes, e))?,
+        )),
+        None => None,
+    };
+    let rc_hash: Option<Vec<u8>> = row.try_get("remote_config_hash")?;
+    let rc_status: Option<String> = row.try_get("remote_config_status")?;
+    let remote_config = match (rc_hash, rc_status) {
+        (Some(hash), Some(status)) => Some(RemoteConfigState {
+            hash: ContentHash(hash),
+            status: RemoteConfigStatus::parse(&status)
+                .ok_or_else(|| corrupt(&uid_bytes, format!("unknown config status {status:?}")))?,
+            error: row
+                .try_get::<Option<String>, _>("remote_config_error")?
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Ok(AgentRecord {
+        uid,
+        status,
+        admin_state: crate::core::lifecycle::AdminState::Managed,
+        status_reason: row.try_get("status_reason")?,
+        transport: transport.as_deref().and_then(Transport::parse),
+        labels,
+        description: Arc::new(protocol::description_from_proto(description)),
+        capabilities: AgentCapabilities::from_bits_retain(
+            row.try_get::<i64, _>("capabilities")? as u64
+        ),
+        health,
+        effective_config_hash: row
+            .try_get::<Option<Vec<u8>>, _>("effective_config_hash")?
+            .map(ContentHash),
+        remote_config,
+        offered_config_hash: row
+            .try_get::<Option<Vec<u8>>, _>("offered_config_hash")?
+            .map(ContentHash),
+        components_hash: row
+            .try_get::<Option<Vec<u8>>, _>("components_hash")?
+            .map(ContentHash),
+        packages: match row.try_get::<Option<Vec<u8>>, _>("packages")? {
+            Some(bytes) => Some(Arc::new(protocol::packages_from_proto(
+                proto::PackageStatuses::decode(bytes.as_slice())
+                    .map_err(|e| corrupt(&uid_bytes, e))?,
+            ))),
+            None => None,
+        },
+        offered_package_hash: row
+            .try_get::<Option<Vec<u8>>, _>("offered_package_hash")?
+            .map(ContentHash),
+        applied_config_hash: row
+            .try_get::<Option<Vec<u8>>, _>("applied_config_hash")?
+            .map(ContentHash),
+        last_seen: from_millis(row.try_get("last_seen_ms")?),
+        connected_at: row
+            .try_get::<Option<i64>, _>("connected_at_ms")?
+            .map(from_millis),
+        history: Arc::from([]),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM agents ORDER BY instance_uid")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut agents = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let rows = sqlx::query(
+            "SELECT instance_uid, at_ms, from_status, to_status, reason
+             FROM agent_history ORDER BY instance_uid, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut history: HashMap<Vec<u8>, Vec<HistoryEntry>> = HashMap::new();
+        for row in rows {
+            let uid: Vec<u8> = row.try_get("instance_uid")?;
+            let from: Option<String> = row.try_get("from_status")?;
+            let entry = HistoryEntry {
+                at: from_millis(row.try_get("at_ms")?),
+                from: from.map(|s| parse_status(&uid, &s)).transpose()?,
+                to: parse_status(&uid, row.try_get("to_status")?)?,
+                reason: row.try_get("reason")?,
+            };
+            history.entry(uid).or_default().push(entry);
+        }
+        for agent in &mut agents {
+            if let Some(mut entries) = history.remove(agent.uid.as_bytes().as_slice()) {
+                let excess = entries.len().saturating_sub(HISTORY_LIMIT);
+                entries.drain(..excess);
+                agent.history = Arc::from(entries);
+            }
+        }
+        Ok(agents)
+    }
+
+    async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A batch holds whatever changed in the last flush interval, thousands of agents when
+        // a wave lands or a fleet reconnects: one statement per chunk, not one per row.
+        for chunk in batch.agents.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO agents (instance_uid, status, status_reason, transport, labels,
+                    description, capabilities, health, effective_config_hash, remote_config_hash,
+                    remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
+                    offered_config_hash, components_hash, packages, offered_package_hash,
+                    applied_config_hash) ",
+            );
+            query.push_values(chunk, |mut row, agent| {
+                let hash = |h: &Option<ContentHash>| h.as_ref().map(|h| h.0.clone());
+                row.push_bind(agent.uid.as_bytes().to_vec())
+                    .push_bind(agent.status.as_str())
+                    .push_bind(agent.status_reason.clone())
+                    .push_bind(agent.transport.map(Transport::as_str))
+                    .push_bind(serde_json::to_string(&agent.labels).unwrap_or_else(|_| "{}".into()))
+                    .push_bind(protocol::description_to_proto(&agent.description).encode_to_vec())
+                    .push_bind(agent.capabilities.bits() as i64)
+                    .push_bind(agent.health.as_deref().map(|h| h.encoded.to_vec()))
+                    .push_bind(hash(&agent.effective_config_hash))
+                    .push_bind(agent.remote_config.as_ref().map(|rc| rc.hash.0.clone()))
+                    .push_bind(agent.remote_config.as_ref().map(|rc| rc.status.as_str()))
+                    .push_bind(agent.remote_config.as_ref().map(|rc| rc.error.clone()))
+                    .push_bind(millis(agent.last_seen))
+                    .push_bind(agent.connected_at.map(millis))
+                    .push_bind(hash(&agent.offered_config_hash))
+                    .push_bind(hash(&agent.components_hash))
+                    .push_bind(
+                        agent
+                            .packages
+                            .as_deref()
+                            .map(|p| protocol::packages_to_proto(p).encode_to_vec()),
+                    )
+                    .push_bind(hash(&agent.offered_package_hash))
+                    .push_bind(hash(&agent.applied_config_hash));
+            });
+            query.push(
+                " ON CONFLICT (instance_uid) DO UPDATE SET
+                    status = excluded.status, status_reason = excluded.status_reason,
+                    transport = excluded.transport, labels = excluded.labels,
+                    description = excluded.description, capabilities = excluded.capabilities,
+                    health = excluded.health, effective_config_hash = excluded.effective_config_hash,
+                    remote_config_hash = excluded.remote_config_hash,
+                    remote_config_status = excluded.remote_config_status,
+                    remote_config_error = excluded.remote_config_error,
+                    last_seen_ms = excluded.last_seen_ms, connected_at_ms = excluded.connected_at_ms,
+                    offered_config_hash = excluded.offered_config_hash,
+                    components_hash = excluded.components_hash,
+                    packages = excluded.packages,
+                    offered_package_hash = excluded.offered_package_hash,
+                    applied_config_hash = excluded.applied_config_hash",
+            );
+            query.build().persistent(false).execute(&mut *tx).await?;
+        }
+        for chunk in batch.history.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO agent_history (instance_uid, at_ms, from_status, to_status, reason) ",
+            );
+            query.push_values(chunk, |mut row, (uid, entry)| {
+                row.push_bind(uid.as_bytes().to_vec())
+                    .push_bind(millis(entry.at))
+                    .push_bind(entry.from.map(Status::as_str))
+                    .push_bind(entry.to.as_str())
+                    .push_bind(entry.reason.clone());
+            });
+            query.build().persistent(false).execute(&mut *tx).await?;
+        }
+        let mut touched: Vec<InstanceUid> = batch.history.iter().map(|(uid, _)| *uid).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for chunk in touched.chunks(ROWS_PER_STATEMENT) {
+            // Keep the newest HISTORY_LIMIT entries of each agent that got new ones.
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "DELETE FROM agent_history WHERE id IN (
+                    SELECT id FROM (
+                        SELECT id, ROW_NUMBER() OVER (
+                            PARTITION BY instance_uid ORDER BY id DESC) AS newer
+                        FROM agent_history WHERE instance_uid IN (",
+            );
+            let mut list = query.separated(", ");
+            for uid in chunk {
+                list.push_bind(uid.as_bytes().to_vec());
+            }
+            list.push_unseparated(")) WHERE newer > ");
+            query.push_bind(HISTORY_LIMIT as i64);
+            query.push(")");
+            query.build().persistent(false).execute(&mut *tx).await?;
+        }
+        for (hash, config) in &batch.effective_configs {
+            sqlx::query("INSERT OR IGNORE INTO effective_configs (hash, body) VALUES (?, ?)")
+                .bind(hash.0.as_slice())
+                .bind(protocol::config_map_to_proto(config).encode_to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (hash, set) in &batch.component_sets {
+            sqlx::query("INSERT OR IGNORE INTO component_sets (hash, body) VALUES (?, ?)")
+                .bind(hash.0.as_slice())
+                .bind(component_set_json(set))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn effective_config(&self, hash: &ContentHash) -> Result<Option<ConfigMap>, StoreError> {
+        let row = sqlx::query("SELECT body FROM effective_configs WHERE hash = ?")
+            .bind(hash.0.as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let body: Vec<u8> = row.try_get("body")?;
+        let map =
+            proto::AgentConfigMap::decode(body.as_slice()).map_err(|e| corrupt(&hash.0, e))?;
+        Ok(Some(protocol::config_map_from_proto(map)))
+    }
+
+    async fn load_component_sets(&self) -> Result<Vec<(ContentHash, ComponentSet)>, StoreError> {
+        let rows = sqlx::query("SELECT hash, body FROM component_sets")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let body: String = row.try_get("body")?;
+                let set = component_set_from_json(&body).map_err(|e| corrupt(&hash, e))?;
+                Ok((ContentHash(hash), set))
+            })
+            .collect()
+    }
+
+    async fn load_configurations(&self) -> Result<Vec<Configuration>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM configurations ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut configs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let selector: String = row.try_get("selector")?;
+            let selector = Selector::parse(&selector).map_err(|e| corrupt(name.as_bytes(), e))?;
+            let versions = sqlx::query(
+                "SELECT version, files, created_at_ms FROM config_versions WHERE name = ? ORDER BY version",
+            )
+            .bind(&name)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut loaded = Vec::with_capacity(versions.len());
+            for v in versions {
+                let files: Vec<u8> = v.try_get("files")?;
+                let files = proto::AgentConfigMap::decode(files.as_slice())
+                    .map_err(|e| corrupt(name.as_bytes(), e))?;
+                let version = ConfigVersion::new(
+                    v.try_get::<i64, _>("version")? as u32,
+                    protocol::config_map_from_proto(files),
+                    from_millis(v.try_get("created_at_ms")?),
+                )
+                .map_err(|e| corrupt(name.as_bytes(), e))?;
+                loaded.push(Arc::new(version));
+            }
+            configs.push(Configuration {
+                selector,
+                priority: row.try_get::<i64, _>("priority")? as i32,
+                versions: loaded,
+                created_at: from_millis(row.try_get("created_at_ms")?),
+                updated_at: from_millis(row.try_get("updated_at_ms")?),
+                name,
+            });
+        }
+        Ok(configs)
+    }
+
+    async fn save_configuration(
+        &self,
+        config: &Configuration,
+        new_version: Option<&ConfigVersion>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO configurations (name, selector, priority, created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET selector = excluded.selector,
+                priority = excluded.priority, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&config.name)
+        .bind(config.selector.to_string())
+        .bind(i64::from(config.priority))
+        .bind(millis(config.created_at))
+        .bind(millis(config.updated_at))
+        .execute(&mut *tx)
+        .await?;
+        if let Some(v) = new_version {
+            sqlx::query(
+                "INSERT INTO config_versions (name, version, hash, files, created_at_ms)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&config.name)
+            .bind(i64::from(v.version))
+            .bind(v.hash.0.as_slice())
+            .bind(protocol::config_map_to_proto(&v.files).encode_to_vec())
+            .bind(millis(v.created_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM rollouts ORDER BY created_at_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rollouts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let state: String = row.try_get("state")?;
+            let state = State::parse(&state).ok_or_else(|| {
+                corrupt(id.as_bytes(), format!("unknown rollout state {state:?}"))
+            })?;
+            let mut agents = std::collections::BTreeMap::new();
+            let agent_rows = sqlx::query(
+                "SELECT instance_uid, phase, wave, at_ms FROM rollout_agents WHERE rollout_id = ?",
+            )
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?;
+            for a in agent_rows {
+                let uid: Vec<u8> = a.try_get("instance_uid")?;
+                let uid = InstanceUid::from_bytes(&uid).map_err(|e| corrupt(id.as_bytes(), e))?;
+                let tag: String = a.try_get("phase")?;
+                let phase = match tag.as_str() {
+                    "sent" => Phase::Sent {
+                        wave: a.try_get::<Option<i64>, _>("wave")?.unwrap_or(0) as u32,
+                        at_ms: a.try_get::<Option<i64>, _>("at_ms")?.unwrap_or(0) as u64,
+                    },
+                    other => Phase::parse(other).ok_or_else(|| {
+                        corrupt(id.as_bytes(), format!("unknown phase {other:?}"))
+                    })?,
+                };
+                agents.insert(uid, phase);
+            }
+            let payload = match row.try_get::<Option<String>, _>("package_name")? {
+                Some(name) => {
+                    let selector: String = row
+                        .try_get::<Option<String>, _>("selector")?
+                        .unwrap_or_default();
+                    Payload::Package(PackagePayload {
+                        name,
+                        version: row
+                            .try_get::<Option<String>, _>("package_version")?
+                            .unwrap_or_default(),
+                        selector: Selector::parse(&selector)
+                            .map_err(|e| corrupt(id.as_bytes(), e))?,
+                    })
+                }
+                None => Payload::Config(ConfigPayload {
+                    configuration: row.try_get("configuration")?,
+                    version: row.try_get::<i64, _>("version")? as u32,
+                    // Derived from the version by whoever loads it.
+                    hash: ContentHash::default(),
+                    previous_version: row
+                        .try_get::<Option<i64>, _>("previous_version")?
+                        .map(|v| v as u32),
+                }),
+            };
+            rollouts.push(Rollout {
+                payload,
+                params: Params {
+                    initial: row.try_get::<i64, _>("initial")? as u32,
+                    multiplier: row.try_get::<i64, _>("multiplier")? as u32,
+                    maximum: row.try_get::<i64, _>("maximum")? as u32,
+                    max_errors: row.try_get::<i64, _>("max_errors")? as u32,
+                    wave_timeout_ms: row.try_get::<i64, _>("wave_timeout_ms")? as u64,
+                },
+                rollback: row.try_get::<i64, _>("rollback")? != 0,
+                progress: Progress {
+                    state,
+                    wave: row.try_get::<i64, _>("wave")? as u32,
+                    extra_errors: row.try_get::<i64, _>("extra_errors")? as u32,
+                    agents,
+                },
+                created_at: from_millis(row.try_get("created_at_ms")?),
+                updated_at: from_millis(row.try_get("updated_at_ms")?),
+                id,
+            });
+        }
+        Ok(rollouts)
+    }
+
+    async fn load_packages(&self) -> Result<Vec<Package>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM packages ORDER BY name, version, platform, arch")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Package {
+                    name: row.try_get("name")?,
+                    version: row.try_get("version")?,
+                    platform: row.try_get("platform")?,
+                    arch: row.try_get("arch")?,
+                    sha256: ContentHash(row.try_get("sha256")?),
+                    size: row.try_get::<i64, _>("size")? as u64,
+                    created_at: from_millis(row.try_get("created_at_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn save_package(&self, package: &Package) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO packages (name, version, platform, arch, sha256, size, created_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name, version, platform, arch) DO UPDATE SET
+                sha256 = excluded.sha256, size = excluded.size,
+                created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&package.name)
+        .bind(&package.version)
+        .bind(&package.platform)
+        .bind(&package.arch)
+        .bind(package.sha256.0.as_slice())
+        .bind(package.size as i64)
+        .bind(millis(package.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn save_rollout(
+        &self,
+        rollout: &Rollout,
+        agents: &[(InstanceUid, Option<Phase>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let p = &rollout.params;
+        let (configuration, version, previous) = match rollout.config() {
+            Some(c) => (c.configuration.as_str(), c.version, c.previous_version),
+            None => ("", 0, None),
+        };
+        let package = rollout.package();
+        sqlx::query(
+            "INSERT INTO rollouts (id, configuration, version, previous_version, initial,
+                multiplier, maximum, max_errors, rollback, wave_timeout_ms, state, wave,
+                extra_errors, created_at_ms, updated_at_ms, package_name, package_version,
+                selector)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, wave = excluded.wave,
+                extra_errors = excluded.extra_errors, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&rollout.id)
+        .bind(configuration)
+        .bind(i64::from(version))
+        .bind(previous.map(i64::from))
+        .bind(i64::from(p.initial))
+        .bind(i64::from(p.multiplier))
+        .bind(i64::from(p.maximum))
+        .bind(i64::from(p.max_errors))
+        .bind(i64::from(rollout.rollback))
+        .bind(p.wave_timeout_ms as i64)
+        .bind(rollout.progress.state.as_str())
+        .bind(i64::from(rollout.progress.wave))
+        .bind(i64::from(rollout.progress.extra_errors))
+        .bind(millis(rollout.created_at))
+        .bind(millis(rollout.updated_at))
+        .bind(package.map(|p| p.name.as_str()))
+        .bind(package.map(|p| p.version.as_str()))
+        .bind(package.map(|p| p.selector.to_string()))
+        .execute(&mut *tx)
+        .await?;
+        // Many agents change at once (a wave starts, a wave lands): one statement per batch,
+        // not one per agent.
+        let upserts: Vec<_> = agents
+            .iter()
+            .filter_map(|(uid, phase)| phase.as_ref().map(|phase| (uid, phase)))
+            .collect();
+        for batch in upserts.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rollout_agents (rollout_id, instance_uid, phase, wave, at_ms) ",
+            );
+            query.push_values(batch, |mut row, (uid, phase)| {
+                let (wave, at_ms) = match phase {
+                    Phase::Sent { wave, at_ms } => (Some(i64::from(*wave)), Some(*at_ms as i64)),
+                    _ => (None, None),
+                };
+                row.push_bind(rollout.id.as_str())
+                    .push_bind(uid.as_bytes().to_vec())
+                    .push_bind(phase.as_str())
+                    .push_bind(wave)
+                    .push_bind(at_ms);
+            });
+            query.push(
+                " ON CONFLICT (rollout_id, instance_uid) DO UPDATE SET
+                    phase = excluded.phase, wave = excluded.wave, at_ms = excluded.at_ms",
+            );
+            query.build().persistent(false).execute(&mut *tx).await?;
+        }
+        let removed: Vec<_> = agents
+            .iter()
+            .filter(|(_, phase)| phase.is_none())
+            .map(|(uid, _)| uid)
+            .collect();
+        for batch in removed.chunks(ROWS_PER_STATEMENT) {
+            let mut query =
+                sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM rollout_agents WHERE rollout_id = ");
+            query.push_bind(rollout.id.as_str());
+            query.push(" AND instance_uid IN (");
+            let mut list = query.separated(", ");
+            for uid in batch {
+                list.push_bind(uid.as_bytes().to_vec());
+            }
+            list.push_unseparated(")");
+            query.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        crate::edge::store::conformance::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uid = InstanceUid::new_v7();
+        {
+            let store = SqliteStore::open(dir.path()).await.expect("open");
+            let batch = WriteBatch {
+                agents: vec![Arc::new(AgentRecord::new(uid, Utc::now()))],
+                ..WriteBatch::default()
+            };
+            store.write(&batch).await.expect("write");
+        }
+        let store = SqliteStore::open(dir.path()).await.expect("reopen");
+        let agents = store.load_agents().await.expect("load");
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].uid, uid);
+    }
+}

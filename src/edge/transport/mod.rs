@@ -1,0 +1,160 @@
+//! The OpAMP endpoint: WebSocket and plain HTTP on one path. These tasks decode, route to
+//! the agent's actor and write back what it answers; they make no decisions of their own.
+
+mod http;
+mod socket;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
+
+use crate::tasks::agent::ConnId;
+use crate::tasks::fleet::Fleet;
+
+pub const OPAMP_PATH: &str = "/v1/opamp";
+/// Where package artifacts are downloaded from, by SHA-256 (hex), on the OpAMP listener.
+pub const PACKAGES_PATH: &str = "/v1/packages/";
+/// Default bound on one inbound message (after decompression).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// The first error of type `T` in `error`'s chain of causes.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// A package's bytes by SHA-256, with range requests so an agent can resume a download.
+async fn download(
+    axum::extract::State(state): axum::extract::State<OpampState>,
+    axum::extract::Path(sha256): axum::extract::Path<String>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use tower::ServiceExt;
+    let hash = (sha256.len() == 64)
+        .then(|| crate::core::domain::ContentHash::from_hex(&sha256))
+        .flatten();
+    let Some(hash) = hash else {
+        return (StatusCode::NOT_FOUND, "no such package").into_response();
+    };
+    let path = state.blobs.path(&hash);
+    if !path.is_file() {
+        return (StatusCode::NOT_FOUND, "no such package").into_response();
+    }
+    match tower_http::services::ServeFile::new(path)
+        .oneshot(request)
+        .await
+    {
+        Ok(response) => response.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `http://host[:port]` from the request's Host header: where this agent reaches us.
+fn origin(headers: &axum::http::HeaderMap) -> Option<Arc<str>> {
+    let host = headers.get(axum::http::header::HOST)?.to_str().ok()?;
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+    valid.then(|| Arc::from(format!("http://{host}")))
+}
+
+#[derive(Clone)]
+pub struct OpampState {
+    pub fleet: Arc<Fleet>,
+    pub blobs: crate::edge::store::BlobStore,
+    pub max_message_size: usize,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl OpampState {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        blobs: crate::edge::store::BlobStore,
+        max_message_size: usize,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            fleet,
+            blobs,
+            max_message_size,
+            cancel,
+            tracker,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The OpAMP listener's routes: `GET` (WebSocket upgrade) and `POST` (plain HTTP) on
+/// [`OPAMP_PATH`]. Request bodies may be gzipped; responses are gzipped for clients that
+/// accept it.
+pub fn router(state: OpampState) -> Router {
+    let metrics = state.fleet.clone();
+    let not_found_metrics = state.fleet.clone();
+    let opamp = Router::new()
+        .route(
+            OPAMP_PATH,
+            get(ws::upgrade)
+                .post(http::poll)
+                .fallback(move || async move {
+                    metrics.metrics().rejected("method_not_allowed");
+                    (
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "use POST for plain HTTP or GET to open a WebSocket",
+                    )
+                }),
+        )
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd()
+                .compress_when(|status: StatusCode, _, _: &_, _: &_| status.is_success()),
+        )
+        .layer(
+            RequestDecompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd(),
+        );
+    // Packages go out as stored: their length and ranges are what lets agents show progress
+    // and resume, and they are compressed archives already.
+    let downloads = Router::new().route(&format!("{PACKAGES_PATH}{{sha256}}"), get(download));
+    opamp
+        .merge(downloads)
+        .fallback(move || async move {
+            not_found_metrics.metrics().rejected("not_found");
+            (
+                StatusCode::NOT_FOUND,
+                format!("no such path; the OpAMP endpoint is {OPAMP_PATH}"),
+            )
+                .into_response()
+        })
+        .with_state(state)
+}

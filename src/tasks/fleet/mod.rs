@@ -1,0 +1,229 @@
+//! The registry of agents (instance uid → actor handle), routing of inbound reports to
+//! actors, and fleet-wide queries over the actors' published snapshots.
+
+mod query;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use dashmap::DashMap;
+use tokio_util::task::TaskTracker;
+
+use crate::core::domain::{AgentRecord, AgentReport, InstanceUid, Transport};
+use crate::edge::protocol::Inbound;
+use crate::tasks::agent::{
+    AgentContext, AgentHandle, Command, ConnId, Delivery, SILENCE_TICK_MS, Source,
+};
+
+pub use query::{AgentFilter, FleetSummary, LabelSelector, Page};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DispatchError {
+    /// The message is unusable; the agent gets an error_response BadRequest.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    Unavailable,
+}
+
+pub struct Fleet {
+    agents: DashMap<InstanceUid, AgentHandle>,
+    ctx: Arc<AgentContext>,
+    tracker: TaskTracker,
+}
+
+impl Fleet {
+    pub fn new(ctx: Arc<AgentContext>, tracker: TaskTracker) -> Self {
+        Self {
+            agents: DashMap::new(),
+            ctx,
+            tracker,
+        }
+    }
+
+    /// Starts the one task that watches every agent for silence (see `SilenceWatch`); it
+    /// stops with the server.
+    pub fn spawn_silence_watch(self: &Arc<Self>) {
+        let fleet = self.clone();
+        self.tracker.spawn(async move {
+            let tick = std::time::Duration::from_millis(SILENCE_TICK_MS as u64);
+            let mut ticks = tokio::time::interval(tick);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = fleet.ctx.cancel.cancelled() => return,
+                }
+                let now = Utc::now().timestamp_millis();
+                fleet.ctx.silence.sweep(now, |uid| fleet.get(uid));
+            }
+        });
+    }
+
+    /// Starts actors for agents read back from the store.
+    pub fn restore(&self, records: Vec<AgentRecord>) {
+        for record in records {
+            let uid = record.uid;
+            let handle = AgentHandle::spawn(record, false, self.ctx.clone(), &self.tracker);
+            self.agents.insert(uid, handle);
+        }
+    }
+
+    pub fn get(&self, uid: &InstanceUid) -> Option<AgentHandle> {
+        self.agents.get(uid).map(|h| h.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    fn get_or_spawn(&self, uid: InstanceUid) -> AgentHandle {
+        if let Some(handle) = self.get(&uid) {
+            return handle;
+        }
+        // The shard lock is held only while the handle is cloned out.
+        self.agents
+            .entry(uid)
+            .or_insert_with(|| {
+                AgentHandle::spawn(
+                    AgentRecord::new(uid, Utc::now()),
+                    true,
+                    self.ctx.clone(),
+                    &self.tracker,
+                )
+            })
+            .clone()
+    }
+
+    /// Routes one decoded message to its agent's actor, which replies through `source`.
+    /// Returns the uid the message was routed to: another than the one it carried when the
+    /// server assigned the agent a new uid (on request, or because a second live connection
+    /// used a uid already connected, as a cloned machine does).
+    pub async fn dispatch(
+        &self,
+        inbound: Inbound,
+        source: Source,
+        origin: Option<Arc<str>>,
+    ) -> Result<InstanceUid, DispatchError> {
+        let Inbound {
+            raw_uid,
+            uid,
+            report,
+        } = inbound;
+        let uid = uid.map_err(|e| DispatchError::BadRequest(e.to_string()))?;
+        // One registry lookup serves the clone check and the delivery.
+        let known = self.get(&uid);
+        let reassign = report.request_instance_uid
+            || known
+                .as_ref()
+                .is_some_and(|h| is_clone(h, &source, report.sequence_num));
+        let (target, handle) = match known {
+            Some(handle) if !reassign => (uid, handle),
+            _ if !reassign => (uid, self.get_or_spawn(uid)),
+            _ => {
+                let new_uid = InstanceUid::new_v7();
+                if !report.request_instance_uid {
+                    tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
+                }
+                (new_uid, self.get_or_spawn(new_uid))
+            }
+        };
+        handle
+            .send(Command::Report(Box::new(Delivery {
+                raw_uid,
+                report,
+                source,
+                assigned: reassign,
+                origin,
+            })))
+            .await
+            .map_err(|_| DispatchError::Unavailable)?;
+        Ok(target)
+    }
+
+    /// Whether the transport may answer this bare heartbeat on connection `conn` by itself,
+    /// without waking the agent's actor: the actor said it has nothing to add (see
+    /// `LinkState::claim_heartbeat`), and the heartbeat is next in sequence and changes
+    /// nothing, capabilities included. A claimed heartbeat is counted in and out.
+    pub fn answer_heartbeat(
+        &self,
+        agent: &AgentHandle,
+        report: &AgentReport,
+        conn: ConnId,
+    ) -> bool {
+        if !report.is_heartbeat() || report.request_instance_uid {
+            return false;
+        }
+        let link = agent.link();
+        if link.capabilities() != report.capabilities
+            || !link.claim_heartbeat(conn, report.sequence_num)
+        {
+            return false;
+        }
+        let metrics = &self.ctx.metrics;
+        metrics.message_in(Transport::WebSocket);
+        metrics.message_out(Transport::WebSocket);
+        true
+    }
+
+    /// Tells the actors a WebSocket connection ended.
+    pub async fn connection_closed(&self, uids: &[InstanceUid], conn: u64, reason: &str) {
+        for uid in uids {
+            if let Some(handle) = self.get(uid) {
+                let _ = handle
+                    .send(Command::ConnectionClosed {
+                        conn,
+                        reason: reason.into(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Every agent's latest published record, in no particular order.
+    pub fn records(&self) -> Vec<Arc<AgentRecord>> {
+        self.agents.iter().map(|h| h.record()).collect()
+    }
+
+    /// A number that changes whenever any agent's published record does.
+    pub fn changes(&self) -> u64 {
+        self.ctx.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The latest records of the agents that published a change since the last call.
+    pub fn take_changed(&self) -> Vec<Arc<AgentRecord>> {
+        let uids = std::mem::take(&mut *self.ctx.changed.lock());
+        uids.iter()
+            .filter_map(|uid| self.get(uid))
+            .map(|handle| handle.record())
+            .collect()
+    }
+
+    /// A component set an agent reported, by its hash.
+    pub fn components(
+        &self,
+        hash: &crate::core::domain::ContentHash,
+    ) -> Option<Arc<crate::core::config::ComponentSet>> {
+        self.ctx.components.get(hash).map(|set| set.clone())
+    }
+
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        &self.ctx.metrics
+    }
+}
+
+/// A WebSocket speaking for an agent already attached to another live WebSocket is a clone
+/// unless its sequence number continues the agent's (then it is the same agent reconnecting
+/// before its old connection was seen to drop).
+fn is_clone(existing: &AgentHandle, source: &Source, seq: u64) -> bool {
+    let Source::WebSocket { conn, .. } = source else {
+        return false;
+    };
+    let link = existing.link();
+    matches!(link.ws_conn(), Some(other) if other != *conn) && !link.continues(seq)
+}
