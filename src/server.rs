@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::domain::OwnTelemetry;
+use crate::core::session::SessionConfig;
 use crate::edge::api::{self, ApiState};
 use crate::edge::store::BlobStore;
 use crate::edge::store::{SqliteStore, Store, WriteBuffer, run_flusher};
@@ -65,13 +66,16 @@ pub async fn serve(
         components.insert(hash, Arc::new(set));
     }
     let ctx = Arc::new(AgentContext {
-        heartbeat_interval: settings.heartbeat_interval,
-        public_url: settings.public_url.clone(),
-        own_telemetry: OwnTelemetry {
-            metrics: settings.own_metrics_endpoint.clone(),
-            logs: settings.own_logs_endpoint.clone(),
-            traces: settings.own_traces_endpoint.clone(),
-        },
+        session: Arc::new(SessionConfig {
+            heartbeat_interval: settings.heartbeat_interval,
+            public_url: settings.public_url.clone(),
+            own_telemetry: OwnTelemetry {
+                metrics: settings.own_metrics_endpoint.clone(),
+                logs: settings.own_logs_endpoint.clone(),
+                traces: settings.own_traces_endpoint.clone(),
+            },
+            refuse_ignored: false,
+        }),
         components: components.clone(),
         changes: Arc::default(),
         changed: Arc::default(),
@@ -91,7 +95,7 @@ pub async fn serve(
         components,
         settings
             .heartbeat_interval
-            .mul_f64(crate::tasks::agent::GRACE_FACTOR),
+            .mul_f64(crate::core::session::GRACE_FACTOR),
         shutdown.clone(),
         &tracker,
     )

@@ -7,11 +7,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::core::domain::Transport;
+use crate::core::lifecycle::{AdminState, STATE_NAMES};
 use crate::core::status::Status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminStateLabel {
+    pub admin_state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,6 +34,8 @@ pub struct KindLabel {
 pub struct Metrics {
     registry: Registry,
     pub agents: Family<StatusLabel, Gauge>,
+    /// Indexed by `AdminState::index`, looked up once.
+    admin_states: [Gauge; 6],
     pub connections: Family<TransportLabel, Gauge>,
     pub messages_in: Family<TransportLabel, Counter>,
     pub messages_out: Family<TransportLabel, Counter>,
@@ -47,6 +55,7 @@ impl Default for Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("corral"),
             agents: Family::default(),
+            admin_states: Default::default(),
             connections: Family::default(),
             messages_in: Family::default(),
             messages_out: Family::default(),
@@ -105,6 +114,17 @@ impl Default for Metrics {
                 status: status.as_str(),
             });
         }
+        let by_admin_state = Family::<AdminStateLabel, Gauge>::default();
+        m.registry.register(
+            "agents_by_admin_state",
+            "Known agents by admin state",
+            by_admin_state.clone(),
+        );
+        for (i, name) in STATE_NAMES.into_iter().enumerate() {
+            m.admin_states[i] = by_admin_state
+                .get_or_create(&AdminStateLabel { admin_state: name })
+                .clone();
+        }
         for transport in Transport::ALL {
             let label = TransportLabel {
                 transport: transport.as_str(),
@@ -141,6 +161,19 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    pub fn move_admin(&self, from: Option<AdminState>, to: Option<AdminState>) {
+        if let Some(from) = from {
+            self.admin_states[from.index()].dec();
+        }
+        if let Some(to) = to {
+            self.admin_states[to.index()].inc();
+        }
+    }
+
+    pub fn agents_in(&self, state: AdminState) -> i64 {
+        self.admin_states[state.index()].get()
     }
 
     pub fn connections(&self, transport: Transport) -> Gauge {

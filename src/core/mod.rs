@@ -6,4 +6,5 @@ pub mod domain;
 pub mod lifecycle;
 pub mod packages;
 pub mod rollout;
+pub mod session;
 pub mod status;

@@ -8,6 +8,9 @@ use sha2::{Digest, Sha256};
 
 use crate::core::domain::{AgentRecord, ContentHash};
 
+/// Where the OpAMP listener serves package bytes: this path, then the lowercase hex SHA-256.
+pub const DOWNLOAD_PATH: &str = "/v1/packages/";
+
 /// Agent attributes a package's platform and architecture are matched against.
 pub const PLATFORM_ATTRIBUTE: &str = "os.type";
 pub const ARCH_ATTRIBUTE: &str = "host.arch";

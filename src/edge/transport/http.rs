@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::OpampState;
 use crate::core::domain::{ReplyError, ServerReply};
 use crate::edge::protocol::{Inbound, decode_agent_message, proto, reply_to_proto};
-use crate::tasks::agent::Source;
+use crate::tasks::agent::{Reply, Source};
 use crate::tasks::fleet::DispatchError;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -127,7 +127,14 @@ pub(super) async fn poll(
         Err(DispatchError::Unavailable) => return unavailable(raw_uid),
     }
     match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
-        Ok(Ok(msg)) => protobuf_response(StatusCode::OK, &msg),
+        Ok(Ok(Reply { raw_uid, reply })) => {
+            // The session refuses only agents an admin chose to ignore.
+            let status = match reply.error {
+                Some(_) => StatusCode::FORBIDDEN,
+                None => StatusCode::OK,
+            };
+            protobuf_response(status, &reply_to_proto(raw_uid, &reply))
+        }
         Ok(Err(_)) | Err(_) => unavailable(raw_uid),
     }
 }

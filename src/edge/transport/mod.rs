@@ -17,12 +17,12 @@ use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::RequestDecompressionLayer;
 
+use crate::core::packages::DOWNLOAD_PATH;
 use crate::tasks::agent::ConnId;
 use crate::tasks::fleet::Fleet;
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
 /// Where package artifacts are downloaded from, by SHA-256 (hex), on the OpAMP listener.
-pub const PACKAGES_PATH: &str = "/v1/packages/";
 /// Default bound on one inbound message (after decompression).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
@@ -145,7 +145,7 @@ pub fn router(state: OpampState) -> Router {
         );
     // Packages go out as stored: their length and ranges are what lets agents show progress
     // and resume, and they are compressed archives already.
-    let downloads = Router::new().route(&format!("{PACKAGES_PATH}{{sha256}}"), get(download));
+    let downloads = Router::new().route(&format!("{DOWNLOAD_PATH}{{sha256}}"), get(download));
     opamp
         .merge(downloads)
         .fallback(move || async move {

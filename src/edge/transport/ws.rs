@@ -17,7 +17,7 @@ use crate::edge::protocol::{
     Inbound, decode_agent_message, encode_ws_frame, reply_to_proto, unframe_ws,
 };
 use crate::tasks::agent::{
-    AgentHandle, ConnId, OUTBOUND_CAPACITY, Outgoing, SERVER_CAPABILITIES, Source,
+    AgentHandle, ConnId, OUTBOUND_CAPACITY, Outgoing, Reply, SERVER_CAPABILITIES, Source,
 };
 use crate::tasks::fleet::DispatchError;
 
@@ -127,7 +127,7 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
             out = &mut reply => {
                 reply.set(replies.recv());
                 match out {
-                    Ok(Outgoing::Message(msg)) => match Box::pin(write(&mut socket, &msg)).await {
+                    Ok(Outgoing::Reply(reply)) => match Box::pin(write_reply(&mut socket, reply)).await {
                         Ok(len) => refresh_due |= len > REFRESH_ABOVE,
                         Err(ending) => break ending,
                     },
@@ -163,7 +163,8 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                             }
                         }
                         Next::Answered(answer) => {
-                            let _ = outbound.try_send(Outgoing::Message(answer));
+                            let reply = Reply { raw_uid: answer.instance_uid.clone(), reply: heartbeat_echo() };
+                            let _ = outbound.try_send(Outgoing::Reply(Box::new(reply)));
                         }
                         // Boxed: routing awaits the actor's mailbox and is the largest part of
                         // this future, which every idle connection would otherwise carry.
@@ -232,6 +233,20 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
     Box::pin(state.fleet.connection_closed(&agents, conn, &ending.reason)).await;
 }
 
+/// What the connection answers a bare heartbeat with when the agent's session lets it.
+fn heartbeat_echo() -> ServerReply {
+    ServerReply {
+        capabilities: Some(SERVER_CAPABILITIES),
+        ..ServerReply::default()
+    }
+}
+
+/// Encodes a reply from an actor and writes it; gives its size on the wire.
+async fn write_reply(socket: &mut Socket, reply: Box<Reply>) -> Result<usize, Ending> {
+    let Reply { raw_uid, reply } = *reply;
+    write(socket, &reply_to_proto(raw_uid, &reply)).await
+}
+
 /// Writes one message; gives its size on the wire.
 async fn write(
     socket: &mut Socket,
@@ -297,11 +312,7 @@ fn answer_here(
         && uid == last
         && state.fleet.answer_heartbeat(handle, &inbound.report, conn)
     {
-        let reply = ServerReply {
-            capabilities: Some(SERVER_CAPABILITIES),
-            ..ServerReply::default()
-        };
-        return Next::Answered(Box::new(reply_to_proto(inbound.raw_uid, &reply)));
+        return Next::Answered(Box::new(reply_to_proto(inbound.raw_uid, &heartbeat_echo())));
     }
     Next::Route(Box::new(inbound), sent_uid)
 }
@@ -345,9 +356,8 @@ async fn route(
                 error: Some(ReplyError::BadRequest(message)),
                 ..ServerReply::default()
             };
-            let msg = reply_to_proto(raw_uid, &reply);
             // Best effort: a full queue means the agent is not reading anyway.
-            let _ = outbound.try_send(Outgoing::Message(Box::new(msg)));
+            let _ = outbound.try_send(Outgoing::Reply(Box::new(Reply { raw_uid, reply })));
             Ok(())
         }
         Err(DispatchError::Unavailable) => Err(Ending::close(GOING_AWAY, "server shutting down")),

@@ -4,8 +4,6 @@
 //! publishes the agent's latest [`AgentRecord`].
 
 mod actor;
-mod liveness;
-mod sequence;
 mod silence;
 
 use std::collections::BTreeMap;
@@ -21,38 +19,31 @@ use tokio_util::sync::CancellationToken;
 use dashmap::DashMap;
 
 use crate::core::config::ComponentSet;
-use crate::core::domain::{AgentRecord, AgentReport, ContentHash, InstanceUid, ServerCapabilities};
+use crate::core::domain::{AgentRecord, AgentReport, ContentHash, InstanceUid, ServerReply};
+use crate::core::lifecycle::AdminState;
 use crate::core::rollout::Directive;
-use crate::edge::protocol::proto;
+use crate::core::session::{AgentSession, Event, SessionConfig};
 use crate::edge::store::WriteBuffer;
 use crate::telemetry::Metrics;
 
-pub use liveness::{GRACE_FACTOR, Liveness};
-pub use sequence::FullStateTracker;
+pub use crate::core::session::{ConnId, SERVER_CAPABILITIES};
 pub use silence::{SILENCE_TICK_MS, SilenceWatch};
 
 /// Commands waiting for one agent's actor.
 pub const MAILBOX_CAPACITY: usize = 16;
 /// Replies and pushes waiting for one WebSocket connection's writer.
 pub const OUTBOUND_CAPACITY: usize = 8;
-/// What agents are told to expect when they do not accept our connection settings.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
-
-/// What Corral offers every agent in its replies.
-pub const SERVER_CAPABILITIES: ServerCapabilities = ServerCapabilities::ACCEPTS_STATUS
-    .union(ServerCapabilities::OFFERS_REMOTE_CONFIG)
-    .union(ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG)
-    .union(ServerCapabilities::OFFERS_PACKAGES)
-    .union(ServerCapabilities::ACCEPTS_PACKAGES_STATUS)
-    .union(ServerCapabilities::OFFERS_CONNECTION_SETTINGS);
-
-/// Identifies one WebSocket connection for as long as the process runs. Never 0.
-pub type ConnId = u64;
+/// A reply in domain terms, with the uid as the agent sent it; the transport encodes it.
+#[derive(Debug)]
+pub struct Reply {
+    pub raw_uid: Bytes,
+    pub reply: ServerReply,
+}
 
 /// Something for a WebSocket connection's writer to do.
 #[derive(Debug)]
 pub enum Outgoing {
-    Message(Box<proto::ServerToAgent>),
+    Reply(Box<Reply>),
     Close { code: u16, reason: String },
 }
 
@@ -65,7 +56,7 @@ pub enum Source {
         outbound: crate::channel::Sender<Outgoing>,
     },
     Http {
-        reply: oneshot::Sender<proto::ServerToAgent>,
+        reply: oneshot::Sender<Reply>,
     },
 }
 
@@ -84,6 +75,10 @@ pub struct Delivery {
 /// New admin labels, and where to send the agent's record once they are set.
 pub type LabelsRequest = (BTreeMap<String, String>, oneshot::Sender<Arc<AgentRecord>>);
 
+/// An admin's request of the session, and where its outcome goes: the agent's record, or why
+/// it cannot be done.
+pub type AdminRequest = (Event, oneshot::Sender<Result<Arc<AgentRecord>, String>>);
+
 /// What an actor's mailbox carries. Kept to two words: a channel allocates its slots in
 /// blocks, so every idle agent pays for the largest variant many times over.
 #[derive(Debug)]
@@ -96,25 +91,16 @@ pub enum Command {
     SetLabels(Box<LabelsRequest>),
     /// What the rollout controller wants of this agent now.
     Direct(Box<Directive>),
-    /// An admin asks the agent to restart.
-    Restart {
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    /// An admin asks to send again the configuration the agent reported FAILED.
-    RetryConfig {
-        done: oneshot::Sender<Result<Arc<AgentRecord>, String>>,
-    },
+    /// An admin's request: restart, retry a failed configuration, change the admin state,
+    /// disconnect, forget.
+    Admin(Box<AdminRequest>),
     /// The fleet's watch found nothing heard from the agent for its grace period.
     Silence,
 }
 
 /// What every actor shares: settings, metrics and the store's write buffer.
 pub struct AgentContext {
-    pub heartbeat_interval: Duration,
-    /// The base URL agents download packages from; else the address they reached us at.
-    pub public_url: Option<String>,
-    /// Where agents that can should send their own telemetry.
-    pub own_telemetry: crate::core::domain::OwnTelemetry,
+    pub session: Arc<SessionConfig>,
     /// Component sets agents reported, by hash; shared by every actor and the controller.
     pub components: Arc<DashMap<ContentHash, Arc<ComponentSet>>>,
     pub metrics: Arc<Metrics>,
@@ -229,6 +215,19 @@ impl LinkState {
         self.watched.seen(at.timestamp_millis());
     }
 
+    /// The agent is attached to WebSocket `conn` (0: none).
+    fn attach(&self, conn: ConnId) {
+        self.ws_conn.store(conn, Ordering::Release);
+    }
+
+    fn set_last_seq(&self, seq: u64) {
+        self.last_seq.store(seq, Ordering::Release);
+    }
+
+    fn watched(&self) -> &silence::Watched {
+        &self.watched
+    }
+
     /// When the agent last sent anything (the epoch if never, in this process).
     pub fn last_seen(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(self.watched.last_seen_ms.load(Ordering::Acquire))
@@ -269,9 +268,9 @@ impl AgentHandle {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (mailbox, inbox) = crate::channel::bounded(MAILBOX_CAPACITY);
-        let record = Arc::new(record);
-        let link = Arc::new(LinkState::new(record.clone()));
-        let actor = actor::AgentActor::new(record, is_new, ctx, link.clone());
+        let (session, first) = AgentSession::new(record, is_new, ctx.session.clone(), Utc::now());
+        let link = Arc::new(LinkState::new(session.record().clone()));
+        let actor = actor::AgentActor::new(session, first, ctx, link.clone());
         tracker.spawn(actor.run(inbox));
         Self { mailbox, link }
     }
@@ -330,19 +329,30 @@ impl AgentHandle {
         rx.await.map_err(|_| ActorGone)
     }
 
-    /// Sends the Restart command: now over WebSocket, with the next poll over HTTP.
-    pub async fn restart(&self) -> Result<Result<(), String>, ActorGone> {
+    /// Asks the agent's session to act for an admin (`Event::Restart`, `RetryConfig`,
+    /// `SetAdminState`, `Disconnect`, `Forget`). `Err` says why it cannot.
+    pub async fn admin(&self, event: Event) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Restart { done }).await?;
+        self.send(Command::Admin(Box::new((event, done)))).await?;
         rx.await.map_err(|_| ActorGone)
+    }
+
+    /// Sends the Restart command: now over WebSocket, with the next poll over HTTP.
+    pub async fn restart(&self) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
+        self.admin(Event::Restart).await
     }
 
     /// Sends the agent's failed configuration again (now over WebSocket, with the next poll
     /// over HTTP). `Err` says why there is nothing to retry.
     pub async fn retry_config(&self) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
-        let (done, rx) = oneshot::channel();
-        self.send(Command::RetryConfig { done }).await?;
-        rx.await.map_err(|_| ActorGone)
+        self.admin(Event::RetryConfig).await
+    }
+
+    pub async fn set_admin_state(
+        &self,
+        state: AdminState,
+    ) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
+        self.admin(Event::SetAdminState(state)).await
     }
 
     pub fn uid(&self) -> InstanceUid {
@@ -374,7 +384,7 @@ mod tests {
             InstanceUid::new_v7(),
             Utc::now(),
         )));
-        link.ws_conn.store(7, Ordering::Release);
+        link.attach(7);
         assert!(
             !link.claim_heartbeat(7, 5),
             "the actor has not said it is quiet"
