@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::lifecycle::Admission;
 use crate::edge::transport::DEFAULT_MAX_MESSAGE_SIZE;
 
 pub const DEFAULT_OPAMP_LISTEN: &str = "0.0.0.0:4320";
@@ -32,6 +33,13 @@ pub struct Settings {
     pub own_metrics_endpoint: Option<String>,
     pub own_logs_endpoint: Option<String>,
     pub own_traces_endpoint: Option<String>,
+    /// How agents Corral has not seen before are admitted.
+    pub admission: Admission,
+    /// Ignored agents are refused with an error instead of answered minimally.
+    pub refuse_ignored: bool,
+    /// Agents disconnected longer than this are deleted (or back to not_found when an admin
+    /// pre-registered them); `None` keeps them.
+    pub forget_disconnected_after: Option<Duration>,
 }
 
 /// Each setting as given, before defaults. Flags and environment fill one, the config file
@@ -49,6 +57,12 @@ pub struct Partial {
     pub own_metrics_endpoint: Option<String>,
     pub own_logs_endpoint: Option<String>,
     pub own_traces_endpoint: Option<String>,
+    /// `auto`, `register` or `manual`.
+    pub admission: Option<String>,
+    /// `answer` or `refuse`.
+    pub ignored_agents: Option<String>,
+    /// Seconds; 0 keeps disconnected agents for ever.
+    pub forget_disconnected_after: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +84,10 @@ pub enum SettingsError {
     Url { name: &'static str, value: String },
     #[error("max-package-size must be at least 1 byte")]
     PackageSize,
+    #[error("admission must be auto, register or manual, got {0:?}")]
+    Admission(String),
+    #[error("ignored-agents must be answer or refuse, got {0:?}")]
+    IgnoredAgents(String),
 }
 
 impl Partial {
@@ -120,6 +138,20 @@ impl Partial {
             own_metrics_endpoint: self.own_metrics_endpoint.or(file.own_metrics_endpoint),
             own_logs_endpoint: self.own_logs_endpoint.or(file.own_logs_endpoint),
             own_traces_endpoint: self.own_traces_endpoint.or(file.own_traces_endpoint),
+            admission: match self.admission.or(file.admission) {
+                None => Admission::default(),
+                Some(s) => Admission::parse(&s).ok_or(SettingsError::Admission(s))?,
+            },
+            refuse_ignored: match self.ignored_agents.or(file.ignored_agents).as_deref() {
+                None | Some("answer") => false,
+                Some("refuse") => true,
+                Some(other) => return Err(SettingsError::IgnoredAgents(other.into())),
+            },
+            forget_disconnected_after: self
+                .forget_disconnected_after
+                .or(file.forget_disconnected_after)
+                .filter(|secs| *secs > 0)
+                .map(Duration::from_secs),
         };
         for (name, value) in [
             ("public-url", &settings.public_url),
@@ -161,6 +193,21 @@ mod tests {
         assert_eq!(s.api_listen.to_string(), "127.0.0.1:4321");
         assert_eq!(s.heartbeat_interval, Duration::from_secs(30));
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(s.admission, Admission::Auto);
+        assert!(!s.refuse_ignored);
+        assert_eq!(s.forget_disconnected_after, None);
+    }
+
+    #[test]
+    fn lifecycle_settings_come_from_the_file_too() {
+        let file: Partial = toml::from_str(
+            "admission = \"manual\"\nignored_agents = \"refuse\"\nforget_disconnected_after = 3600",
+        )
+        .unwrap();
+        let s = Partial::default().resolve(file).unwrap();
+        assert_eq!(s.admission, Admission::Manual);
+        assert!(s.refuse_ignored);
+        assert_eq!(s.forget_disconnected_after, Some(Duration::from_secs(3600)));
     }
 
     #[test]
@@ -189,6 +236,12 @@ mod tests {
             ..Partial::default()
         };
         assert!(tiny.resolve(Partial::default()).is_err());
+        let admission = Partial {
+            admission: Some("sometimes".into()),
+            ..Partial::default()
+        };
+        let err = admission.resolve(Partial::default()).unwrap_err().to_string();
+        assert!(err.contains("admission"), "{err}");
         let unknown = toml::from_str::<Partial>("heartbeat = 3");
         assert!(unknown.is_err(), "unknown keys are refused");
     }

@@ -43,6 +43,9 @@ pub struct AgentRecord {
     pub status_reason: String,
     /// Whether Corral manages the agent (see `crate::core::lifecycle`).
     pub admin_state: AdminState,
+    /// An admin named this agent before it first spoke: retention returns it to `not_found`
+    /// instead of deleting it.
+    pub pre_registered: bool,
     pub transport: Option<Transport>,
     pub labels: BTreeMap<String, String>,
     pub description: Arc<AgentDescription>,
@@ -75,6 +78,7 @@ impl AgentRecord {
             status: Status::Connected,
             status_reason: String::new(),
             admin_state: AdminState::Managed,
+            pre_registered: false,
             transport: None,
             labels: BTreeMap::new(),
             description: Arc::default(),

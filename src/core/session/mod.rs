@@ -52,7 +52,7 @@ use crate::core::domain::{
     HistoryEntry, OwnTelemetry, RemoteConfigStatus, ReplyError, ServerCapabilities, ServerReply,
     Transport,
 };
-use crate::core::lifecycle::AdminState;
+use crate::core::lifecycle::{AdminState, Admission, on_first_contact};
 use crate::core::rollout::Directive;
 use crate::core::status::{ConfigProgress, Connection, Observation, Status, StatusMachine, derive};
 
@@ -85,6 +85,8 @@ pub struct SessionConfig {
     pub own_telemetry: OwnTelemetry,
     /// Ignored agents are refused with an error instead of answered minimally.
     pub refuse_ignored: bool,
+    /// How a pre-registered agent is admitted when it first speaks.
+    pub admission: Admission,
 }
 
 /// The transport a report came on.
@@ -465,6 +467,13 @@ impl AgentSession {
             let mut persist = self.unsaved || fresh;
             if fresh {
                 rec.connected_at = Some(now);
+            }
+            if rec.admin_state == AdminState::NotFound {
+                // Pre-registered and speaking at last: admitted.
+                let admitted = on_first_contact(Some(rec.admin_state), self.config.admission, false);
+                fx.admin_move = Some((Some(rec.admin_state), Some(admitted)));
+                rec.admin_state = admitted;
+                persist = true;
             }
             rec.last_seen = now;
             if rec.transport != Some(transport) {

@@ -14,6 +14,14 @@ pub struct AgentDto {
     pub instance_uid: String,
     pub status: String,
     pub status_reason: String,
+    /// discovered, registered, managed, ignored, maintenance or not_found.
+    #[serde(default)]
+    pub admin_state: String,
+    /// Where an agent in maintenance returns when it resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumes_to: Option<String>,
+    #[serde(default)]
+    pub pre_registered: bool,
     pub transport: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub identifying_attributes: Map<String, Value>,
@@ -77,6 +85,85 @@ pub struct AgentListDto {
 pub struct FleetDto {
     pub total: i64,
     pub by_status: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub by_admin_state: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct AdminStateDto {
+    pub state: String,
+}
+
+/// `POST /api/v1/agents`: an agent an admin expects, by uid or by identifying attributes.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PreRegisterDto {
+    #[serde(default)]
+    pub instance_uid: Option<String>,
+    #[serde(default)]
+    pub identifying_attributes: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ExpectedDto {
+    pub id: String,
+    pub identifying_attributes: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct ExpectedListDto {
+    pub expected: Vec<ExpectedDto>,
+}
+
+/// A bulk action over the agents a selector matches. Without `dry_run`, `expected_count`
+/// must equal the number matched, or nothing is done (409).
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BulkDto {
+    pub selector: String,
+    /// For `POST /api/v1/agents/admin-state`.
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub expected_count: Option<usize>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Default)]
+pub struct BulkResultDto {
+    /// Agents the action applies to.
+    pub matched: usize,
+    /// Agents it was done to (0 on a dry run).
+    pub done: usize,
+    /// Matching agents passed over, by reason (e.g. "in maintenance").
+    pub excluded: BTreeMap<String, usize>,
+    /// Agents it could not be done to, with why.
+    pub failed: BTreeMap<String, String>,
+    /// The uids matched (at most 20), for a confirmation prompt.
+    pub sample: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IgnoreRuleInDto {
+    pub selector: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct IgnoreRuleDto {
+    pub id: String,
+    pub selector: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct IgnoreRulesDto {
+    pub rules: Vec<IgnoreRuleDto>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
@@ -151,6 +238,14 @@ impl From<&AgentRecord> for AgentDto {
             instance_uid: a.uid.to_string(),
             status: a.status.as_str().to_string(),
             status_reason: a.status_reason.clone(),
+            admin_state: a.admin_state.as_str().to_string(),
+            resumes_to: match a.admin_state {
+                crate::core::lifecycle::AdminState::Maintenance(r) => {
+                    Some(r.state().as_str().to_string())
+                }
+                _ => None,
+            },
+            pre_registered: a.pre_registered,
             transport: a.transport.map(|t| t.as_str().to_string()),
             labels: a.labels.clone(),
             identifying_attributes: attributes(&a.description.identifying),
@@ -210,6 +305,11 @@ impl From<FleetSummary> for FleetDto {
                 .by_status
                 .into_iter()
                 .map(|(status, n)| (status.as_str().to_string(), n))
+                .collect(),
+            by_admin_state: s
+                .by_admin_state
+                .into_iter()
+                .map(|(state, n)| (state.to_string(), n))
                 .collect(),
         }
     }

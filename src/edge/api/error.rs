@@ -12,6 +12,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A conflict the client can act on: the message, and what it may do instead.
+    #[error("{message}")]
+    ConflictWith {
+        message: String,
+        detail: serde_json::Value,
+    },
     #[error("{0}")]
     TooLarge(String),
     #[error("internal error")]
@@ -25,7 +31,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "api request failed");
@@ -33,17 +39,28 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        if let (ApiError::ConflictWith { detail, .. }, Some(fields)) = (self, body.as_object_mut())
+            && let Some(detail) = detail.as_object()
+        {
+            fields.extend(detail.clone());
+        }
+        (status, Json(body)).into_response()
     }
 }
 
 impl From<crate::edge::store::StoreError> for ApiError {
     fn from(e: crate::edge::store::StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::core::lifecycle::MoveRefused> for ApiError {
+    fn from(refused: crate::core::lifecycle::MoveRefused) -> Self {
+        ApiError::ConflictWith {
+            message: refused.to_string(),
+            detail: serde_json::json!({ "allowed": refused.allowed }),
+        }
     }
 }
 

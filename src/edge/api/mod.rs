@@ -3,6 +3,7 @@
 mod control;
 pub mod dto;
 mod error;
+mod lifecycle;
 mod packages;
 
 use std::collections::BTreeMap;
@@ -44,8 +45,38 @@ pub struct ApiState {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/agents", get(list_agents))
-        .route("/api/v1/agents/{uid}", get(show_agent))
+        .route(
+            "/api/v1/agents",
+            get(list_agents).post(lifecycle::pre_register),
+        )
+        .route(
+            "/api/v1/agents/{uid}",
+            get(show_agent).delete(lifecycle::delete_agent),
+        )
+        .route(
+            "/api/v1/agents/{uid}/admin-state",
+            post(lifecycle::set_admin_state),
+        )
+        .route("/api/v1/agents/{uid}/disconnect", post(lifecycle::disconnect))
+        .route("/api/v1/agents/admin-state", post(lifecycle::bulk_admin_state))
+        .route("/api/v1/agents/delete", post(lifecycle::bulk_delete))
+        .route("/api/v1/agents/restart", post(lifecycle::bulk_restart))
+        .route(
+            "/api/v1/expected-agents",
+            get(lifecycle::list_expected),
+        )
+        .route(
+            "/api/v1/expected-agents/{id}",
+            axum::routing::delete(lifecycle::delete_expected),
+        )
+        .route(
+            "/api/v1/ignore-rules",
+            get(lifecycle::list_ignore_rules).post(lifecycle::add_ignore_rule),
+        )
+        .route(
+            "/api/v1/ignore-rules/{id}",
+            axum::routing::delete(lifecycle::delete_ignore_rule),
+        )
         .route("/api/v1/agents/{uid}/labels", put(set_labels))
         .route("/api/v1/agents/{uid}/retry-config", post(retry_config))
         .route("/api/v1/agents/{uid}/restart", post(packages::restart))
@@ -116,6 +147,19 @@ fn parse_list_query(
                         Status::ALL.map(Status::as_str).join(", ")
                     ))
                 })?);
+            }
+            "admin_state" => {
+                filter.admin_state = Some(
+                    crate::core::lifecycle::STATE_NAMES
+                        .into_iter()
+                        .find(|name| *name == value)
+                        .ok_or_else(|| {
+                            ApiError::BadRequest(format!(
+                                "unknown admin state {value:?}; expected one of {}",
+                                crate::core::lifecycle::STATE_NAMES.join(", ")
+                            ))
+                        })?,
+                );
             }
             "label" => {
                 let (k, v) = value.split_once('=').ok_or_else(|| {

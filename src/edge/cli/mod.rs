@@ -43,8 +43,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// TOML file with any of: opamp_listen, api_listen, data_dir, heartbeat_interval,
-    /// max_message_size. Flags and environment variables win over it.
+    /// TOML file with any of the settings below, by their flag's name with `_` for `-`
+    /// (e.g. heartbeat_interval). Flags and environment variables win over it.
     #[arg(long, env = "CORRAL_CONFIG")]
     config: Option<PathBuf>,
     /// Address of the OpAMP endpoint (WebSocket and HTTP) [default: 0.0.0.0:4320]
@@ -78,6 +78,18 @@ struct ServeArgs {
     /// OTLP endpoint offered to agents that report their own traces
     #[arg(long, env = "CORRAL_OWN_TRACES_ENDPOINT")]
     own_traces_endpoint: Option<String>,
+    /// How new agents are admitted: auto (managed at once), register (registered, until an
+    /// admin manages them) or manual (discovered, until an admin approves them) [default: auto]
+    #[arg(long, env = "CORRAL_ADMISSION")]
+    admission: Option<String>,
+    /// What ignored agents get: answer (a minimal reply) or refuse (an error; WebSocket
+    /// closed with 1008, HTTP 403) [default: answer]
+    #[arg(long, env = "CORRAL_IGNORED_AGENTS")]
+    ignored_agents: Option<String>,
+    /// Seconds after which a disconnected agent is deleted (back to not_found if it was
+    /// pre-registered); 0 keeps agents for ever [default: 0]
+    #[arg(long, env = "CORRAL_FORGET_DISCONNECTED_AFTER")]
+    forget_disconnected_after: Option<u64>,
 }
 
 /// Where admin commands find the API.
@@ -119,6 +131,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         own_metrics_endpoint: args.own_metrics_endpoint,
         own_logs_endpoint: args.own_logs_endpoint,
         own_traces_endpoint: args.own_traces_endpoint,
+        admission: args.admission,
+        ignored_agents: args.ignored_agents,
+        forget_disconnected_after: args.forget_disconnected_after,
     };
     let settings = given.resolve(file)?;
     let listeners = crate::server::Listeners::bind(&settings).await?;

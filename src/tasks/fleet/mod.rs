@@ -1,6 +1,7 @@
 //! The registry of agents (instance uid → actor handle), routing of inbound reports to
 //! actors, and fleet-wide queries over the actors' published snapshots.
 
+mod lifecycle;
 mod query;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::tasks::agent::{
     AgentContext, AgentHandle, Command, ConnId, Delivery, SILENCE_TICK_MS, Source,
 };
 
+pub use lifecycle::Rules;
 pub use query::{AgentFilter, FleetSummary, LabelSelector, Page};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,14 +33,25 @@ pub struct Fleet {
     agents: DashMap<InstanceUid, AgentHandle>,
     ctx: Arc<AgentContext>,
     tracker: TaskTracker,
+    /// Admission, pre-registrations by attributes and ignore rules, for first contacts.
+    rules: arc_swap::ArcSwap<Rules>,
+    /// Where used-up pre-registrations are removed.
+    store: Arc<dyn crate::edge::store::Store>,
 }
 
 impl Fleet {
-    pub fn new(ctx: Arc<AgentContext>, tracker: TaskTracker) -> Self {
+    pub fn new(
+        ctx: Arc<AgentContext>,
+        tracker: TaskTracker,
+        store: Arc<dyn crate::edge::store::Store>,
+        rules: Rules,
+    ) -> Self {
         Self {
             agents: DashMap::new(),
             ctx,
             tracker,
+            rules: arc_swap::ArcSwap::from_pointee(rules),
+            store,
         }
     }
 
@@ -82,7 +95,7 @@ impl Fleet {
         self.agents.is_empty()
     }
 
-    fn get_or_spawn(&self, uid: InstanceUid) -> AgentHandle {
+    fn get_or_spawn(&self, uid: InstanceUid, report: &AgentReport) -> AgentHandle {
         if let Some(handle) = self.get(&uid) {
             return handle;
         }
@@ -90,12 +103,8 @@ impl Fleet {
         self.agents
             .entry(uid)
             .or_insert_with(|| {
-                AgentHandle::spawn(
-                    AgentRecord::new(uid, Utc::now()),
-                    true,
-                    self.ctx.clone(),
-                    &self.tracker,
-                )
+                let record = self.first_contact(uid, report);
+                AgentHandle::spawn(record, true, self.ctx.clone(), &self.tracker)
             })
             .clone()
     }
@@ -124,13 +133,13 @@ impl Fleet {
                 .is_some_and(|h| is_clone(h, &source, report.sequence_num));
         let (target, handle) = match known {
             Some(handle) if !reassign => (uid, handle),
-            _ if !reassign => (uid, self.get_or_spawn(uid)),
+            _ if !reassign => (uid, self.get_or_spawn(uid, &report)),
             _ => {
                 let new_uid = InstanceUid::new_v7();
                 if !report.request_instance_uid {
                     tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
                 }
-                (new_uid, self.get_or_spawn(new_uid))
+                (new_uid, self.get_or_spawn(new_uid, &report))
             }
         };
         handle

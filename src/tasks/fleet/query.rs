@@ -2,7 +2,18 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::core::domain::{AgentRecord, InstanceUid};
+use crate::core::lifecycle::{AdminState, Resume, STATE_NAMES};
 use crate::core::status::Status;
+
+/// One state per name in [`STATE_NAMES`], for counting.
+const ADMIN_STATES: [AdminState; 6] = [
+    AdminState::Discovered,
+    AdminState::Registered,
+    AdminState::Managed,
+    AdminState::Ignored,
+    AdminState::Maintenance(Resume::Managed),
+    AdminState::NotFound,
+];
 
 /// Agents whose labels all equal the given values (admin labels over reported attributes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +30,8 @@ impl LabelSelector {
 #[derive(Clone, Debug, Default)]
 pub struct AgentFilter {
     pub status: Option<Status>,
+    /// An admin state's name (`maintenance` whatever it returns to).
+    pub admin_state: Option<&'static str>,
     pub labels: LabelSelector,
     /// A full selector expression, e.g. `env=prod,region in (eu,us)`.
     pub selector: Option<crate::core::config::Selector>,
@@ -27,11 +40,17 @@ pub struct AgentFilter {
 impl AgentFilter {
     /// Matches every agent.
     pub fn is_empty(&self) -> bool {
-        self.status.is_none() && self.labels.0.is_empty() && self.selector.is_none()
+        self.status.is_none()
+            && self.admin_state.is_none()
+            && self.labels.0.is_empty()
+            && self.selector.is_none()
     }
 
     pub fn matches(&self, agent: &AgentRecord) -> bool {
         self.status.is_none_or(|s| agent.status == s)
+            && self
+                .admin_state
+                .is_none_or(|name| agent.admin_state.as_str() == name)
             && self.labels.matches(agent)
             && self
                 .selector
@@ -54,6 +73,7 @@ pub struct Page {
 pub struct FleetSummary {
     pub total: i64,
     pub by_status: Vec<(Status, i64)>,
+    pub by_admin_state: Vec<(&'static str, i64)>,
 }
 
 impl super::Fleet {
@@ -104,9 +124,15 @@ impl super::Fleet {
             .into_iter()
             .map(|s| (s, self.ctx.metrics.agents_with(s)))
             .collect();
+        let by_admin_state = STATE_NAMES
+            .into_iter()
+            .zip(ADMIN_STATES)
+            .map(|(name, state)| (name, self.ctx.metrics.agents_in(state)))
+            .collect();
         FleetSummary {
             total: by_status.iter().map(|(_, n)| n).sum(),
             by_status,
+            by_admin_state,
         }
     }
 }

@@ -1,0 +1,373 @@
+//! The admin lifecycle over HTTP: admin states, pre-registration, deletion, forced
+//! disconnects, bulk actions over a selector (refused when the count the admin confirmed is not
+//! the count matched) and ignore rules. An answer of 200 means the change is on disk.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+
+use super::dto::{
+    AdminStateDto, AgentDetailDto, BulkDto, BulkResultDto, ExpectedDto, ExpectedListDto,
+    IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto,
+};
+use super::{ApiError, ApiState, agent, agent_detail, parse_uid, validate_labels};
+use crate::core::config::Selector;
+use crate::core::domain::{AgentCapabilities, AgentRecord};
+use crate::core::lifecycle::{self, AdminState, Expected, IgnoreRule, STATE_NAMES};
+use crate::core::session::Event;
+use crate::core::status::Status;
+use crate::edge::api::dto::rfc3339;
+
+/// Uids a bulk answer lists, for a confirmation prompt.
+const SAMPLE: usize = 20;
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn state_name(name: &str) -> Result<&'static str, ApiError> {
+    STATE_NAMES
+        .into_iter()
+        .find(|n| *n == name)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown admin state {name:?}; expected one of {}",
+                STATE_NAMES.join(", ")
+            ))
+        })
+}
+
+/// Waits until what the actors buffered is stored: the admin's change is durable.
+async fn durable(state: &ApiState) -> Result<(), ApiError> {
+    state.writes.sync().await.map_err(ApiError::from)
+}
+
+/// `POST /api/v1/agents/{uid}/admin-state` `{"state": ...}`: 409 with the allowed states when
+/// the lifecycle does not allow the move.
+pub(super) async fn set_admin_state(
+    State(state): State<ApiState>,
+    Path(uid): Path<String>,
+    request: Result<Json<AdminStateDto>, JsonRejection>,
+) -> Result<Json<AgentDetailDto>, ApiError> {
+    let handle = agent(&state, &uid)?;
+    let name = state_name(&body(request)?.state)?;
+    let to = lifecycle::request(handle.record().admin_state, name)?;
+    let record = handle
+        .admin(Event::SetAdminState(to))
+        .await?
+        .map_err(ApiError::Conflict)?;
+    durable(&state).await?;
+    Ok(Json(agent_detail(&state, &record)))
+}
+
+/// `DELETE /api/v1/agents/{uid}`: everything Corral keeps of the agent goes.
+pub(super) async fn delete_agent(
+    State(state): State<ApiState>,
+    Path(uid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let uid = parse_uid(&uid)?;
+    if !state.fleet.forget(&uid).await {
+        return Err(ApiError::NotFound(format!("no agent {uid}")));
+    }
+    durable(&state).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/agents/{uid}/disconnect`: closes its WebSocket, or ends its polling session,
+/// so that it connects again.
+pub(super) async fn disconnect(
+    State(state): State<ApiState>,
+    Path(uid): Path<String>,
+) -> Result<Json<AgentDetailDto>, ApiError> {
+    let handle = agent(&state, &uid)?;
+    let record = handle
+        .admin(Event::Disconnect)
+        .await?
+        .map_err(ApiError::Conflict)?;
+    durable(&state).await?;
+    Ok(Json(agent_detail(&state, &record)))
+}
+
+/// `POST /api/v1/agents`: an agent an admin expects, by instance uid (`not_found` until it
+/// speaks) or by identifying attributes (admitted when an agent reporting them first speaks).
+pub(super) async fn pre_register(
+    State(state): State<ApiState>,
+    request: Result<Json<PreRegisterDto>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let request = body(request)?;
+    validate_labels(&request.labels)?;
+    match (request.instance_uid, request.identifying_attributes) {
+        (Some(uid), None) => {
+            let uid = parse_uid(&uid)?;
+            let Some(handle) = state.fleet.pre_register(uid, request.labels) else {
+                let known = state.fleet.get(&uid).map(|h| h.record().admin_state);
+                return Err(ApiError::Conflict(format!(
+                    "agent {uid} is known already ({})",
+                    known.map_or("deleted just now", AdminState::as_str)
+                )));
+            };
+            durable(&state).await?;
+            let detail = agent_detail(&state, &handle.record());
+            Ok((StatusCode::CREATED, Json(to_value(&detail)?)))
+        }
+        (None, Some(attributes)) => {
+            if attributes.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "identifying_attributes needs at least one attribute".into(),
+                ));
+            }
+            validate_labels(&attributes)?;
+            let expected = Expected {
+                id: uuid::Uuid::now_v7().to_string(),
+                identifying_attributes: attributes,
+                labels: request.labels,
+                created_at: Utc::now(),
+            };
+            let present = state
+                .fleet
+                .records()
+                .into_iter()
+                .find(|a| expected.matches(&a.description));
+            if let Some(present) = present {
+                return Err(ApiError::Conflict(format!(
+                    "agent {} already reports these attributes",
+                    present.uid
+                )));
+            }
+            state.store.save_expected(&expected).await?;
+            let dto = expected_dto(&expected);
+            state
+                .fleet
+                .update_rules(|rules| rules.expected.push(expected));
+            Ok((StatusCode::CREATED, Json(to_value(&dto)?)))
+        }
+        _ => Err(ApiError::BadRequest(
+            "give either instance_uid or identifying_attributes".into(),
+        )),
+    }
+}
+
+fn to_value(v: &impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn expected_dto(e: &Expected) -> ExpectedDto {
+    ExpectedDto {
+        id: e.id.clone(),
+        identifying_attributes: e.identifying_attributes.clone(),
+        labels: e.labels.clone(),
+        created_at: rfc3339(e.created_at),
+    }
+}
+
+pub(super) async fn list_expected(State(state): State<ApiState>) -> Json<ExpectedListDto> {
+    Json(ExpectedListDto {
+        expected: state.fleet.rules().expected.iter().map(expected_dto).collect(),
+    })
+}
+
+pub(super) async fn delete_expected(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_expected(&id).await? {
+        return Err(ApiError::NotFound(format!("no expected agent {id}")));
+    }
+    state
+        .fleet
+        .update_rules(|rules| rules.expected.retain(|e| e.id != id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn rule_dto(rule: &IgnoreRule) -> IgnoreRuleDto {
+    IgnoreRuleDto {
+        id: rule.id.clone(),
+        selector: rule.selector.to_string(),
+        created_at: rfc3339(rule.created_at),
+    }
+}
+
+pub(super) async fn list_ignore_rules(State(state): State<ApiState>) -> Json<IgnoreRulesDto> {
+    Json(IgnoreRulesDto {
+        rules: state.fleet.rules().ignore.iter().map(rule_dto).collect(),
+    })
+}
+
+/// `POST /api/v1/ignore-rules` `{"selector": ...}`: agents heard from for the first time whose
+/// reported attributes match are ignored.
+pub(super) async fn add_ignore_rule(
+    State(state): State<ApiState>,
+    request: Result<Json<IgnoreRuleInDto>, JsonRejection>,
+) -> Result<(StatusCode, Json<IgnoreRuleDto>), ApiError> {
+    let selector = parse_selector(&body(request)?.selector)?;
+    if selector.is_empty() {
+        return Err(ApiError::BadRequest(
+            "an ignore rule needs a selector that does not match everything".into(),
+        ));
+    }
+    let rule = IgnoreRule {
+        id: uuid::Uuid::now_v7().to_string(),
+        selector,
+        created_at: Utc::now(),
+    };
+    state.store.save_ignore_rule(&rule).await?;
+    let dto = rule_dto(&rule);
+    state.fleet.update_rules(|rules| rules.ignore.push(rule));
+    Ok((StatusCode::CREATED, Json(dto)))
+}
+
+pub(super) async fn delete_ignore_rule(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_ignore_rule(&id).await? {
+        return Err(ApiError::NotFound(format!("no ignore rule {id}")));
+    }
+    state
+        .fleet
+        .update_rules(|rules| rules.ignore.retain(|r| r.id != id));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn parse_selector(s: &str) -> Result<Selector, ApiError> {
+    Selector::parse(s).map_err(|e| ApiError::BadRequest(format!("selector: {e}")))
+}
+
+/// What a bulk action does to one agent.
+#[derive(Clone, Copy)]
+enum Bulk {
+    Move(&'static str),
+    Delete,
+    Restart,
+}
+
+impl Bulk {
+    /// Why `agent` is passed over, if it is.
+    fn excludes(self, agent: &AgentRecord) -> Option<String> {
+        let connected = agent.status != Status::Disconnected;
+        let state = agent.admin_state;
+        let maintenance = matches!(state, AdminState::Maintenance(_));
+        match self {
+            Bulk::Move(name) => match lifecycle::request(state, name) {
+                Ok(_) => None,
+                Err(_) if maintenance => Some("in maintenance".into()),
+                Err(_) if state.as_str() == name => Some(format!("already {name}")),
+                Err(_) => Some(format!("cannot move from {state}")),
+            },
+            Bulk::Delete if maintenance => Some("in maintenance".into()),
+            Bulk::Delete => None,
+            Bulk::Restart if maintenance => Some("in maintenance".into()),
+            Bulk::Restart if !state.is_managed() => Some(format!("{state}, not managed")),
+            Bulk::Restart if !connected => Some("not connected".into()),
+            Bulk::Restart
+                if !agent
+                    .capabilities
+                    .contains(AgentCapabilities::ACCEPTS_RESTART_COMMAND) =>
+            {
+                Some("does not accept restart".into())
+            }
+            Bulk::Restart => None,
+        }
+    }
+}
+
+pub(super) async fn bulk_admin_state(
+    State(state): State<ApiState>,
+    request: Result<Json<BulkDto>, JsonRejection>,
+) -> Result<Json<BulkResultDto>, ApiError> {
+    let request = body(request)?;
+    let name = request
+        .state
+        .as_deref()
+        .ok_or_else(|| ApiError::BadRequest("give the \"state\" to move the agents to".into()))?;
+    let name = state_name(name)?;
+    bulk(&state, request, Bulk::Move(name)).await
+}
+
+pub(super) async fn bulk_delete(
+    State(state): State<ApiState>,
+    request: Result<Json<BulkDto>, JsonRejection>,
+) -> Result<Json<BulkResultDto>, ApiError> {
+    bulk(&state, body(request)?, Bulk::Delete).await
+}
+
+pub(super) async fn bulk_restart(
+    State(state): State<ApiState>,
+    request: Result<Json<BulkDto>, JsonRejection>,
+) -> Result<Json<BulkResultDto>, ApiError> {
+    bulk(&state, body(request)?, Bulk::Restart).await
+}
+
+async fn bulk(
+    state: &ApiState,
+    request: BulkDto,
+    action: Bulk,
+) -> Result<Json<BulkResultDto>, ApiError> {
+    if matches!(action, Bulk::Delete | Bulk::Restart) && request.state.is_some() {
+        return Err(ApiError::BadRequest(
+            "\"state\" is only for admin-state".into(),
+        ));
+    }
+    let selector = parse_selector(&request.selector)?;
+    let mut result = BulkResultDto::default();
+    let mut chosen = Vec::new();
+    for handle in state.fleet.select(&selector) {
+        let record = handle.record();
+        match action.excludes(&record) {
+            Some(reason) => *result.excluded.entry(reason).or_default() += 1,
+            None => chosen.push((record.uid, handle)),
+        }
+    }
+    chosen.sort_by_key(|(uid, _)| *uid);
+    result.matched = chosen.len();
+    result.sample = chosen
+        .iter()
+        .take(SAMPLE)
+        .map(|(uid, _)| uid.to_string())
+        .collect();
+    if request.dry_run {
+        return Ok(Json(result));
+    }
+    let Some(expected) = request.expected_count else {
+        return Err(ApiError::BadRequest(
+            "give expected_count (the number of agents you confirmed), or dry_run".into(),
+        ));
+    };
+    if expected != result.matched {
+        return Err(ApiError::ConflictWith {
+            message: format!(
+                "the selector matches {} agents, not the {expected} expected; nothing was done",
+                result.matched
+            ),
+            detail: serde_json::json!({ "matched": result.matched }),
+        });
+    }
+    let mut failed = BTreeMap::new();
+    for (uid, handle) in chosen {
+        let outcome = match action {
+            Bulk::Move(name) => match lifecycle::request(handle.record().admin_state, name) {
+                Ok(to) => handle.admin(Event::SetAdminState(to)).await?.map(drop),
+                Err(refused) => Err(refused.to_string()),
+            },
+            Bulk::Delete => {
+                state.fleet.forget(&uid).await;
+                Ok(())
+            }
+            Bulk::Restart => handle.admin(Event::Restart).await?.map(drop),
+        };
+        match outcome {
+            Ok(()) => result.done += 1,
+            Err(why) => {
+                failed.insert(uid.to_string(), why);
+            }
+        }
+    }
+    result.failed = failed;
+    durable(state).await?;
+    Ok(Json(result))
+}
