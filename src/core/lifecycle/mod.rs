@@ -26,7 +26,11 @@
 //! 5. No sequence of admin moves and system events ever produces a move outside
 //!    [`admin_allowed`] ∪ the system edges (property test).
 
+mod rules;
+
 use std::fmt;
+
+pub use rules::{Expected, IgnoreRule};
 
 /// Where an agent in maintenance returns to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,27 +1,40 @@
 //! The behaviour every [`Store`] implementation must have. Each implementation's tests call
-//! [`run`] on a fresh, empty store.
+//! [`run`] on a fresh, empty store, with a [`Probe`] that reads its database directly.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
+use futures_util::FutureExt;
 
-use super::{Store, WriteBatch};
+use super::{Store, StoreError, WriteBatch, WriteBuffer};
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::core::domain::{
     AgentCapabilities, AgentDescription, AgentRecord, AttributeValue, ConfigFile, ConfigMap,
     HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
     StrMap, Transport,
 };
+use crate::core::lifecycle::{AdminState, Expected, IgnoreRule, Resume};
 use crate::core::packages::Package;
 use crate::core::rollout::{
     ConfigPayload, PackagePayload, Params, Payload, Phase, Progress, Rollout, State,
 };
 use crate::core::status::Status;
+use crate::telemetry::Metrics;
+
+/// Reads an implementation's database behind the [`Store`] trait's back, so the suite sees
+/// what is really stored and not what the trait chooses to load.
+#[async_trait]
+pub trait Probe: Sync {
+    /// Every table holding rows about the agent, with how many; tables without any are left
+    /// out, so an agent the store knows nothing of gets an empty list.
+    async fn rows_about(&self, uid: InstanceUid) -> Vec<(String, u64)>;
+}
 
 /// Runs every check in order on an empty store; panics with the failing check's message.
-pub async fn run(store: &dyn Store) {
+pub async fn run(store: &dyn Store, probe: &dyn Probe) {
     starts_empty(store).await;
     round_trips_an_agent(store).await;
     upserts_replace_the_record(store).await;
@@ -32,6 +45,12 @@ pub async fn run(store: &dyn Store) {
     rollouts_keep_their_progress(store).await;
     packages_by_identity(store).await;
     fleet_sized_batches(store).await;
+    admin_states_round_trip(store).await;
+    deletes_leave_nothing_of_the_agent(store, probe).await;
+    a_write_after_a_delete_survives(store, probe).await;
+    sync_waits_until_the_writes_are_stored(store).await;
+    expected_agents_by_id(store).await;
+    ignore_rules_by_id(store).await;
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -522,4 +541,436 @@ async fn fleet_sized_batches(store: &dyn Store) {
         .expect("rollout is stored");
     assert_eq!(found.progress.agents.len(), N - 1_500);
     assert!(found.progress.agents.values().all(|p| *p == sent_phase));
+}
+
+async fn admin_states_round_trip(store: &dyn Store) {
+    let agents: Vec<AgentRecord> = AdminState::ALL
+        .into_iter()
+        .map(|admin_state| AgentRecord {
+            admin_state,
+            ..sample_agent(InstanceUid::new_v7())
+        })
+        .collect();
+    // An agent pre-registered by uid: only what the admin gave, never heard from.
+    let pre_registered = AgentRecord {
+        admin_state: AdminState::NotFound,
+        status: Status::Disconnected,
+        labels: BTreeMap::from([("team".into(), "edge".into())]),
+        ..AgentRecord::new(InstanceUid::new_v7(), at(30))
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: agents
+                .iter()
+                .chain([&pre_registered])
+                .cloned()
+                .map(Arc::new)
+                .collect(),
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let loaded = load(store).await;
+    for agent in agents.iter().chain([&pre_registered]) {
+        let found = loaded
+            .iter()
+            .find(|a| a.uid == agent.uid)
+            .expect("agent is stored");
+        assert_eq!(
+            found, agent,
+            "an agent in {:?} reads back as written",
+            agent.admin_state
+        );
+    }
+    // Out of and back into maintenance: where it returns to is kept, both ways.
+    let uid = agents[0].uid;
+    for admin_state in [
+        AdminState::Maintenance(Resume::Registered),
+        AdminState::Registered,
+        AdminState::Maintenance(Resume::Managed),
+    ] {
+        let moved = AgentRecord {
+            admin_state,
+            ..agents[0].clone()
+        };
+        write(
+            store,
+            WriteBatch {
+                agents: vec![Arc::new(moved)],
+                ..WriteBatch::default()
+            },
+        )
+        .await;
+        let loaded = load(store).await;
+        let found = loaded.iter().find(|a| a.uid == uid).expect("stored");
+        assert_eq!(
+            found.admin_state, admin_state,
+            "an upsert replaces the admin state"
+        );
+    }
+}
+
+fn config_with(body: &'static str) -> ConfigMap {
+    ConfigMap {
+        files: BTreeMap::from([(
+            String::new(),
+            ConfigFile {
+                body: Bytes::from_static(body.as_bytes()),
+                content_type: "text/yaml".into(),
+            },
+        )]),
+    }
+}
+
+async fn flush(buffer: &WriteBuffer, store: &dyn Store) {
+    assert!(
+        buffer.flush(store, &Metrics::default()).await,
+        "the flush writes"
+    );
+}
+
+async fn stored_config(store: &dyn Store, config: &ConfigMap) -> bool {
+    store
+        .effective_config(&config.hash())
+        .await
+        .expect("read effective config")
+        .is_some()
+}
+
+async fn deletes_leave_nothing_of_the_agent(store: &dyn Store, probe: &dyn Probe) {
+    let (gone, also_gone, stays) = (
+        InstanceUid::new_v7(),
+        InstanceUid::new_v7(),
+        InstanceUid::new_v7(),
+    );
+    let own = config_with("gone: own\n");
+    let newer = config_with("gone: newer\n");
+    let shared = config_with("shared\n");
+    let set: ComponentSet = [("receivers", "filelog")].into_iter().collect();
+    let set_hash = crate::core::domain::ContentHash(vec![0x5e; 32]);
+    let with_config = |uid, config: &ConfigMap| AgentRecord {
+        effective_config_hash: Some(config.hash()),
+        components_hash: Some(set_hash.clone()),
+        ..sample_agent(uid)
+    };
+    let entry = HistoryEntry {
+        at: at(40),
+        from: None,
+        to: Status::Connected,
+        reason: "connected".into(),
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: vec![
+                Arc::new(with_config(gone, &own)),
+                Arc::new(with_config(also_gone, &shared)),
+                Arc::new(with_config(stays, &shared)),
+            ],
+            history: [gone, also_gone, stays]
+                .into_iter()
+                .map(|u| (u, entry.clone()))
+                .collect(),
+            effective_configs: [&own, &newer, &shared]
+                .into_iter()
+                .map(|c| (c.hash(), c.clone()))
+                .collect(),
+            component_sets: vec![(set_hash.clone(), set.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let mut rollout = Rollout {
+        id: "r-delete".into(),
+        payload: Payload::Config(ConfigPayload {
+            configuration: "prod".into(),
+            version: 2,
+            hash: crate::core::domain::ContentHash::default(),
+            previous_version: None,
+        }),
+        params: Params {
+            initial: 1,
+            multiplier: 2,
+            maximum: 10,
+            max_errors: 0,
+            wave_timeout_ms: 60_000,
+        },
+        rollback: false,
+        progress: Progress::new(),
+        created_at: at(41),
+        updated_at: at(41),
+    };
+    rollout.progress.state = State::Started;
+    rollout.progress.agents = [gone, also_gone, stays]
+        .into_iter()
+        .map(|u| (u, Phase::Waiting))
+        .collect();
+    let rows: Vec<_> = [gone, also_gone, stays]
+        .into_iter()
+        .map(|u| (u, Some(Phase::Waiting)))
+        .collect();
+    store.save_rollout(&rollout, &rows).await.expect("save");
+    for uid in [gone, also_gone, stays] {
+        let rows = probe.rows_about(uid).await;
+        assert_eq!(
+            rows.len(),
+            3,
+            "the probe sees the record, history and rollout progress: {rows:?}"
+        );
+    }
+
+    let buffer = WriteBuffer::default();
+    // Changes still pending when the delete comes are dropped with the agent, and a config
+    // only its unwritten record referred to goes too.
+    buffer.agent(Arc::new(with_config(gone, &newer)));
+    buffer.history(gone, entry.clone());
+    buffer.delete_agent(gone);
+    buffer.delete_agent(also_gone);
+    flush(&buffer, store).await;
+
+    for uid in [gone, also_gone] {
+        assert_eq!(
+            probe.rows_about(uid).await,
+            Vec::<(String, u64)>::new(),
+            "no row in any table mentions a deleted agent"
+        );
+    }
+    assert!(
+        !stored_config(store, &own).await,
+        "an agent's own config goes with it"
+    );
+    assert!(
+        !stored_config(store, &newer).await,
+        "a config only a dropped record referred to goes too"
+    );
+    assert!(
+        stored_config(store, &shared).await,
+        "a config another agent refers to stays"
+    );
+    assert!(
+        store
+            .load_component_sets()
+            .await
+            .expect("load component sets")
+            .contains(&(set_hash.clone(), set)),
+        "component sets are shared by hash and stay"
+    );
+    assert_eq!(
+        probe.rows_about(stays).await.len(),
+        3,
+        "other agents keep everything"
+    );
+    let loaded = load(store).await;
+    assert!(loaded.iter().all(|a| a.uid != gone && a.uid != also_gone));
+    let rollouts = store.load_rollouts().await.expect("load rollouts");
+    let progress = &rollouts
+        .iter()
+        .find(|r| r.id == "r-delete")
+        .expect("rollout is stored")
+        .progress
+        .agents;
+    assert_eq!(
+        progress.keys().collect::<Vec<_>>(),
+        vec![&stays],
+        "rollout progress keeps only agents that are not deleted"
+    );
+
+    // An agent that just reported a config may have its record in the next flush: a config
+    // written in the same flush as a delete stays even if no stored record refers to it yet.
+    let reporter = InstanceUid::new_v7();
+    let fresh = config_with("fresh\n");
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(with_config(reporter, &fresh))],
+            effective_configs: vec![(fresh.hash(), fresh.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    buffer.delete_agent(reporter);
+    buffer.effective_config(fresh.hash(), fresh.clone());
+    flush(&buffer, store).await;
+    assert_eq!(
+        probe.rows_about(reporter).await,
+        Vec::<(String, u64)>::new()
+    );
+    assert!(
+        stored_config(store, &fresh).await,
+        "a config written in the flush of a delete stays"
+    );
+}
+
+async fn a_write_after_a_delete_survives(store: &dyn Store, probe: &dyn Probe) {
+    let uid = InstanceUid::new_v7();
+    let old = HistoryEntry {
+        at: at(50),
+        from: None,
+        to: Status::Connected,
+        reason: "first life".into(),
+    };
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(sample_agent(uid))],
+            history: vec![(uid, old.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    let buffer = WriteBuffer::default();
+    buffer.history(uid, old);
+    buffer.delete_agent(uid);
+    // The agent reconnects and is discovered anew before the flush.
+    let reborn = AgentRecord {
+        admin_state: AdminState::Discovered,
+        ..AgentRecord::new(uid, at(60))
+    };
+    let new = HistoryEntry {
+        at: at(60),
+        from: None,
+        to: Status::Connected,
+        reason: "second life".into(),
+    };
+    buffer.agent(Arc::new(reborn.clone()));
+    buffer.history(uid, new.clone());
+    flush(&buffer, store).await;
+    let loaded = load(store).await;
+    let found = loaded
+        .iter()
+        .find(|a| a.uid == uid)
+        .expect("the record written after the delete is stored");
+    assert_eq!(
+        found,
+        &AgentRecord {
+            history: Arc::from([new]),
+            ..reborn
+        },
+        "only what came after the delete is kept"
+    );
+    assert_eq!(
+        probe.rows_about(uid).await.len(),
+        2,
+        "a record and its new history, no rollout progress"
+    );
+}
+
+async fn sync_waits_until_the_writes_are_stored(store: &dyn Store) {
+    let metrics = Metrics::default();
+    let buffer = WriteBuffer::default();
+    let uid = InstanceUid::new_v7();
+    buffer.agent(Arc::new(sample_agent(uid)));
+    let mut synced = Box::pin(buffer.sync());
+    assert!(
+        (&mut synced).now_or_never().is_none(),
+        "sync waits for a flush"
+    );
+    assert!(buffer.flush(store, &metrics).await);
+    synced.await.expect("synced");
+    assert!(
+        load(store).await.iter().any(|a| a.uid == uid),
+        "once sync returns, the write is stored"
+    );
+
+    // Nothing pending: the next flush ends the wait and writes nothing.
+    let flushes = metrics.store_flushes.get();
+    let synced = buffer.sync();
+    assert!(buffer.flush(store, &metrics).await);
+    synced.await.expect("synced");
+    assert_eq!(
+        metrics.store_flushes.get(),
+        flushes,
+        "a flush with nothing pending does not write"
+    );
+
+    // A flush that ended before the call does not count.
+    buffer.delete_agent(uid);
+    assert!(buffer.flush(store, &metrics).await);
+    let mut synced = Box::pin(buffer.sync());
+    assert!((&mut synced).now_or_never().is_none());
+    assert!(buffer.flush(store, &metrics).await);
+    synced.await.expect("synced");
+
+    drop(buffer);
+    let buffer = WriteBuffer::default();
+    let synced = buffer.sync();
+    drop(buffer);
+    assert!(
+        matches!(synced.await, Err(StoreError::Closed)),
+        "a buffer dropped before its flush fails the wait"
+    );
+}
+
+async fn expected_agents_by_id(store: &dyn Store) {
+    assert!(store.load_expected().await.expect("load").is_empty());
+    let mut web = Expected {
+        id: "web-1".into(),
+        identifying_attributes: BTreeMap::from([
+            ("service.name".into(), "otelcol".into()),
+            ("host.name".into(), "web-1".into()),
+        ]),
+        labels: BTreeMap::from([
+            ("env".into(), "prod".into()),
+            ("région".into(), "ça".into()),
+        ]),
+        created_at: at(70),
+    };
+    let db = Expected {
+        id: "db-1".into(),
+        identifying_attributes: BTreeMap::from([("host.name".into(), "db-1".into())]),
+        labels: BTreeMap::new(),
+        created_at: at(71),
+    };
+    store.save_expected(&web).await.expect("save");
+    store.save_expected(&db).await.expect("save");
+    web.labels.insert("tier".into(), "front".into());
+    store.save_expected(&web).await.expect("replace");
+    assert_eq!(
+        store.load_expected().await.expect("load"),
+        vec![web.clone(), db.clone()],
+        "pre-registrations read back by id, oldest first, the last save winning"
+    );
+    assert!(store.delete_expected("db-1").await.expect("delete"));
+    assert!(
+        !store.delete_expected("db-1").await.expect("delete"),
+        "a second delete finds nothing"
+    );
+    assert_eq!(store.load_expected().await.expect("load"), vec![web]);
+}
+
+async fn ignore_rules_by_id(store: &dyn Store) {
+    assert!(store.load_ignore_rules().await.expect("load").is_empty());
+    let mut test = IgnoreRule {
+        id: "test-hosts".into(),
+        selector: Selector::parse("env in (test,dev),!keep").expect("selector"),
+        created_at: at(80),
+    };
+    let ci = IgnoreRule {
+        id: "ci".into(),
+        selector: Selector::parse("host.name=ci-runner").expect("selector"),
+        created_at: at(81),
+    };
+    store.save_ignore_rule(&test).await.expect("save");
+    store.save_ignore_rule(&ci).await.expect("save");
+    test.selector = Selector::parse("env=test").expect("selector");
+    store.save_ignore_rule(&test).await.expect("replace");
+    assert_eq!(
+        store.load_ignore_rules().await.expect("load"),
+        vec![test.clone(), ci.clone()],
+        "ignore rules read back by id, oldest first, the last save winning"
+    );
+    assert!(
+        store
+            .delete_ignore_rule("test-hosts")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_ignore_rule("test-hosts")
+            .await
+            .expect("delete")
+    );
+    assert_eq!(store.load_ignore_rules().await.expect("load"), vec![ci]);
 }

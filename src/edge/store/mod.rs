@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration};
 use crate::core::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
+use crate::core::lifecycle::{Expected, IgnoreRule};
 use crate::core::packages::Package;
 use crate::core::rollout::{Phase, Rollout};
 
@@ -34,11 +35,24 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// The flush a [`WriteBuffer::sync`] waited for failed; the writes stay buffered and are
+    /// retried, so they may still land later.
+    #[error("buffered writes not stored: {0}")]
+    Flush(#[source] std::sync::Arc<StoreError>),
+    /// The buffer is dropped or its flusher has stopped: nothing buffered will be written.
+    #[error("the store's write buffer is closed")]
+    Closed,
 }
 
-/// Changes to write together, in one transaction.
+/// Changes to write together, in one transaction. Deletes apply first, so an agent deleted and
+/// then heard from again in the same batch keeps its new record.
 #[derive(Clone, Debug, Default)]
 pub struct WriteBatch {
+    /// Agents to remove with their history and rollout progress.
+    pub deleted_agents: Vec<InstanceUid>,
+    /// Effective configs that deleted agents' unwritten records referred to: removed, like those
+    /// the deleted agents' stored records refer to, when no agent refers to them any more.
+    pub released_configs: Vec<ContentHash>,
     /// Latest state of each changed agent (its history is written from `history`, not here).
     pub agents: Vec<std::sync::Arc<AgentRecord>>,
     /// New status changes, oldest first.
@@ -51,7 +65,9 @@ pub struct WriteBatch {
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
+        self.deleted_agents.is_empty()
+            && self.released_configs.is_empty()
+            && self.agents.is_empty()
             && self.history.is_empty()
             && self.effective_configs.is_empty()
             && self.component_sets.is_empty()
@@ -64,7 +80,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`crate::core::domain::HISTORY_LIMIT`] entries).
     async fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
 
-    /// Writes a batch atomically. Agents are upserted; history beyond the limit is pruned.
+    /// Writes a batch atomically. Deleted agents go first, with everything stored for them
+    /// alone (history, rollout progress, effective configs no other agent refers to; an
+    /// effective config written in the same batch is kept, since the record that refers to it
+    /// may come in the next). Then agents are upserted; history beyond the limit is pruned.
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
 
     async fn effective_config(&self, hash: &ContentHash) -> Result<Option<ConfigMap>, StoreError>;
@@ -96,4 +115,22 @@ pub trait Store: Send + Sync + 'static {
         rollout: &Rollout,
         agents: &[(InstanceUid, Option<Phase>)],
     ) -> Result<(), StoreError>;
+
+    /// Agents pre-registered by identifying attributes, oldest first.
+    async fn load_expected(&self) -> Result<Vec<Expected>, StoreError>;
+
+    /// Creates the pre-registration, or replaces the one with the same id.
+    async fn save_expected(&self, expected: &Expected) -> Result<(), StoreError>;
+
+    /// Returns whether there was one with this id.
+    async fn delete_expected(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Ignore rules, oldest first.
+    async fn load_ignore_rules(&self) -> Result<Vec<IgnoreRule>, StoreError>;
+
+    /// Creates the rule, or replaces the one with the same id.
+    async fn save_ignore_rule(&self, rule: &IgnoreRule) -> Result<(), StoreError>;
+
+    /// Returns whether there was one with this id.
+    async fn delete_ignore_rule(&self, id: &str) -> Result<bool, StoreError>;
 }

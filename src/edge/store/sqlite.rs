@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::core::domain::{
     AgentCapabilities, AgentRecord, ConfigMap, ContentHash, HISTORY_LIMIT, HistoryEntry,
     InstanceUid, RemoteConfigState, RemoteConfigStatus, Transport,
 };
+use crate::core::lifecycle::{AdminState, Expected, IgnoreRule};
 use crate::core::packages::Package;
 use crate::core::rollout::{
     ConfigPayload, PackagePayload, Params, Payload, Phase, Progress, Rollout, State,
@@ -24,8 +25,8 @@ use crate::edge::protocol::{self, proto};
 
 const DB_FILE: &str = "corral.db";
 const POOL_SIZE: u32 = 4;
-/// Rows one batched statement writes: at most 19 bound values each (an agent row), so at
-/// most 19,000 in a statement, under SQLite's 32,766.
+/// Rows one batched statement writes: at most 20 bound values each (an agent row), so at
+/// most 20,000 in a statement, under SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 1000;
 // Batched statements are built with `persistent(false)`: their text changes with the row count,
 // and a cached compiled 1,000-row statement holds about a megabyte on each pooled connection.
@@ -76,6 +77,19 @@ fn component_set_from_json(body: &str) -> Result<ComponentSet, serde_json::Error
     Ok(set)
 }
 
+/// The tables with rows about one agent (by `instance_uid`): deleting an agent empties them all.
+const AGENT_TABLES: [&str; 3] = ["agents", "agent_history", "rollout_agents"];
+
+/// Appends `(?, ?, ...)`, one bound uid each.
+fn push_uids(query: &mut sqlx::QueryBuilder<'_, Sqlite>, uids: &[InstanceUid]) {
+    query.push("(");
+    let mut list = query.separated(", ");
+    for uid in uids {
+        list.push_bind(uid.as_bytes().to_vec());
+    }
+    list.push_unseparated(")");
+}
+
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -99,6 +113,9 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
     let uid_bytes: Vec<u8> = row.try_get("instance_uid")?;
     let uid = InstanceUid::from_bytes(&uid_bytes).map_err(|e| corrupt(&uid_bytes, e))?;
     let status = parse_status(&uid_bytes, row.try_get("status")?)?;
+    let admin_state: &str = row.try_get("admin_state")?;
+    let admin_state = AdminState::from_stored(admin_state)
+        .ok_or_else(|| corrupt(&uid_bytes, format!("unknown admin state {admin_state:?}")))?;
     let transport: Option<String> = row.try_get("transport")?;
     let labels: String = row.try_get("labels")?;
     let labels = serde_json::from_str(&labels).map_err(|e| corrupt(&uid_bytes, e))?;
@@ -128,7 +145,7 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
     Ok(AgentRecord {
         uid,
         status,
-        admin_state: crate::core::lifecycle::AdminState::Managed,
+        admin_state,
         status_reason: row.try_get("status_reason")?,
         transport: transport.as_deref().and_then(Transport::parse),
         labels,
@@ -209,6 +226,27 @@ impl Store for SqliteStore {
 
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Deletes first: the buffer drops what was queued for an agent before its delete, so a
+        // record for it in this batch came after (the agent is back) and must survive.
+        let mut released: Vec<Vec<u8>> =
+            batch.released_configs.iter().map(|h| h.0.clone()).collect();
+        for chunk in batch.deleted_agents.chunks(ROWS_PER_STATEMENT) {
+            let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+                "SELECT DISTINCT effective_config_hash FROM agents
+                 WHERE effective_config_hash IS NOT NULL AND instance_uid IN ",
+            );
+            push_uids(&mut query, chunk);
+            for row in query.build().persistent(false).fetch_all(&mut *tx).await? {
+                released.push(row.try_get(0)?);
+            }
+            for table in AGENT_TABLES {
+                let mut query = sqlx::QueryBuilder::<Sqlite>::new(format!(
+                    "DELETE FROM {table} WHERE instance_uid IN "
+                ));
+                push_uids(&mut query, chunk);
+                query.build().persistent(false).execute(&mut *tx).await?;
+            }
+        }
         // A batch holds whatever changed in the last flush interval, thousands of agents when
         // a wave lands or a fleet reconnects: one statement per chunk, not one per row.
         for chunk in batch.agents.chunks(ROWS_PER_STATEMENT) {
@@ -217,7 +255,7 @@ impl Store for SqliteStore {
                     description, capabilities, health, effective_config_hash, remote_config_hash,
                     remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
                     offered_config_hash, components_hash, packages, offered_package_hash,
-                    applied_config_hash) ",
+                    applied_config_hash, admin_state) ",
             );
             query.push_values(chunk, |mut row, agent| {
                 let hash = |h: &Option<ContentHash>| h.as_ref().map(|h| h.0.clone());
@@ -244,7 +282,8 @@ impl Store for SqliteStore {
                             .map(|p| protocol::packages_to_proto(p).encode_to_vec()),
                     )
                     .push_bind(hash(&agent.offered_package_hash))
-                    .push_bind(hash(&agent.applied_config_hash));
+                    .push_bind(hash(&agent.applied_config_hash))
+                    .push_bind(agent.admin_state.to_stored());
             });
             query.push(
                 " ON CONFLICT (instance_uid) DO UPDATE SET
@@ -260,7 +299,8 @@ impl Store for SqliteStore {
                     components_hash = excluded.components_hash,
                     packages = excluded.packages,
                     offered_package_hash = excluded.offered_package_hash,
-                    applied_config_hash = excluded.applied_config_hash",
+                    applied_config_hash = excluded.applied_config_hash,
+                    admin_state = excluded.admin_state",
             );
             query.build().persistent(false).execute(&mut *tx).await?;
         }
@@ -311,6 +351,31 @@ impl Store for SqliteStore {
                 .bind(component_set_json(set))
                 .execute(&mut *tx)
                 .await?;
+        }
+        // Last, once this batch's records are in: an effective config a deleted agent referred
+        // to goes when no agent refers to it. One written in this batch stays: an agent just
+        // reported it, and its record may land in the next flush.
+        released.sort_unstable();
+        released.dedup();
+        let written: std::collections::HashSet<&[u8]> = batch
+            .effective_configs
+            .iter()
+            .map(|(hash, _)| hash.0.as_slice())
+            .collect();
+        released.retain(|hash| !written.contains(hash.as_slice()));
+        for chunk in released.chunks(ROWS_PER_STATEMENT) {
+            let mut query =
+                sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM effective_configs WHERE hash IN (");
+            let mut list = query.separated(", ");
+            for hash in chunk {
+                list.push_bind(hash.as_slice());
+            }
+            list.push_unseparated(
+                ") AND hash NOT IN (
+                    SELECT effective_config_hash FROM agents
+                    WHERE effective_config_hash IS NOT NULL)",
+            );
+            query.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -626,17 +691,249 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn load_expected(&self) -> Result<Vec<Expected>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM expected_agents ORDER BY created_at_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let map = |column: &str| -> Result<BTreeMap<String, String>, StoreError> {
+                    let json: &str = row.try_get(column)?;
+                    serde_json::from_str(json).map_err(|e| corrupt(id.as_bytes(), e))
+                };
+                Ok(Expected {
+                    identifying_attributes: map("identifying_attributes")?,
+                    labels: map("labels")?,
+                    created_at: from_millis(row.try_get("created_at_ms")?),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_expected(&self, expected: &Expected) -> Result<(), StoreError> {
+        let json = |map: &BTreeMap<String, String>| {
+            serde_json::to_string(map).unwrap_or_else(|_| "{}".into())
+        };
+        sqlx::query(
+            "INSERT INTO expected_agents (id, identifying_attributes, labels, created_at_ms)
+             VALUES (?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET
+                identifying_attributes = excluded.identifying_attributes,
+                labels = excluded.labels, created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&expected.id)
+        .bind(json(&expected.identifying_attributes))
+        .bind(json(&expected.labels))
+        .bind(millis(expected.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_expected(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM expected_agents WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn load_ignore_rules(&self) -> Result<Vec<IgnoreRule>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM ignore_rules ORDER BY created_at_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let selector: &str = row.try_get("selector")?;
+                Ok(IgnoreRule {
+                    selector: Selector::parse(selector).map_err(|e| corrupt(id.as_bytes(), e))?,
+                    created_at: from_millis(row.try_get("created_at_ms")?),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_ignore_rule(&self, rule: &IgnoreRule) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO ignore_rules (id, selector, created_at_ms) VALUES (?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET selector = excluded.selector,
+                created_at_ms = excluded.created_at_ms",
+        )
+        .bind(&rule.id)
+        .bind(rule.selector.to_string())
+        .bind(millis(rule.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_ignore_rule(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM ignore_rules WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::store::WriteBuffer;
+    use crate::edge::store::conformance::{self, Probe};
+    use crate::telemetry::Metrics;
+
+    /// Reads the database file through a connection of its own.
+    struct FileProbe {
+        pool: SqlitePool,
+    }
+
+    impl FileProbe {
+        async fn open(data_dir: &Path) -> Self {
+            let options = SqliteConnectOptions::new()
+                .filename(data_dir.join(DB_FILE))
+                .read_only(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .expect("open the database file");
+            Self { pool }
+        }
+    }
+
+    #[async_trait]
+    impl Probe for FileProbe {
+        /// Looks in every column of every table, so a table added later that keeps the uid
+        /// (as bytes or as text) is checked without anyone remembering to list it.
+        async fn rows_about(&self, uid: InstanceUid) -> Vec<(String, u64)> {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite_%' AND name != '_sqlx_migrations' ORDER BY name",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .expect("list tables");
+            assert!(tables.len() >= 10, "the probe sees the schema: {tables:?}");
+            let mut found = Vec::new();
+            for table in tables {
+                let columns: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+                        .bind(&table)
+                        .fetch_all(&self.pool)
+                        .await
+                        .expect("list columns");
+                let any = columns
+                    .iter()
+                    .map(|c| format!("\"{c}\" IN (?1, ?2)"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
+                let count: i64 =
+                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{table}\" WHERE {any}"))
+                        .bind(uid.as_bytes().to_vec())
+                        .bind(uid.to_string())
+                        .fetch_one(&self.pool)
+                        .await
+                        .expect("count rows");
+                if count > 0 {
+                    found.push((table, count as u64));
+                }
+            }
+            found
+        }
+    }
 
     #[tokio::test]
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).await.expect("open");
-        crate::edge::store::conformance::run(&store).await;
+        let probe = FileProbe::open(dir.path()).await;
+        conformance::run(&store, &probe).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_sync_and_is_written_by_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::default();
+        let buffer = WriteBuffer::default();
+        let (kept, deleted) = (InstanceUid::new_v7(), InstanceUid::new_v7());
+        for uid in [kept, deleted] {
+            buffer.agent(Arc::new(AgentRecord::new(uid, Utc::now())));
+        }
+        let synced = buffer.sync();
+        let broken = SqliteStore::open(dir.path()).await.expect("open");
+        broken.pool.close().await;
+        assert!(!buffer.flush(&broken, &metrics).await, "the flush fails");
+        assert!(
+            matches!(synced.await, Err(StoreError::Flush(_))),
+            "sync reports the failed flush"
+        );
+        assert_eq!(metrics.store_errors.get(), 1);
+
+        buffer.delete_agent(deleted);
+        let store = SqliteStore::open(dir.path()).await.expect("reopen");
+        let synced = buffer.sync();
+        assert!(buffer.flush(&store, &metrics).await, "the retry writes");
+        synced.await.expect("synced");
+        let uids: Vec<_> = store
+            .load_agents()
+            .await
+            .expect("load")
+            .iter()
+            .map(|a| a.uid)
+            .collect();
+        assert_eq!(
+            uids,
+            vec![kept],
+            "the failed batch is kept, minus the delete"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_admin_state_is_a_corrupt_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let uid = InstanceUid::new_v7();
+        let batch = WriteBatch {
+            agents: vec![Arc::new(AgentRecord::new(uid, Utc::now()))],
+            ..WriteBatch::default()
+        };
+        store.write(&batch).await.expect("write");
+        sqlx::query("UPDATE agents SET admin_state = 'retired'")
+            .execute(&store.pool)
+            .await
+            .expect("update");
+        let err = store.load_agents().await.expect_err("a corrupt row");
+        assert!(
+            matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains("retired")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn agents_stored_before_admin_states_are_managed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let uid = InstanceUid::new_v7();
+        // A row as an older Corral wrote it: every column before migration 0005.
+        sqlx::query(
+            "INSERT INTO agents (instance_uid, status, status_reason, labels, description,
+                capabilities, last_seen_ms) VALUES (?, 'disconnected', '', '{}', x'', 0, 0)",
+        )
+        .bind(uid.as_bytes().to_vec())
+        .execute(&store.pool)
+        .await
+        .expect("insert");
+        let agents = store.load_agents().await.expect("load");
+        assert_eq!(
+            agents[0].admin_state,
+            crate::core::lifecycle::AdminState::Managed
+        );
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, WriteBatch};
+use super::{Store, StoreError, WriteBatch};
 use crate::core::config::ComponentSet;
 use crate::core::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
 use crate::telemetry::Metrics;
@@ -15,75 +17,189 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Pending {
+    /// Agents deleted since the last flush; whatever else is pending for them came after.
+    deleted: HashSet<InstanceUid>,
+    released_configs: HashSet<ContentHash>,
     agents: HashMap<InstanceUid, Arc<AgentRecord>>,
-    history: Vec<(InstanceUid, HistoryEntry)>,
+    /// Per agent so a delete drops an agent's entries without walking everyone's.
+    history: HashMap<InstanceUid, Vec<HistoryEntry>>,
     configs: HashMap<ContentHash, ConfigMap>,
     component_sets: HashMap<ContentHash, ComponentSet>,
 }
 
+struct Queue {
+    pending: Pending,
+    /// Flushes that have taken their batch. Counted under the same lock as the writes, so a
+    /// [`WriteBuffer::sync`] knows which flush is the first to include everything before it.
+    begun: u64,
+}
+
+/// How the latest flush ended, for [`WriteBuffer::sync`].
+#[derive(Clone, Default)]
+struct Flushed {
+    seq: u64,
+    error: Option<Arc<StoreError>>,
+    /// The flusher has stopped: no flush will come.
+    closed: bool,
+}
+
 /// Changes waiting for the next flush, coalesced: only an agent's latest record is written.
 /// The lock is held for a map insert, never across an await.
-#[derive(Default)]
 pub struct WriteBuffer {
-    pending: Mutex<Pending>,
+    queue: Mutex<Queue>,
     /// Configs taken for the write in progress, readable until it lands.
     in_flight: Mutex<HashMap<ContentHash, ConfigMap>>,
+    flushed: watch::Sender<Flushed>,
+}
+
+impl Default for WriteBuffer {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                pending: Pending::default(),
+                begun: 0,
+            }),
+            in_flight: Mutex::default(),
+            flushed: watch::Sender::new(Flushed::default()),
+        }
+    }
 }
 
 impl WriteBuffer {
     pub fn agent(&self, record: Arc<AgentRecord>) {
-        self.pending.lock().agents.insert(record.uid, record);
+        self.queue.lock().pending.agents.insert(record.uid, record);
     }
 
     pub fn history(&self, uid: InstanceUid, entry: HistoryEntry) {
-        self.pending.lock().history.push((uid, entry));
+        self.queue
+            .lock()
+            .pending
+            .history
+            .entry(uid)
+            .or_default()
+            .push(entry);
     }
 
     pub fn effective_config(&self, hash: ContentHash, config: ConfigMap) {
-        self.pending.lock().configs.entry(hash).or_insert(config);
+        self.queue
+            .lock()
+            .pending
+            .configs
+            .entry(hash)
+            .or_insert(config);
     }
 
     pub fn component_set(&self, hash: ContentHash, set: ComponentSet) {
-        self.pending
+        self.queue
             .lock()
+            .pending
             .component_sets
             .entry(hash)
             .or_insert(set);
     }
 
+    /// Removes the agent from the store at the next flush: its record, history, rollout
+    /// progress and the effective configs no other agent refers to. What is pending for it
+    /// now is dropped; what comes after (the agent is heard from again) is written after the
+    /// delete, in the same flush.
+    pub fn delete_agent(&self, uid: InstanceUid) {
+        let mut queue = self.queue.lock();
+        let pending = &mut queue.pending;
+        if let Some(record) = pending.agents.remove(&uid)
+            && let Some(hash) = &record.effective_config_hash
+        {
+            pending.released_configs.insert(hash.clone());
+        }
+        pending.history.remove(&uid);
+        pending.deleted.insert(uid);
+    }
+
+    /// Resolves once everything buffered before the call is committed: after the first flush
+    /// that begins after the call. Fails if that flush fails (the writes stay buffered and
+    /// are retried) or if no flush will come. Waits up to one [`FLUSH_INTERVAL`] plus the
+    /// write; callers that need a bound put a timeout around it.
+    pub fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let target = self.queue.lock().begun + 1;
+        let mut flushed = self.flushed.subscribe();
+        async move {
+            let outcome = flushed
+                .wait_for(|f| f.seq >= target || f.closed)
+                .await
+                .map_err(|_| StoreError::Closed)?
+                .clone();
+            if outcome.seq < target {
+                return Err(StoreError::Closed);
+            }
+            // A later flush than ours may have ended since; it began after the call too, and a
+            // failed flush puts its batch back, so the latest outcome is the one that counts.
+            match outcome.error {
+                Some(error) => Err(StoreError::Flush(error)),
+                None => Ok(()),
+            }
+        }
+    }
+
     /// An effective config not written yet, so readers need not wait for the flush.
     pub fn unwritten_config(&self, hash: &ContentHash) -> Option<ConfigMap> {
-        if let Some(config) = self.pending.lock().configs.get(hash) {
+        if let Some(config) = self.queue.lock().pending.configs.get(hash) {
             return Some(config.clone());
         }
         self.in_flight.lock().get(hash).cloned()
     }
 
-    fn take(&self) -> WriteBatch {
-        let mut guard = self.pending.lock();
-        let pending = std::mem::take(&mut *guard);
+    fn take(&self) -> (u64, WriteBatch) {
+        let mut queue = self.queue.lock();
+        queue.begun += 1;
+        let seq = queue.begun;
+        let pending = std::mem::take(&mut queue.pending);
         if !pending.configs.is_empty() {
-            // Still under the pending lock, so a reader always finds the config somewhere.
+            // Still under the queue lock, so a reader always finds the config somewhere.
             self.in_flight.lock().clone_from(&pending.configs);
         }
-        drop(guard);
-        WriteBatch {
+        drop(queue);
+        let batch = WriteBatch {
+            deleted_agents: pending.deleted.into_iter().collect(),
+            released_configs: pending.released_configs.into_iter().collect(),
             agents: pending.agents.into_values().collect(),
-            history: pending.history,
+            history: pending
+                .history
+                .into_iter()
+                .flat_map(|(uid, entries)| entries.into_iter().map(move |e| (uid, e)))
+                .collect(),
             effective_configs: pending.configs.into_iter().collect(),
             component_sets: pending.component_sets.into_iter().collect(),
-        }
+        };
+        (seq, batch)
     }
 
     /// Puts a batch that failed to write back in front of what came since, so nothing is
-    /// lost and newer agent records still win.
+    /// lost, newer agent records still win, and an agent deleted since stays deleted.
     fn restore(&self, batch: WriteBatch) {
-        let mut pending = self.pending.lock();
+        let mut queue = self.queue.lock();
+        let pending = &mut queue.pending;
         for record in batch.agents {
-            pending.agents.entry(record.uid).or_insert(record);
+            if pending.deleted.contains(&record.uid) {
+                if let Some(hash) = &record.effective_config_hash {
+                    pending.released_configs.insert(hash.clone());
+                }
+            } else {
+                pending.agents.entry(record.uid).or_insert(record);
+            }
         }
-        let newer = std::mem::replace(&mut pending.history, batch.history);
-        pending.history.extend(newer);
+        let mut older: HashMap<InstanceUid, Vec<HistoryEntry>> = HashMap::new();
+        for (uid, entry) in batch.history {
+            if !pending.deleted.contains(&uid) {
+                older.entry(uid).or_default().push(entry);
+            }
+        }
+        for (uid, mut entries) in older {
+            let newer = pending.history.remove(&uid).unwrap_or_default();
+            entries.extend(newer);
+            pending.history.insert(uid, entries);
+        }
+        // The batch's deletes came before anything pending now, which is what a flush assumes.
+        pending.deleted.extend(batch.deleted_agents);
+        pending.released_configs.extend(batch.released_configs);
         for (hash, config) in batch.effective_configs {
             pending.configs.entry(hash).or_insert(config);
         }
@@ -93,26 +209,41 @@ impl WriteBuffer {
     }
 
     /// Writes what is pending. On failure the batch stays buffered for the next try.
+    ///
+    /// Flushes must not overlap (one task flushes, [`run_flusher`]): a failed batch is put back
+    /// before the next is taken, which is what [`WriteBuffer::sync`] relies on.
     pub async fn flush(&self, store: &dyn Store, metrics: &Metrics) -> bool {
-        let batch = self.take();
-        if batch.is_empty() {
-            return true;
-        }
-        let written = store.write(&batch).await;
-        let ok = match written {
-            Ok(()) => {
-                metrics.store_flushes.inc();
-                true
-            }
-            Err(error) => {
-                metrics.store_errors.inc();
-                tracing::error!(%error, agents = batch.agents.len(), "store write failed; will retry");
-                self.restore(batch);
-                false
+        let (seq, batch) = self.take();
+        // Nothing pending writes nothing, but still ends a flush for `sync` waiters: what they
+        // wait for may have been in the flush before.
+        let error = if batch.is_empty() {
+            None
+        } else {
+            match store.write(&batch).await {
+                Ok(()) => {
+                    metrics.store_flushes.inc();
+                    None
+                }
+                Err(error) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(%error, agents = batch.agents.len(), "store write failed; will retry");
+                    self.restore(batch);
+                    Some(Arc::new(error))
+                }
             }
         };
         self.in_flight.lock().clear();
+        let ok = error.is_none();
+        self.flushed.send_modify(|f| {
+            f.seq = seq;
+            f.error = error;
+        });
         ok
+    }
+
+    /// No flush will come any more: `sync` fails instead of waiting forever.
+    fn close(&self) {
+        self.flushed.send_modify(|f| f.closed = true);
     }
 }
 
@@ -134,4 +265,114 @@ pub async fn run_flusher(
         }
     }
     buffer.flush(store.as_ref(), &metrics).await;
+    buffer.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::core::status::Status;
+
+    fn entry(reason: &str) -> HistoryEntry {
+        HistoryEntry {
+            at: DateTime::<Utc>::default(),
+            from: None,
+            to: Status::Connected,
+            reason: reason.into(),
+        }
+    }
+
+    fn record(uid: InstanceUid, hash: u8) -> Arc<AgentRecord> {
+        Arc::new(AgentRecord {
+            effective_config_hash: Some(ContentHash(vec![hash])),
+            ..AgentRecord::new(uid, DateTime::<Utc>::default())
+        })
+    }
+
+    #[test]
+    fn a_delete_drops_what_came_before_and_keeps_what_came_after() {
+        let buffer = WriteBuffer::default();
+        let (uid, other) = (InstanceUid::new_v7(), InstanceUid::new_v7());
+        buffer.agent(record(uid, 1));
+        buffer.history(uid, entry("before"));
+        buffer.agent(record(other, 3));
+        buffer.delete_agent(uid);
+        buffer.agent(record(uid, 2));
+        buffer.history(uid, entry("after"));
+        let (_, batch) = buffer.take();
+        assert_eq!(batch.deleted_agents, vec![uid]);
+        assert_eq!(batch.released_configs, vec![ContentHash(vec![1])]);
+        assert_eq!(batch.agents.len(), 2);
+        assert!(batch.agents.contains(&record(uid, 2)));
+        assert_eq!(batch.history, vec![(uid, entry("after"))]);
+    }
+
+    #[test]
+    fn a_failed_batch_goes_back_behind_a_delete_made_since() {
+        let buffer = WriteBuffer::default();
+        let (uid, other) = (InstanceUid::new_v7(), InstanceUid::new_v7());
+        buffer.agent(record(uid, 1));
+        buffer.history(uid, entry("before"));
+        buffer.agent(record(other, 3));
+        buffer.history(other, entry("old"));
+        let (_, failed) = buffer.take();
+        // While the batch was being written: the agent is deleted and comes back.
+        buffer.delete_agent(uid);
+        buffer.agent(record(uid, 2));
+        buffer.history(uid, entry("after"));
+        buffer.history(other, entry("new"));
+        buffer.restore(failed);
+        let (_, batch) = buffer.take();
+        assert_eq!(batch.deleted_agents, vec![uid]);
+        assert_eq!(
+            batch.released_configs,
+            vec![ContentHash(vec![1])],
+            "the unwritten record's config is released"
+        );
+        let mut agents = batch.agents.clone();
+        agents.sort_by_key(|a| a.uid);
+        assert_eq!(agents, vec![record(uid, 2), record(other, 3)]);
+        let history = |u| {
+            batch
+                .history
+                .iter()
+                .filter(|(h, _)| *h == u)
+                .map(|(_, e)| e.reason.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            history(uid),
+            vec!["after"],
+            "history before the delete is dropped"
+        );
+        assert_eq!(
+            history(other),
+            vec!["old", "new"],
+            "older history goes first"
+        );
+    }
+
+    #[test]
+    fn a_failed_delete_is_retried_before_what_came_since() {
+        let buffer = WriteBuffer::default();
+        let uid = InstanceUid::new_v7();
+        buffer.delete_agent(uid);
+        let (_, failed) = buffer.take();
+        buffer.agent(record(uid, 2));
+        buffer.restore(failed);
+        let (_, batch) = buffer.take();
+        assert_eq!(batch.deleted_agents, vec![uid]);
+        assert_eq!(batch.agents, vec![record(uid, 2)]);
+    }
+
+    #[tokio::test]
+    async fn sync_fails_once_the_flusher_has_stopped() {
+        let buffer = WriteBuffer::default();
+        let waiting = buffer.sync();
+        buffer.close();
+        assert!(matches!(waiting.await, Err(StoreError::Closed)));
+        assert!(matches!(buffer.sync().await, Err(StoreError::Closed)));
+    }
 }
