@@ -20,7 +20,7 @@ use crate::edge::transport::{self, OpampState};
 use crate::settings::Settings;
 use crate::tasks::agent::AgentContext;
 use crate::tasks::controller::spawn_controller;
-use crate::tasks::fleet::Fleet;
+use crate::tasks::fleet::{Fleet, Rules};
 use crate::telemetry::Metrics;
 
 /// How long actors and connections get to finish after shutdown is asked.
@@ -74,7 +74,8 @@ pub async fn serve(
                 logs: settings.own_logs_endpoint.clone(),
                 traces: settings.own_traces_endpoint.clone(),
             },
-            refuse_ignored: false,
+            refuse_ignored: settings.refuse_ignored,
+            admission: settings.admission,
         }),
         components: components.clone(),
         changes: Arc::default(),
@@ -84,11 +85,25 @@ pub async fn serve(
         cancel: shutdown.clone(),
         silence: Default::default(),
     });
-    let fleet = Arc::new(Fleet::new(ctx, tracker.clone()));
+    let rules = Rules {
+        admission: settings.admission,
+        expected: store
+            .load_expected()
+            .await
+            .context("cannot load pre-registrations")?,
+        ignore: store
+            .load_ignore_rules()
+            .await
+            .context("cannot load ignore rules")?,
+    };
+    let fleet = Arc::new(Fleet::new(ctx, tracker.clone(), store.clone(), rules));
     let known = store.load_agents().await.context("cannot load agents")?;
     tracing::info!(agents = known.len(), "restored fleet");
     fleet.restore(known);
     fleet.spawn_silence_watch();
+    if let Some(after) = settings.forget_disconnected_after {
+        fleet.spawn_retention(after);
+    }
     let controller = spawn_controller(
         store.clone(),
         fleet.clone(),

@@ -2,6 +2,8 @@
 -- identifying attributes, and ignore rules. Agents stored before admin states existed were all
 -- managed, so that is the default.
 ALTER TABLE agents ADD COLUMN admin_state TEXT NOT NULL DEFAULT 'managed';
+-- An admin named the agent before it first spoke: retention returns it to not_found.
+ALTER TABLE agents ADD COLUMN pre_registered INTEGER NOT NULL DEFAULT 0;
 
 CREATE TABLE expected_agents (
     id                     TEXT PRIMARY KEY NOT NULL,

@@ -66,6 +66,7 @@ impl Rig {
                 ..OwnTelemetry::default()
             },
             refuse_ignored: false,
+            admission: Admission::Auto,
         });
         let (session, _) = AgentSession::new(record, true, config, now);
         Self {
@@ -515,6 +516,18 @@ fn rule_9_ignored_agents_are_answered_minimally_and_nothing_is_kept() {
     assert!(Rig::reply(fx).error.is_some());
     let fx = rig.hello(WS);
     assert_eq!(fx.then_close.map(|c| c.code), Some(CLOSE_POLICY));
+}
+
+#[test]
+fn rule_9_a_pre_registered_agent_is_admitted_when_it_first_speaks() {
+    let mut rig = Rig::new(AdminState::NotFound);
+    let fx = rig.hello(WS);
+    assert_eq!(
+        fx.admin_move,
+        Some((Some(AdminState::NotFound), Some(AdminState::Managed)))
+    );
+    assert!(fx.persist);
+    assert_eq!(rig.session.record().admin_state, AdminState::Managed);
 }
 
 #[test]

@@ -146,6 +146,7 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
         uid,
         status,
         admin_state,
+        pre_registered: row.try_get("pre_registered")?,
         status_reason: row.try_get("status_reason")?,
         transport: transport.as_deref().and_then(Transport::parse),
         labels,
@@ -255,7 +256,7 @@ impl Store for SqliteStore {
                     description, capabilities, health, effective_config_hash, remote_config_hash,
                     remote_config_status, remote_config_error, last_seen_ms, connected_at_ms,
                     offered_config_hash, components_hash, packages, offered_package_hash,
-                    applied_config_hash, admin_state) ",
+                    applied_config_hash, admin_state, pre_registered) ",
             );
             query.push_values(chunk, |mut row, agent| {
                 let hash = |h: &Option<ContentHash>| h.as_ref().map(|h| h.0.clone());
@@ -283,7 +284,8 @@ impl Store for SqliteStore {
                     )
                     .push_bind(hash(&agent.offered_package_hash))
                     .push_bind(hash(&agent.applied_config_hash))
-                    .push_bind(agent.admin_state.to_stored());
+                    .push_bind(agent.admin_state.to_stored())
+                    .push_bind(agent.pre_registered);
             });
             query.push(
                 " ON CONFLICT (instance_uid) DO UPDATE SET
@@ -300,7 +302,8 @@ impl Store for SqliteStore {
                     packages = excluded.packages,
                     offered_package_hash = excluded.offered_package_hash,
                     applied_config_hash = excluded.applied_config_hash,
-                    admin_state = excluded.admin_state",
+                    admin_state = excluded.admin_state,
+                    pre_registered = excluded.pre_registered",
             );
             query.build().persistent(false).execute(&mut *tx).await?;
         }

@@ -30,9 +30,9 @@ pub struct Rules {
 /// How often retention looks for agents disconnected too long.
 const RETENTION_SWEEP: Duration = Duration::from_secs(5);
 
-/// A label lookup over the attributes an agent reports (identifying first).
-fn reported(description: &AgentDescription) -> impl Fn(&str) -> Option<Cow<'_, str>> {
-    move |key| match description.attribute(key)? {
+/// An attribute the agent reports (identifying first), as a label value.
+fn reported<'a>(description: &'a AgentDescription, key: &str) -> Option<Cow<'a, str>> {
+    match description.attribute(key)? {
         crate::core::domain::AttributeValue::String(s) => Some(Cow::Borrowed(s.as_ref())),
         other => Some(Cow::Owned(other.to_string())),
     }
@@ -41,12 +41,11 @@ fn reported(description: &AgentDescription) -> impl Fn(&str) -> Option<Cow<'_, s
 impl Expected {
     /// Whether the agent described is the one expected: every attribute given matches.
     pub fn matches(&self, description: &AgentDescription) -> bool {
-        let label = reported(description);
         !self.identifying_attributes.is_empty()
             && self
                 .identifying_attributes
                 .iter()
-                .all(|(k, v)| label(k).is_some_and(|have| have == v.as_str()))
+                .all(|(k, v)| reported(description, k).is_some_and(|have| have == v.as_str()))
     }
 }
 
@@ -76,7 +75,7 @@ impl Fleet {
         let ignored = rules
             .ignore
             .iter()
-            .any(|rule| rule.selector.matches(reported(description)));
+            .any(|rule| rule.selector.matches(|k| reported(description, k)));
         record.admin_state = on_first_contact(
             expected.map(|_| AdminState::NotFound),
             rules.admission,
