@@ -240,7 +240,10 @@ mod tests {
             admission: Some("sometimes".into()),
             ..Partial::default()
         };
-        let err = admission.resolve(Partial::default()).unwrap_err().to_string();
+        let err = admission
+            .resolve(Partial::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("admission"), "{err}");
         let unknown = toml::from_str::<Partial>("heartbeat = 3");
         assert!(unknown.is_err(), "unknown keys are refused");

@@ -33,10 +33,14 @@ pub struct TestServer {
     http: reqwest::Client,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub heartbeat_interval: u64,
     pub max_message_size: Option<usize>,
     pub own_metrics_endpoint: Option<String>,
+    pub admission: Option<&'static str>,
+    pub ignored_agents: Option<&'static str>,
+    pub forget_disconnected_after: Option<u64>,
 }
 
 impl Default for Options {
@@ -45,6 +49,9 @@ impl Default for Options {
             heartbeat_interval: 30,
             max_message_size: None,
             own_metrics_endpoint: None,
+            admission: None,
+            ignored_agents: None,
+            forget_disconnected_after: None,
         }
     }
 }
@@ -96,6 +103,9 @@ impl TestServer {
             heartbeat_interval: Some(options.heartbeat_interval),
             max_message_size: options.max_message_size,
             own_metrics_endpoint: options.own_metrics_endpoint,
+            admission: options.admission.map(String::from),
+            ignored_agents: options.ignored_agents.map(String::from),
+            forget_disconnected_after: options.forget_disconnected_after,
             ..Partial::default()
         }
         .resolve(Partial::default())
@@ -236,6 +246,17 @@ impl TestServer {
             .http
             .post(self.api_url(path))
             .json(body)
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(self.api_url(path))
             .send()
             .await
             .expect("api request");

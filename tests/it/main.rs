@@ -9,6 +9,7 @@ mod common;
 mod http;
 mod identity;
 mod interop;
+mod lifecycle;
 mod liveness;
 mod persistence;
 mod rollout;

@@ -470,7 +470,8 @@ impl AgentSession {
             }
             if rec.admin_state == AdminState::NotFound {
                 // Pre-registered and speaking at last: admitted.
-                let admitted = on_first_contact(Some(rec.admin_state), self.config.admission, false);
+                let admitted =
+                    on_first_contact(Some(rec.admin_state), self.config.admission, false);
                 fx.admin_move = Some((Some(rec.admin_state), Some(admitted)));
                 rec.admin_state = admitted;
                 persist = true;

@@ -128,6 +128,9 @@ pub struct BulkDto {
     /// For `POST /api/v1/agents/admin-state`.
     #[serde(default)]
     pub state: Option<String>,
+    /// Only agents in this admin state (e.g. `maintenance`, to resume them).
+    #[serde(default)]
+    pub admin_state: Option<String>,
     #[serde(default)]
     pub expected_count: Option<usize>,
     #[serde(default)]

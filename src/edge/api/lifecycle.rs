@@ -31,15 +31,12 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 fn state_name(name: &str) -> Result<&'static str, ApiError> {
-    STATE_NAMES
-        .into_iter()
-        .find(|n| *n == name)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "unknown admin state {name:?}; expected one of {}",
-                STATE_NAMES.join(", ")
-            ))
-        })
+    STATE_NAMES.into_iter().find(|n| *n == name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "unknown admin state {name:?}; expected one of {}",
+            STATE_NAMES.join(", ")
+        ))
+    })
 }
 
 /// Waits until what the actors buffered is stored: the admin's change is durable.
@@ -167,7 +164,13 @@ fn expected_dto(e: &Expected) -> ExpectedDto {
 
 pub(super) async fn list_expected(State(state): State<ApiState>) -> Json<ExpectedListDto> {
     Json(ExpectedListDto {
-        expected: state.fleet.rules().expected.iter().map(expected_dto).collect(),
+        expected: state
+            .fleet
+            .rules()
+            .expected
+            .iter()
+            .map(expected_dto)
+            .collect(),
     })
 }
 
@@ -244,6 +247,7 @@ enum Bulk {
     Move(&'static str),
     Delete,
     Restart,
+    Disconnect,
 }
 
 impl Bulk {
@@ -272,6 +276,9 @@ impl Bulk {
                 Some("does not accept restart".into())
             }
             Bulk::Restart => None,
+            Bulk::Disconnect if maintenance => Some("in maintenance".into()),
+            Bulk::Disconnect if !connected => Some("not connected".into()),
+            Bulk::Disconnect => None,
         }
     }
 }
@@ -296,6 +303,13 @@ pub(super) async fn bulk_delete(
     bulk(&state, body(request)?, Bulk::Delete).await
 }
 
+pub(super) async fn bulk_disconnect(
+    State(state): State<ApiState>,
+    request: Result<Json<BulkDto>, JsonRejection>,
+) -> Result<Json<BulkResultDto>, ApiError> {
+    bulk(&state, body(request)?, Bulk::Disconnect).await
+}
+
 pub(super) async fn bulk_restart(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
@@ -308,17 +322,28 @@ async fn bulk(
     request: BulkDto,
     action: Bulk,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    if matches!(action, Bulk::Delete | Bulk::Restart) && request.state.is_some() {
+    if !matches!(action, Bulk::Move(_)) && request.state.is_some() {
         return Err(ApiError::BadRequest(
             "\"state\" is only for admin-state".into(),
         ));
     }
     let selector = parse_selector(&request.selector)?;
+    let only = request.admin_state.as_deref().map(state_name).transpose()?;
     let mut result = BulkResultDto::default();
     let mut chosen = Vec::new();
     for handle in state.fleet.select(&selector) {
         let record = handle.record();
-        match action.excludes(&record) {
+        if only.is_some_and(|name| record.admin_state.as_str() != name) {
+            continue;
+        }
+        let excluded = match (action, only) {
+            // Asked for by their admin state: agents in maintenance are what is wanted.
+            (Bulk::Move(name), Some("maintenance")) => lifecycle::request(record.admin_state, name)
+                .err()
+                .map(|_| format!("does not resume to {name}")),
+            _ => action.excludes(&record),
+        };
+        match excluded {
             Some(reason) => *result.excluded.entry(reason).or_default() += 1,
             None => chosen.push((record.uid, handle)),
         }
@@ -359,6 +384,7 @@ async fn bulk(
                 Ok(())
             }
             Bulk::Restart => handle.admin(Event::Restart).await?.map(drop),
+            Bulk::Disconnect => handle.admin(Event::Disconnect).await?.map(drop),
         };
         match outcome {
             Ok(()) => result.done += 1,

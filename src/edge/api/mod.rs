@@ -57,14 +57,21 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/agents/{uid}/admin-state",
             post(lifecycle::set_admin_state),
         )
-        .route("/api/v1/agents/{uid}/disconnect", post(lifecycle::disconnect))
-        .route("/api/v1/agents/admin-state", post(lifecycle::bulk_admin_state))
+        .route(
+            "/api/v1/agents/{uid}/disconnect",
+            post(lifecycle::disconnect),
+        )
+        .route(
+            "/api/v1/agents/admin-state",
+            post(lifecycle::bulk_admin_state),
+        )
         .route("/api/v1/agents/delete", post(lifecycle::bulk_delete))
         .route("/api/v1/agents/restart", post(lifecycle::bulk_restart))
         .route(
-            "/api/v1/expected-agents",
-            get(lifecycle::list_expected),
+            "/api/v1/agents/disconnect",
+            post(lifecycle::bulk_disconnect),
         )
+        .route("/api/v1/expected-agents", get(lifecycle::list_expected))
         .route(
             "/api/v1/expected-agents/{id}",
             axum::routing::delete(lifecycle::delete_expected),
@@ -269,6 +276,7 @@ async fn set_labels(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     validate_labels(&body.labels)?;
     let record = handle.set_labels(body.labels).await?;
+    state.writes.sync().await?;
     Ok(Json(agent_detail(&state, &record)))
 }
 

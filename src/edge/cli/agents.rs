@@ -14,6 +14,9 @@ pub enum AgentsCommand {
         /// key=value; repeat to require several
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// discovered, registered, managed, ignored, maintenance or not_found
+        #[arg(long)]
+        admin_state: Option<String>,
         /// Most agents to show (all pages are fetched up to this)
         #[arg(long, default_value_t = 1000)]
         limit: usize,
@@ -26,24 +29,14 @@ pub enum AgentsCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Restart one agent, or every agent matching a selector (after confirmation).
-    Restart {
-        uid: Option<String>,
-        /// e.g. 'env=staging'; asks before restarting them
-        #[arg(long, conflicts_with = "uid")]
-        selector: Option<String>,
-        /// Do not ask
-        #[arg(long, short = 'y')]
-        yes: bool,
-        #[command(flatten)]
-        server: ServerArg,
-    },
     /// Send an agent the configuration it reported failed once more.
     RetryConfig {
         uid: String,
         #[command(flatten)]
         server: ServerArg,
     },
+    #[command(flatten)]
+    Lifecycle(super::lifecycle::LifecycleCommand),
 }
 
 pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
@@ -52,6 +45,7 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
         AgentsCommand::List {
             status,
             labels,
+            admin_state,
             limit,
             server,
         } => {
@@ -67,6 +61,9 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
                 )];
                 if let Some(s) = &status {
                     query.push(("status", s.clone()));
+                }
+                if let Some(s) = &admin_state {
+                    query.push(("admin_state", s.clone()));
                 }
                 for l in &labels {
                     query.push(("label", l.clone()));
@@ -87,6 +84,7 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             table.load_preset(UTF8_FULL_CONDENSED).set_header([
                 "INSTANCE UID",
                 "STATUS",
+                "ADMIN",
                 "TRANSPORT",
                 "SERVICE",
                 "VERSION",
@@ -105,6 +103,7 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
                 table.add_row([
                     a.instance_uid.clone(),
                     a.status.clone(),
+                    a.admin_state.clone(),
                     a.transport.clone().unwrap_or_default(),
                     attr("service.name"),
                     attr("service.version"),
@@ -124,71 +123,7 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             let agent: AgentDetailDto = get_json(client.get(&url)).await?;
             println!("{}", serde_json::to_string_pretty(&agent)?);
         }
-        AgentsCommand::Restart {
-            uid,
-            selector,
-            yes,
-            server,
-        } => {
-            let uids = match (uid, selector) {
-                (Some(uid), None) => vec![uid],
-                (None, Some(selector)) => {
-                    let mut uids = Vec::new();
-                    let mut cursor: Option<String> = None;
-                    loop {
-                        let mut query = vec![
-                            ("selector", selector.clone()),
-                            ("limit", crate::edge::api::MAX_PAGE.to_string()),
-                        ];
-                        if let Some(c) = &cursor {
-                            query.push(("cursor", c.clone()));
-                        }
-                        let page: AgentListDto =
-                            get_json(client.get(server.url("/api/v1/agents")).query(&query))
-                                .await?;
-                        uids.extend(
-                            page.agents
-                                .into_iter()
-                                .filter(|a| a.status != "disconnected")
-                                .map(|a| a.instance_uid),
-                        );
-                        match page.next_cursor {
-                            Some(c) => cursor = Some(c),
-                            None => break,
-                        }
-                    }
-                    if uids.is_empty() {
-                        println!("no connected agent matches {selector:?}");
-                        return Ok(());
-                    }
-                    if !yes
-                        && !super::packages::confirm(&format!(
-                            "restart {} agents matching {selector:?}?",
-                            uids.len()
-                        ))?
-                    {
-                        println!("nothing restarted");
-                        return Ok(());
-                    }
-                    uids
-                }
-                _ => anyhow::bail!("give an agent uid or --selector"),
-            };
-            let mut failed = 0;
-            for uid in &uids {
-                let url = server.url(&format!("/api/v1/agents/{uid}/restart"));
-                match get_json::<AgentDetailDto>(client.post(&url)).await {
-                    Ok(_) => println!("{uid}: restart sent"),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("{uid}: {e}");
-                    }
-                }
-            }
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} agents could not be restarted", uids.len());
-            }
-        }
+        AgentsCommand::Lifecycle(cmd) => return super::lifecycle::run(cmd).await,
         AgentsCommand::RetryConfig { uid, server } => {
             let url = server.url(&format!("/api/v1/agents/{uid}/retry-config"));
             let agent: AgentDetailDto = get_json(client.post(&url)).await?;

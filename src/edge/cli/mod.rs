@@ -2,6 +2,7 @@
 
 mod agents;
 mod control;
+mod lifecycle;
 mod packages;
 
 use std::net::SocketAddr;

@@ -186,7 +186,9 @@ impl Fleet {
                     self.forget(&uid).await;
                 }
                 Retention::NotFound => {
-                    let _ = handle.admin(Event::SetAdminState(AdminState::NotFound)).await;
+                    let _ = handle
+                        .admin(Event::SetAdminState(AdminState::NotFound))
+                        .await;
                 }
                 Retention::Keep => {}
             }
