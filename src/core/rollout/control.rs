@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::plan::{Pass, Plan, Tell};
+use super::plan::{Pass, Plan, Skipped, Tell};
 use super::planner;
 use super::{
     ConfigPayload, DirectiveKey, PackagePayload, Params, Payload, Progress, Rollout, State,
@@ -87,7 +87,7 @@ pub struct ControlView {
     /// By name, version, platform, arch.
     pub packages: Vec<Arc<Package>>,
     /// Per rollout id, the matching agents it passes over and why.
-    pub skipped: HashMap<String, Arc<BTreeMap<InstanceUid, String>>>,
+    pub skipped: HashMap<String, Arc<Skipped>>,
 }
 
 impl ControlView {
@@ -156,7 +156,7 @@ pub struct Control {
     /// By name, version, platform, arch.
     pub(super) packages: Vec<Arc<Package>>,
     /// Per rollout, the matching agents it passes over and why (as of its last step).
-    pub(super) skipped: HashMap<String, Arc<BTreeMap<InstanceUid, String>>>,
+    pub(super) skipped: HashMap<String, Arc<Skipped>>,
     /// The directive each agent was last handed, to tell it only changes.
     pub(super) told: HashMap<InstanceUid, DirectiveKey>,
     /// Rollouts created before this were restored from the store.
@@ -479,3 +479,6 @@ impl Control {
 fn package_key(p: &Package) -> (&str, &str, &str, &str) {
     (&p.name, &p.version, &p.platform, &p.arch)
 }
+
+#[cfg(test)]
+mod tests;

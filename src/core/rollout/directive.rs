@@ -114,7 +114,6 @@ pub fn directive(
     directive
 }
 
-
 /// The package an agent should get from an upgrade rollout, and whether it waits for a wave.
 pub fn package_directive(
     rollout: &Rollout,

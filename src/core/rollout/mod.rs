@@ -20,7 +20,7 @@ pub use control::{
     Action, ConfigurationSpec, Control, ControlView, Refusal, RolloutSpec, RolloutTarget,
 };
 pub use directive::{Directive, DirectiveKey, directive, package_directive};
-pub use plan::{Pass, Plan, Tell, Tick, Update, plan};
+pub use plan::{Pass, Plan, Skipped, Tell, Tick, Update, plan};
 pub use planner::{Counts, Params, Phase, Progress, State};
 
 use crate::core::config::Selector;
@@ -115,4 +115,3 @@ impl Rollout {
         }
     }
 }
-

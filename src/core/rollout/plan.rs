@@ -58,6 +58,9 @@ use crate::core::lifecycle::AdminState;
 use crate::core::packages::{ARCH_ATTRIBUTE, PLATFORM_ATTRIBUTE, Package, choose};
 use crate::core::status::Status;
 
+/// The matching agents a rollout passes over, and why.
+pub type Skipped = BTreeMap<InstanceUid, String>;
+
 /// Which agents a tick looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -104,7 +107,7 @@ pub struct Tell {
 pub struct Plan {
     pub updates: Vec<Update>,
     /// Skipped maps that changed, by rollout id. They are shown, not stored.
-    pub skipped: Vec<(String, BTreeMap<InstanceUid, String>)>,
+    pub skipped: Vec<(String, Skipped)>,
     /// Directives that differ from the last ones handed over, in uid order.
     pub tells: Vec<Tell>,
     /// On a full pass, every agent looked at.
@@ -250,7 +253,7 @@ impl Fleet<'_> {
         &self,
         control: &Control,
         rollout: &Rollout,
-    ) -> Option<(Vec<Candidate<InstanceUid>>, BTreeMap<InstanceUid, String>)> {
+    ) -> Option<(Vec<Candidate<InstanceUid>>, Skipped)> {
         let mut skipped = BTreeMap::new();
         let mut candidates = Vec::new();
         match &rollout.payload {
@@ -301,8 +304,7 @@ impl Fleet<'_> {
                     .values()
                     .filter(|a| payload.selector.matches(|k| a.label(k)));
                 for agent in matching {
-                    let variant =
-                        choose(&control.packages, &payload.name, &payload.version, agent);
+                    let variant = choose(&control.packages, &payload.name, &payload.version, agent);
                     let skip = admin_skip_reason(agent.admin_state)
                         .or_else(|| upgrade_skip_reason(agent, variant.is_some()));
                     if agent.admin_state.is_managed() {
