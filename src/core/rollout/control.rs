@@ -253,11 +253,11 @@ impl Control {
             // Agents gone from the fleet: if one comes back, it is told afresh.
             self.told.retain(|uid, _| seen.contains(uid));
         }
-        self.retry = false;
         let (tells, held): (Vec<_>, Vec<_>) = plan
             .tells
             .into_iter()
             .partition(|t| t.needs.iter().all(|id| !unstored.contains(id)));
+        // What is held back is told on a later pass, which must then be a full one.
         self.retry = !held.is_empty();
         Settled { tells, changed }
     }

@@ -151,12 +151,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use bytes::Bytes;
-    use chrono::Utc;
+    use chrono::{DateTime, Utc};
 
     use super::*;
     use crate::core::config::Selector;
     use crate::core::domain::{ConfigFile, ConfigMap, InstanceUid};
     use crate::core::rollout::{ConfigPayload, Params, Payload, Progress};
+
+    /// Tests pass their times too: nothing in the core reads the clock.
+    fn epoch() -> DateTime<Utc> {
+        DateTime::UNIX_EPOCH
+    }
 
     fn version(n: u32, yaml: &'static str) -> Arc<ConfigVersion> {
         let files = ConfigMap {
@@ -168,7 +173,7 @@ mod tests {
                 },
             )]),
         };
-        Arc::new(ConfigVersion::new(n, files, Utc::now()).unwrap())
+        Arc::new(ConfigVersion::new(n, files, epoch()).unwrap())
     }
 
     fn config() -> Configuration {
@@ -180,13 +185,13 @@ mod tests {
                 version(1, "exporters:\n  kafka:\n"),
                 version(2, "exporters:\n  kafka:\n  debug:\n"),
             ],
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            created_at: epoch(),
+            updated_at: epoch(),
         }
     }
 
     fn agent(uid: InstanceUid, reported: Option<&ContentHash>) -> AgentRecord {
-        let mut rec = AgentRecord::new(uid, Utc::now());
+        let mut rec = AgentRecord::new(uid, epoch());
         rec.remote_config = reported.map(|h| crate::core::domain::RemoteConfigState {
             hash: h.clone(),
             status: crate::core::domain::RemoteConfigStatus::Applying,
@@ -212,8 +217,8 @@ mod tests {
                 extra_errors: 0,
                 agents: agents.iter().copied().collect(),
             },
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            created_at: epoch(),
+            updated_at: epoch(),
         }
     }
 

@@ -39,7 +39,8 @@
 //!    and each names the updates it follows from ([`Tell::needs`]); one whose update failed to
 //!    store is not handed over, and the rollout is planned again next tick. So a wave is sent
 //!    only once it is stored.
-//! 9. Determinism: the plan depends only on the inputs, not on the order of the agents.
+//! 9. Determinism: the plan depends only on the inputs, not on the order of the agents (each
+//!    given once): updates follow the rollouts' order, rows and directives the uids'.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -116,20 +117,18 @@ pub struct Plan {
 
 /// Plans one tick (see the module documentation for its rules).
 pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
-    // Rule 9: sorted by uid (the last record of a uid given twice counts), so neither the
-    // order of the updates' rows nor of the tells leaks the fleet's order.
-    let mut by_uid: BTreeMap<InstanceUid, &AgentRecord> = BTreeMap::new();
-    for agent in tick.agents {
-        by_uid.insert(agent.uid, agent);
-    }
-    let agents: Vec<(&AgentRecord, Option<&Arc<Configuration>>)> = by_uid
-        .values()
-        .map(|a| (*a, assign(&control.configs, a)))
+    let agents: Vec<(&AgentRecord, Option<&Arc<Configuration>>)> = tick
+        .agents
+        .iter()
+        .map(|a| (&**a, assign(&control.configs, a)))
         .collect();
 
     let mut plan = Plan::default();
     let mut rollouts = control.rollouts.clone();
     if tick.pass == Pass::Full {
+        let now_ms = u64::try_from(tick.now.timestamp_millis()).unwrap_or(0);
+        let by_uid: HashMap<InstanceUid, &AgentRecord> =
+            agents.iter().map(|(a, _)| (a.uid, *a)).collect();
         let mut assigned: HashMap<&str, Vec<&AgentRecord>> = HashMap::new();
         for (agent, config) in &agents {
             if let Some(config) = config {
@@ -157,7 +156,6 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
                 *phase == Phase::Completed
                     || by_uid.get(uid).is_none_or(|a| a.admin_state.is_managed())
             });
-            let now_ms = u64::try_from(tick.now.timestamp_millis()).unwrap_or(0);
             let step = planner::step(&slot.params, &previous, &candidates, now_ms);
             if step.progress == slot.progress {
                 continue;
@@ -235,12 +233,14 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
             needs,
         });
     }
+    // Rule 9: a fleet's order is its registry's, which says nothing.
+    plan.tells.sort_by_key(|t| t.uid);
     plan
 }
 
 /// The fleet as a full pass sees it.
 struct Fleet<'a> {
-    by_uid: &'a BTreeMap<InstanceUid, &'a AgentRecord>,
+    by_uid: &'a HashMap<InstanceUid, &'a AgentRecord>,
     /// The agents assigned to each configuration, by name.
     assigned: HashMap<&'a str, Vec<&'a AgentRecord>>,
     components: &'a dyn Fn(&ContentHash) -> Option<Arc<ComponentSet>>,

@@ -242,23 +242,25 @@ impl Task {
         let Some(pass) = self.control.pass(self.fleet.changes()) else {
             return;
         };
-        // Drained on every pass, so a changed-only pass sees only what changed since the last.
-        let changed = self.fleet.take_changed();
-        let agents = match pass {
-            Pass::Changed => changed,
-            Pass::Full => self.fleet.records(),
+        let plan = {
+            // Drained on every pass, so a changed-only pass sees what changed since the last.
+            let changed = self.fleet.take_changed();
+            let agents = match pass {
+                Pass::Changed => changed,
+                Pass::Full => self.fleet.records(),
+            };
+            let components = |hash: &ContentHash| self.components.get(hash).map(|set| set.clone());
+            plan(
+                &self.control,
+                &Tick {
+                    agents: &agents,
+                    pass,
+                    components: &components,
+                    grace: tokio::time::Instant::now() < self.resume_at,
+                    now: Utc::now(),
+                },
+            )
         };
-        let components = |hash: &ContentHash| self.components.get(hash).map(|set| set.clone());
-        let plan = plan(
-            &self.control,
-            &Tick {
-                agents: &agents,
-                pass,
-                components: &components,
-                grace: tokio::time::Instant::now() < self.resume_at,
-                now: Utc::now(),
-            },
-        );
 
         // Only what is stored takes effect: a failed save is planned again next tick, and the
         // directives that follow from it are not handed over.
