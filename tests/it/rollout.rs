@@ -344,6 +344,12 @@ async fn incompatible_agents_are_skipped_with_the_reason() {
         .await;
     let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["total"], 3, "{r}");
+    assert_eq!(
+        r["counts"]["skipped"],
+        json!({"agent lacks components: exporters/kafka": 3}),
+        "{r}"
+    );
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 3, "{r}");
     let hash_bytes = hex::decode(&hash).unwrap();
     for agent in &unable {
         let a = server.wait_status(&agent.uid, "incompatible").await.agent;

@@ -84,6 +84,11 @@ async fn an_upgrade_rolls_out_in_waves_and_skips_agents_without_packages() {
             .iter()
             .all(|s| s["reason"] == "agent does not accept packages")
     );
+    assert_eq!(
+        r["counts"]["skipped"],
+        json!({"agent does not accept packages": 3}),
+        "{r}"
+    );
 
     for agent in &upgradable_agents {
         let a = server

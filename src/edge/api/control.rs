@@ -17,12 +17,11 @@ use super::{ApiError, ApiState};
 use crate::core::config::{Configuration, Selector, assign, check_compatible};
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
-    DEFAULT_INITIAL, DEFAULT_MAX_ERRORS, DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER,
-    DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, directive,
+    Action, ConfigurationSpec, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS, DEFAULT_MAXIMUM,
+    DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, RolloutSpec, RolloutTarget,
+    directive,
 };
-use crate::tasks::controller::{
-    Action, ConfigurationSpec, ControlError, ControlView, RolloutSpec, RolloutTarget,
-};
+use crate::tasks::controller::ControlError;
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
@@ -222,8 +221,8 @@ pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
         skipped: view
             .skipped
             .get(&r.id)
-            .into_iter()
-            .flatten()
+            .iter()
+            .flat_map(|skipped| skipped.iter())
             .map(|(uid, reason)| SkippedDto {
                 instance_uid: uid.to_string(),
                 reason: reason.clone(),
@@ -240,6 +239,7 @@ pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
             errors: counts.errors,
             configuring: counts.configuring,
             pending: counts.pending,
+            skipped: view.skipped_by_reason(&r.id),
         },
         initial: r.params.initial,
         multiplier: r.params.multiplier,

@@ -427,6 +427,9 @@ pub struct RolloutCountsDto {
     pub errors: u32,
     pub configuring: u32,
     pub pending: u32,
+    /// Matching agents the rollout passes over, by reason (the agents are in `skipped`).
+    #[serde(default)]
+    pub skipped: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
@@ -439,7 +442,7 @@ pub struct RolloutDto {
     /// Set for upgrade rollouts.
     pub package: Option<PackageRefDto>,
     pub selector: Option<String>,
-    /// Matching agents the upgrade passes over, with the reason.
+    /// Matching agents the rollout passes over, with the reason.
     #[serde(default)]
     pub skipped: Vec<SkippedDto>,
     pub state: String,

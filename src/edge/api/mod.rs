@@ -229,7 +229,7 @@ async fn show_agent(
 
 fn agent_dto(
     state: &ApiState,
-    view: &crate::tasks::controller::ControlView,
+    view: &crate::core::rollout::ControlView,
     agent: &AgentRecord,
 ) -> AgentDto {
     let mut dto = AgentDto::from(agent);

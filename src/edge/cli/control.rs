@@ -346,6 +346,15 @@ fn print_rollout(r: &RolloutDto) {
             ""
         }
     );
+    if !r.counts.skipped.is_empty() {
+        let by_reason: Vec<String> = r
+            .counts
+            .skipped
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        println!("skipped: {}", by_reason.join(", "));
+    }
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)

@@ -1,0 +1,484 @@
+//! The controller's state and the admin requests it decides. Pure: every decision returns what
+//! to store, and the controller task (`crate::tasks::controller`) commits it here only once the
+//! store took it, so a change takes effect only once it is durable.
+//!
+//! Rules of the requests (each has a test named after it):
+//!
+//! 1. A configuration whose files hash like its latest version gets no new version; its
+//!    selector and priority are updated either way. A new version is numbered one past the
+//!    last.
+//! 2. A new rollout replaces the unfinished rollouts of the same target (the same
+//!    configuration, or the same package name); finished ones stay as they are. A
+//!    configuration rollout's previous version is the last one rolled out in full.
+//! 3. Pause, resume and cancel are the planner's ([`super::planner`]); one the state does not
+//!    allow is refused as a conflict.
+//! 4. Only a stored change is committed: until then readers and ticks see the state before it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::plan::{Pass, Plan, Skipped, Tell};
+use super::planner;
+use super::{
+    ConfigPayload, DirectiveKey, PackagePayload, Params, Payload, Progress, Rollout, State,
+};
+use crate::core::config::{ConfigVersion, Configuration, Selector, validate_name};
+use crate::core::domain::{ConfigMap, InstanceUid};
+use crate::core::packages::Package;
+
+/// A configuration as an admin puts it: a new version when the files changed.
+#[derive(Clone, Debug)]
+pub struct ConfigurationSpec {
+    pub name: String,
+    pub selector: Selector,
+    pub priority: i32,
+    pub files: ConfigMap,
+}
+
+#[derive(Clone, Debug)]
+pub struct RolloutSpec {
+    pub target: RolloutTarget,
+    pub params: Params,
+    pub rollback: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum RolloutTarget {
+    /// A configuration's version (default: its latest) to the agents assigned to it.
+    Config {
+        configuration: String,
+        version: Option<u32>,
+    },
+    /// A package version to the agents matching a selector.
+    Package {
+        name: String,
+        version: String,
+        selector: Selector,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Why a request is refused; the task adds its own errors (the store, shutting down).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Everything the controller owns, as readers see it.
+#[derive(Debug, Default)]
+pub struct ControlView {
+    /// By name.
+    pub configurations: Vec<Arc<Configuration>>,
+    /// Oldest first.
+    pub rollouts: Vec<Arc<Rollout>>,
+    /// By name, version, platform, arch.
+    pub packages: Vec<Arc<Package>>,
+    /// Per rollout id, the matching agents it passes over and why.
+    pub skipped: HashMap<String, Arc<Skipped>>,
+}
+
+impl ControlView {
+    pub fn configuration(&self, name: &str) -> Option<&Arc<Configuration>> {
+        self.configurations.iter().find(|c| c.name == name)
+    }
+
+    pub fn rollout(&self, id: &str) -> Option<&Arc<Rollout>> {
+        self.rollouts.iter().find(|r| r.id == id)
+    }
+
+    /// The configuration's most recent rollout, whatever its state.
+    pub fn latest_rollout(&self, name: &str) -> Option<&Arc<Rollout>> {
+        self.rollouts
+            .iter()
+            .rev()
+            .find(|r| r.configuration() == Some(name))
+    }
+
+    /// How many agents the rollout passes over, by reason.
+    pub fn skipped_by_reason(&self, id: &str) -> BTreeMap<String, u32> {
+        let mut counts = BTreeMap::new();
+        for reason in self.skipped.get(id).iter().flat_map(|m| m.values()) {
+            *counts.entry(reason.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// What `put_configuration` decided: the configuration to store, with its new version if the
+/// files changed.
+#[derive(Clone, Debug)]
+pub struct ConfigChange {
+    pub config: Configuration,
+    /// The version the request stands for: the new one, or the unchanged latest.
+    pub version: Arc<ConfigVersion>,
+    /// To store with the configuration; `None` when the content was unchanged.
+    pub new_version: Option<Arc<ConfigVersion>>,
+}
+
+/// What `start_rollout` decided: rollouts it replaces (store them first) and the new one.
+#[derive(Clone, Debug)]
+pub struct RolloutStart {
+    pub replaced: Vec<Rollout>,
+    pub rollout: Rollout,
+}
+
+/// What a tick leaves to the task once its rollout updates were stored (or not).
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Directives to hand to the actors; report each with [`Control::told`] or
+    /// [`Control::retry_later`].
+    pub tells: Vec<Tell>,
+    /// Something readers see changed: publish a new view.
+    pub changed: bool,
+}
+
+/// The controller's state: configurations, rollouts and packages as stored, and what it last
+/// told each agent. The task is its only owner.
+#[derive(Debug)]
+pub struct Control {
+    /// By name.
+    pub(super) configs: Vec<Arc<Configuration>>,
+    /// Oldest first.
+    pub(super) rollouts: Vec<Arc<Rollout>>,
+    /// By name, version, platform, arch.
+    pub(super) packages: Vec<Arc<Package>>,
+    /// Per rollout, the matching agents it passes over and why (as of its last step).
+    pub(super) skipped: HashMap<String, Arc<Skipped>>,
+    /// The directive each agent was last handed, to tell it only changes.
+    pub(super) told: HashMap<InstanceUid, DirectiveKey>,
+    /// Rollouts created before this were restored from the store.
+    pub(super) started: DateTime<Utc>,
+    /// The fleet's change counter at the last pass; `None` forces a full pass.
+    seen_changes: Option<u64>,
+    /// A directive was not handed over (full mailbox, or its rollout not stored): the next
+    /// pass must be a full one.
+    retry: bool,
+}
+
+impl Control {
+    /// The state restored from the store, in a process started at `started`.
+    pub fn new(
+        configs: Vec<Configuration>,
+        rollouts: Vec<Rollout>,
+        packages: Vec<Package>,
+        started: DateTime<Utc>,
+    ) -> Self {
+        let mut configs: Vec<Arc<Configuration>> = configs.into_iter().map(Arc::new).collect();
+        configs.sort_by(|a, b| a.name.cmp(&b.name));
+        let rollouts = rollouts
+            .into_iter()
+            .map(|mut rollout| {
+                // The store keeps the version number; its hash comes from the configuration.
+                if let Payload::Config(c) = &mut rollout.payload
+                    && let Some(v) = configs
+                        .iter()
+                        .find(|cfg| cfg.name == c.configuration)
+                        .and_then(|cfg| cfg.version(c.version))
+                {
+                    c.hash = v.hash.clone();
+                }
+                Arc::new(rollout)
+            })
+            .collect();
+        let mut packages: Vec<Arc<Package>> = packages.into_iter().map(Arc::new).collect();
+        packages.sort_by(|a, b| package_key(a).cmp(&package_key(b)));
+        Control {
+            configs,
+            rollouts,
+            packages,
+            skipped: HashMap::new(),
+            told: HashMap::new(),
+            started,
+            seen_changes: None,
+            retry: false,
+        }
+    }
+
+    pub fn view(&self) -> ControlView {
+        ControlView {
+            configurations: self.configs.clone(),
+            rollouts: self.rollouts.clone(),
+            packages: self.packages.clone(),
+            skipped: self.skipped.clone(),
+        }
+    }
+
+    /// What the next tick looks at, given the fleet's change counter (see the rules of
+    /// [`super::plan`]): nothing (`None`) when no rollout is stepped, no record changed and
+    /// every directive was handed over; only the changed agents when no rollout is stepped
+    /// and the last pass left nothing to retry; else every agent.
+    pub fn pass(&mut self, changes: u64) -> Option<Pass> {
+        let stepping = self.rollouts.iter().any(|r| r.is_stepped());
+        let settled = !stepping && !self.retry && self.seen_changes.is_some();
+        if settled && self.seen_changes == Some(changes) {
+            return None;
+        }
+        self.seen_changes = Some(changes);
+        Some(if settled { Pass::Changed } else { Pass::Full })
+    }
+
+    /// The next pass looks at every agent (a request changed what they should be told).
+    pub fn force_full(&mut self) {
+        self.seen_changes = None;
+    }
+
+    /// Takes a tick's plan in once the task tried to store its updates: those whose id is in
+    /// `unstored` failed and stay as they were (the next tick plans them again), and the
+    /// directives that follow from them are not handed over.
+    pub fn settle(&mut self, plan: Plan, unstored: &HashSet<String>) -> Settled {
+        let mut changed = !plan.skipped.is_empty();
+        for update in plan.updates {
+            if !unstored.contains(&update.rollout.id) {
+                self.commit(update.rollout);
+                changed = true;
+            }
+        }
+        for (id, skipped) in plan.skipped {
+            self.skipped.insert(id, Arc::new(skipped));
+        }
+        if let Some(seen) = &plan.seen {
+            // Agents gone from the fleet: if one comes back, it is told afresh.
+            self.told.retain(|uid, _| seen.contains(uid));
+        }
+        let (tells, held): (Vec<_>, Vec<_>) = plan
+            .tells
+            .into_iter()
+            .partition(|t| t.needs.iter().all(|id| !unstored.contains(id)));
+        // What is held back is told on a later pass, which must then be a full one.
+        self.retry = !held.is_empty();
+        Settled { tells, changed }
+    }
+
+    /// The agent's actor took `key`'s directive.
+    pub fn told(&mut self, uid: InstanceUid, key: DirectiveKey) {
+        self.told.insert(uid, key);
+    }
+
+    /// A directive could not be handed over (the actor's mailbox was full): try next tick.
+    pub fn retry_later(&mut self) {
+        self.retry = true;
+    }
+
+    /// Rule 1: the configuration to store for `spec`.
+    pub fn put_configuration(
+        &self,
+        spec: ConfigurationSpec,
+        now: DateTime<Utc>,
+    ) -> Result<ConfigChange, Refusal> {
+        validate_name(&spec.name).map_err(Refusal::BadRequest)?;
+        if spec.files.files.is_empty() {
+            return Err(Refusal::BadRequest(
+                "a configuration needs at least one file".into(),
+            ));
+        }
+        let mut config = match self.configs.iter().find(|c| c.name == spec.name) {
+            Some(existing) => (**existing).clone(),
+            None => Configuration {
+                name: spec.name.clone(),
+                selector: spec.selector.clone(),
+                priority: spec.priority,
+                versions: Vec::new(),
+                created_at: now,
+                updated_at: now,
+            },
+        };
+        config.selector = spec.selector;
+        config.priority = spec.priority;
+        config.updated_at = now;
+        let unchanged = config
+            .latest()
+            .filter(|latest| latest.hash == spec.files.hash())
+            .cloned();
+        if let Some(latest) = unchanged {
+            return Ok(ConfigChange {
+                config,
+                version: latest,
+                new_version: None,
+            });
+        }
+        let n = u32::try_from(config.versions.len())
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| Refusal::Conflict(format!("{} has too many versions", config.name)))?;
+        let version = ConfigVersion::new(n, spec.files, now)
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        let version = Arc::new(version);
+        config.versions.push(version.clone());
+        Ok(ConfigChange {
+            config,
+            version: version.clone(),
+            new_version: Some(version),
+        })
+    }
+
+    /// The configuration was stored: it takes effect.
+    pub fn commit_configuration(&mut self, config: Configuration) {
+        let config = Arc::new(config);
+        match self.configs.iter_mut().find(|c| c.name == config.name) {
+            Some(slot) => *slot = config,
+            None => {
+                self.configs.push(config);
+                self.configs.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+        }
+    }
+
+    /// Rule 2: the rollout `spec` asks for, under the new `id`, and the ones it replaces.
+    pub fn start_rollout(
+        &self,
+        spec: RolloutSpec,
+        id: String,
+        now: DateTime<Utc>,
+    ) -> Result<RolloutStart, Refusal> {
+        spec.params.validate().map_err(Refusal::BadRequest)?;
+        let payload = match spec.target {
+            RolloutTarget::Config {
+                configuration,
+                version,
+            } => Payload::Config(self.config_payload(&configuration, version)?),
+            RolloutTarget::Package {
+                name,
+                version,
+                selector,
+            } => {
+                if !self
+                    .packages
+                    .iter()
+                    .any(|p| p.name == name && p.version == version)
+                {
+                    return Err(Refusal::NotFound(format!(
+                        "no package {name:?} at version {version:?}; upload it first"
+                    )));
+                }
+                Payload::Package(PackagePayload {
+                    name,
+                    version,
+                    selector,
+                })
+            }
+        };
+        let replaced = self
+            .rollouts
+            .iter()
+            .filter(|r| r.same_target(&payload) && !r.is_terminal())
+            .map(|old| Rollout {
+                progress: planner::replace(&old.progress),
+                updated_at: now,
+                ..(**old).clone()
+            })
+            .collect();
+        let rollout = Rollout {
+            id,
+            payload,
+            params: spec.params,
+            rollback: spec.rollback,
+            progress: Progress::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        Ok(RolloutStart { replaced, rollout })
+    }
+
+    fn config_payload(
+        &self,
+        configuration: &str,
+        version: Option<u32>,
+    ) -> Result<ConfigPayload, Refusal> {
+        let config = self
+            .configs
+            .iter()
+            .find(|c| c.name == configuration)
+            .ok_or_else(|| Refusal::NotFound(format!("no configuration {configuration:?}")))?;
+        let chosen = match version {
+            Some(n) => config.version(n),
+            None => config.latest(),
+        }
+        .ok_or_else(|| {
+            Refusal::NotFound(format!(
+                "configuration {} has no version {}",
+                config.name,
+                version.map_or("at all".to_string(), |v| v.to_string())
+            ))
+        })?;
+        // What agents outside the new rollout run: the last version rolled out in full.
+        let previous_version = self
+            .rollouts
+            .iter()
+            .rev()
+            .filter(|r| r.progress.state == State::Stable)
+            .find_map(|r| r.config().filter(|c| c.configuration == config.name))
+            .map(|c| c.version);
+        Ok(ConfigPayload {
+            configuration: config.name.clone(),
+            version: chosen.version,
+            hash: chosen.hash.clone(),
+            previous_version,
+        })
+    }
+
+    /// Rule 3: the rollout `id` after `action`.
+    pub fn act(&self, id: &str, action: Action, now: DateTime<Utc>) -> Result<Rollout, Refusal> {
+        let rollout = self
+            .rollouts
+            .iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Refusal::NotFound(format!("no rollout {id}")))?;
+        let progress = match action {
+            Action::Pause => planner::pause(&rollout.progress),
+            Action::Resume => planner::resume(&rollout.progress, &rollout.params),
+            Action::Cancel => planner::cancel(&rollout.progress),
+        }
+        .map_err(Refusal::Conflict)?;
+        Ok(Rollout {
+            progress,
+            updated_at: now,
+            ..(**rollout).clone()
+        })
+    }
+
+    /// The rollout was stored: it takes effect (a new one goes last, as the newest).
+    pub fn commit_rollout(&mut self, rollout: Rollout) -> Arc<Rollout> {
+        let rollout = Arc::new(rollout);
+        self.commit(rollout.clone());
+        rollout
+    }
+
+    fn commit(&mut self, rollout: Arc<Rollout>) {
+        match self.rollouts.iter_mut().find(|r| r.id == rollout.id) {
+            Some(slot) => *slot = rollout,
+            None => self.rollouts.push(rollout),
+        }
+    }
+
+    /// The package was stored: it takes the place of an upload of the same name, version,
+    /// platform and arch.
+    pub fn commit_package(&mut self, package: Package) -> Arc<Package> {
+        let package = Arc::new(package);
+        self.packages
+            .retain(|p| package_key(p) != package_key(&package));
+        self.packages.push(package.clone());
+        self.packages
+            .sort_by(|a, b| package_key(a).cmp(&package_key(b)));
+        package
+    }
+}
+
+fn package_key(p: &Package) -> (&str, &str, &str, &str) {
+    (&p.name, &p.version, &p.platform, &p.arch)
+}
+
+#[cfg(test)]
+mod tests;
