@@ -437,3 +437,41 @@ async fn agents_disconnected_past_the_retention_are_deleted_or_back_to_not_found
     assert_eq!(a.agent.status, "disconnected");
     assert_eq!(rows_about(&server, &gone).await, 0);
 }
+
+#[tokio::test]
+async fn an_agent_in_maintenance_is_left_out_of_a_rollout_and_gets_it_when_it_resumes() {
+    let server = TestServer::start().await;
+    put_config(&server, "").await;
+    let (busy, resting) = (new_uid(), new_uid());
+    let mut a = WsAgent::connect(&server.ws_url()).await;
+    a.exchange(&collector_report(&busy, 1, "otelcol")).await;
+    let mut b = WsAgent::connect(&server.ws_url()).await;
+    b.exchange(&collector_report(&resting, 1, "otelcol")).await;
+    assert_eq!(move_to(&server, &resting, "maintenance").await.0, 200);
+
+    let id = server
+        .start_rollout(json!({"configuration": "prod", "initial": 5}))
+        .await;
+    let offer = a
+        .recv()
+        .await
+        .remote_config
+        .expect("the managed agent gets it");
+    let mut applied = heartbeat(&busy, 2);
+    applied.remote_config_status = Some(remote_config_status(
+        proto::RemoteConfigStatuses::Applied,
+        &offer.config_hash,
+        "",
+    ));
+    a.send(&applied).await;
+    let r = server.wait_rollout(&id, "stable").await;
+    assert_eq!(r["counts"]["completed"], 1, "{r}");
+    assert_eq!(r["counts"]["skipped"]["in maintenance"], 1, "{r}");
+    let b_status = server.agent(&resting).await.unwrap().agent.status;
+    assert_eq!(b_status, "connected", "not pending, not configuring");
+
+    let (status, body) = move_to(&server, &resting, "managed").await;
+    assert_eq!(status, 200, "{body}");
+    let late = b.recv().await.remote_config.expect("sent once it resumes");
+    assert_eq!(late.config_hash, offer.config_hash);
+}

@@ -15,7 +15,8 @@
 //!    is listed as skipped with its reason (`in maintenance`, `not managed (registered)`); its
 //!    entry leaves the progress unless it completed, so it is neither pending, configuring nor
 //!    an error. Managed again, it joins the remaining waves like an agent that starts matching
-//!    later.
+//!    later. A deleted agent (on a full pass: not in the fleet) leaves the progress of every
+//!    running rollout, whatever its phase.
 //! 3. A managed matching agent the rollout cannot serve is listed as skipped with the reason
 //!    (configuration: no remote config, missing components; upgrade: no packages, no build for
 //!    its platform) and is not eligible. A disconnected agent is not skipped: it is simply not
@@ -150,11 +151,13 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
             if control.skipped.get(&slot.id).map(|s| &**s) != Some(&skipped) {
                 plan.skipped.push((slot.id.clone(), skipped));
             }
-            // Rule 2: an agent that is not managed leaves the progress unless it completed.
+            // Rule 2: an agent that is not managed leaves the progress unless it completed; a
+            // deleted one (no longer in the fleet) leaves it whatever its phase.
             let mut previous = slot.progress.clone();
             previous.agents.retain(|uid, phase| {
-                *phase == Phase::Completed
-                    || by_uid.get(uid).is_none_or(|a| a.admin_state.is_managed())
+                by_uid
+                    .get(uid)
+                    .is_some_and(|a| *phase == Phase::Completed || a.admin_state.is_managed())
             });
             let step = planner::step(&slot.params, &previous, &candidates, now_ms);
             if step.progress == slot.progress {

@@ -445,6 +445,25 @@ fn rule_2_agents_in_maintenance_count_neither_as_pending_nor_as_errors() {
 }
 
 #[test]
+fn rule_2_a_deleted_agent_leaves_the_progress() {
+    let mut w = World::new(4);
+    w.put("prod", "env=prod", 0, DEBUG);
+    w.start("r", config("prod"), 2, 1);
+    let out = tick(&mut w, &[], &[]);
+    assert_eq!(out.sent("r"), [0, 1]);
+    w.agents.remove(&1);
+    w.control.force_full();
+    let out = tick(&mut w, &[], &[]);
+    assert_eq!(
+        w.phases("r"),
+        [(0, "sent"), (2, "waiting"), (3, "waiting")],
+        "{:?}",
+        out.stored
+    );
+    assert_eq!(w.rollout("r").progress.counts().errors, 0);
+}
+
+#[test]
 fn rule_2_an_agent_leaving_maintenance_joins_the_remaining_waves() {
     let mut w = World::new(4);
     w.put("prod", "env=prod", 0, DEBUG);
