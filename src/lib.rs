@@ -1,13 +1,17 @@
 //! Corral: an OpAMP fleet-management server for OpenTelemetry collectors.
 //!
-//! Three rooms, imported in one direction only (tasks → edge → core never runs back):
+//! Three rooms:
 //! - [`core`]: pure decisions and models; no tokio, prost, sqlx or axum, no clock;
-//! - [`edge`]: where bytes meet the core: the OpAMP wire, the listeners, the admin API, the
-//!   store and the CLI;
 //! - [`tasks`]: the long-lived tasks that drive the core: agent actors, the fleet registry and
-//!   its silence watch, the rollout controller.
+//!   its silence watch, the rollout controller;
+//! - [`edge`]: where bytes meet the core: the OpAMP wire format and the store below the tasks,
+//!   the listeners and the admin API above them.
+//!
+//! Imports run one way: `cli` → `server` → `edge::{transport, api}` → `tasks` →
+//! `edge::{store, protocol}` → `core`.
 
 pub mod channel;
+pub mod cli;
 pub mod core;
 pub mod edge;
 pub mod server;

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
     {
         eprintln!("warning: jemalloc background thread not started: {e}");
     }
-    match corral::edge::cli::run() {
+    match corral::cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -8,12 +8,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::lifecycle::Admission;
-use crate::edge::transport::DEFAULT_MAX_MESSAGE_SIZE;
 
 pub const DEFAULT_OPAMP_LISTEN: &str = "0.0.0.0:4320";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:4321";
 pub const DEFAULT_DATA_DIR: &str = "./corral-data";
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
+/// Largest inbound OpAMP message, after decompression.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 const MAX_HEARTBEAT_SECS: u64 = 24 * 60 * 60;
 const MIN_MESSAGE_SIZE: usize = 1024;
 pub const DEFAULT_MAX_PACKAGE_SIZE: u64 = 1024 * 1024 * 1024;

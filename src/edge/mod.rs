@@ -1,8 +1,8 @@
-//! Where bytes meet the core: the OpAMP wire format, the listeners, the admin API, the store
-//! and the CLI. No decisions about agents are made here.
+//! Where bytes meet the core: the OpAMP wire format and the store, which the tasks use, and
+//! the listeners and the admin API, which drive the tasks. No decisions about agents are made
+//! here.
 
 pub mod api;
-pub mod cli;
 pub mod protocol;
 pub mod store;
 pub mod transport;

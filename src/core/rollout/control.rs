@@ -19,14 +19,58 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::plan::{Pass, Plan, Skipped, Tell};
-use super::planner;
+use super::Directive;
+use super::planner::{self, Phase};
 use super::{
     ConfigPayload, DirectiveKey, PackagePayload, Params, Payload, Progress, Rollout, State,
 };
 use crate::core::config::{ConfigVersion, Configuration, Selector, validate_name};
 use crate::core::domain::{ConfigMap, InstanceUid};
 use crate::core::packages::Package;
+
+/// The matching agents a rollout passes over, and why.
+pub type Skipped = BTreeMap<InstanceUid, String>;
+
+/// Which agents a tick looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Every agent in the fleet.
+    Full,
+    /// Only the agents whose records changed since the last pass.
+    Changed,
+}
+
+/// A rollout whose progress moved: store it (with `diff`) before it takes effect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Update {
+    pub rollout: Arc<Rollout>,
+    /// The per-agent rows that changed (`None`: removed).
+    pub diff: Vec<(InstanceUid, Option<Phase>)>,
+    /// The agents its new wave goes to, in id order.
+    pub sent: Vec<InstanceUid>,
+}
+
+/// A directive to hand to one agent's actor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tell {
+    pub uid: InstanceUid,
+    pub directive: Directive,
+    pub key: DirectiveKey,
+    /// The ids of the updates it follows from: handed over only once they are stored.
+    pub needs: Vec<String>,
+}
+
+/// What a tick should do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub updates: Vec<Update>,
+    /// Skipped maps that changed, by rollout id. They are shown, not stored.
+    pub skipped: Vec<(String, Skipped)>,
+    /// Directives that differ from the last ones handed over, in uid order.
+    pub tells: Vec<Tell>,
+    /// On a full pass, every agent looked at.
+    pub seen: Option<HashSet<InstanceUid>>,
+}
 
 /// A configuration as an admin puts it: a new version when the files changed.
 #[derive(Clone, Debug)]

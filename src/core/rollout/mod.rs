@@ -17,10 +17,11 @@ pub mod planner;
 use chrono::{DateTime, Utc};
 
 pub use control::{
-    Action, ConfigurationSpec, Control, ControlView, Refusal, RolloutSpec, RolloutTarget,
+    Action, ConfigurationSpec, Control, ControlView, Pass, Plan, Refusal, RolloutSpec,
+    RolloutTarget, Skipped, Tell, Update,
 };
 pub use directive::{Directive, DirectiveKey, directive, package_directive};
-pub use plan::{Pass, Plan, Skipped, Tell, Tick, Update, plan};
+pub use plan::{Tick, plan};
 pub use planner::{Counts, Params, Phase, Progress, State};
 
 use crate::core::config::Selector;

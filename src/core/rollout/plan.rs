@@ -48,10 +48,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::control::Control;
+use super::control::{Control, Pass, Plan, Skipped, Tell, Update};
 use super::directive::{directive, package_directive, runs_version};
 use super::planner::{self, Candidate, Outcome};
-use super::{Directive, DirectiveKey, PackagePayload, Payload, Phase, Progress, Rollout};
+use super::{Directive, PackagePayload, Payload, Phase, Progress, Rollout};
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration, assign, check_compatible};
 use crate::core::domain::{
     AgentCapabilities, AgentRecord, ContentHash, InstanceUid, PackageState, RemoteConfigStatus,
@@ -59,18 +59,6 @@ use crate::core::domain::{
 use crate::core::lifecycle::AdminState;
 use crate::core::packages::{ARCH_ATTRIBUTE, PLATFORM_ATTRIBUTE, Package, choose};
 use crate::core::status::Status;
-
-/// The matching agents a rollout passes over, and why.
-pub type Skipped = BTreeMap<InstanceUid, String>;
-
-/// Which agents a tick looks at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pass {
-    /// Every agent in the fleet.
-    Full,
-    /// Only the agents whose records changed since the last pass.
-    Changed,
-}
 
 /// What one tick reads.
 pub struct Tick<'a> {
@@ -82,38 +70,6 @@ pub struct Tick<'a> {
     /// Restored rollouts still wait for agents to reconnect (rule 7).
     pub grace: bool,
     pub now: DateTime<Utc>,
-}
-
-/// A rollout whose progress moved: store it (with `diff`) before it takes effect.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Update {
-    pub rollout: Arc<Rollout>,
-    /// The per-agent rows that changed (`None`: removed).
-    pub diff: Vec<(InstanceUid, Option<Phase>)>,
-    /// The agents its new wave goes to, in id order.
-    pub sent: Vec<InstanceUid>,
-}
-
-/// A directive to hand to one agent's actor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tell {
-    pub uid: InstanceUid,
-    pub directive: Directive,
-    pub key: DirectiveKey,
-    /// The ids of the updates it follows from: handed over only once they are stored.
-    pub needs: Vec<String>,
-}
-
-/// What a tick should do.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Plan {
-    pub updates: Vec<Update>,
-    /// Skipped maps that changed, by rollout id. They are shown, not stored.
-    pub skipped: Vec<(String, Skipped)>,
-    /// Directives that differ from the last ones handed over, in uid order.
-    pub tells: Vec<Tell>,
-    /// On a full pass, every agent looked at.
-    pub seen: Option<HashSet<InstanceUid>>,
 }
 
 /// Plans one tick (see the module documentation for its rules).

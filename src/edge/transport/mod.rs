@@ -24,7 +24,7 @@ use crate::tasks::fleet::Fleet;
 pub const OPAMP_PATH: &str = "/v1/opamp";
 /// Where package artifacts are downloaded from, by SHA-256 (hex), on the OpAMP listener.
 /// Default bound on one inbound message (after decompression).
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+pub use crate::settings::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// The first error of type `T` in `error`'s chain of causes.
 fn find_cause<'a, T: std::error::Error + 'static>(
