@@ -1,4 +1,4 @@
-//! The command line: flags, their parsers and the checks that need more than one flag.
+//! The command line: flags, their parsers and the range checks clap does not make.
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use corral::core::domain::{AgentCapabilities, InstanceUid};
+use corral::core::domain::{AgentCapabilities, InstanceUid, InvalidInstanceUid};
 use corral::edge::protocol::proto;
 
 use crate::components::{Components, is_alt};
@@ -333,25 +333,26 @@ impl Agent {
             self.dirty.components |= self.components.is_some();
         }
         if let Some(id) = msg.agent_identification {
-            if id.new_instance_uid.len() == 16 && id.new_instance_uid != self.uid {
-                inc(&st.uid_reassignments);
-                self.uid = id.new_instance_uid;
-                let text = uid_string(&self.uid);
-                for attr in &mut self.description.identifying_attributes {
-                    if attr.key == "service.instance.id" {
-                        *attr = kv("service.instance.id", &text);
+            match InstanceUid::from_bytes(&id.new_instance_uid) {
+                Ok(uid) if id.new_instance_uid != self.uid => {
+                    inc(&st.uid_reassignments);
+                    self.uid = id.new_instance_uid;
+                    let text = uid.to_string();
+                    for attr in &mut self.description.identifying_attributes {
+                        if attr.key == "service.instance.id" {
+                            *attr = kv("service.instance.id", &text);
+                        }
                     }
+                    self.dirty.description = true;
                 }
-                self.dirty.description = true;
-            } else if id.new_instance_uid.len() != 16 {
-                inc(&st.decode_errors);
-                ctx.log(
-                    self.index,
-                    format!(
-                        "new_instance_uid of {} bytes ignored",
-                        id.new_instance_uid.len()
-                    ),
-                );
+                Ok(_) => {}
+                Err(InvalidInstanceUid(len)) => {
+                    inc(&st.decode_errors);
+                    ctx.log(
+                        self.index,
+                        format!("new_instance_uid of {len} bytes ignored"),
+                    );
+                }
             }
         }
         if let Some(opamp) = msg.connection_settings.and_then(|cs| cs.opamp) {
