@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end WebSocket benchmark of Corral with the agent simulator (examples/simulate.rs).
+# End-to-end WebSocket benchmark of Corral with the agent simulator (examples/simulate/).
 #
 #   examples/bench_ws.sh                      # 10,000 agents, server heartbeat 30 s
 #   HEARTBEAT=5 examples/bench_ws.sh          # same, agents heartbeat every 5 s
