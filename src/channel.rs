@@ -236,7 +236,8 @@ mod tests {
         assert_eq!(rx.shared.state.lock().queue.capacity(), 0);
     }
 
-    #[tokio::test]
+    // Paused: the sleep only lets the other task reach its wait, at no cost in real time.
+    #[tokio::test(start_paused = true)]
     async fn a_waiting_receiver_wakes_for_a_value_from_another_task() {
         let (tx, rx) = bounded(1);
         let waiting = tokio::spawn(async move { rx.recv().await });
@@ -245,7 +246,7 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Ok("hello"));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_sender_waits_for_room() {
         let (tx, rx) = bounded(1);
         tx.try_send(1).unwrap();
@@ -258,7 +259,7 @@ mod tests {
         assert_eq!(rx.recv().await, Ok(2));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_receiver_sees_the_last_values_then_the_senders_leaving() {
         let (tx, rx) = bounded(4);
         let tx2 = tx.clone();
@@ -279,7 +280,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn senders_learn_the_receiver_is_gone_even_while_waiting() {
         let (tx, rx) = bounded(1);
         tx.try_send(1).unwrap();
