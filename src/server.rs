@@ -80,6 +80,7 @@ pub async fn serve(
         components: components.clone(),
         changes: Arc::default(),
         changed: Arc::default(),
+        forgotten: Arc::default(),
         metrics: metrics.clone(),
         writes: writes.clone(),
         cancel: shutdown.clone(),
@@ -96,7 +97,7 @@ pub async fn serve(
             .await
             .context("cannot load ignore rules")?,
     };
-    let fleet = Arc::new(Fleet::new(ctx, tracker.clone(), store.clone(), rules));
+    let fleet = Arc::new(Fleet::new(ctx, tracker.clone(), rules));
     let known = store.load_agents().await.context("cannot load agents")?;
     tracing::info!(agents = known.len(), "restored fleet");
     fleet.restore(known);

@@ -475,3 +475,65 @@ async fn an_agent_in_maintenance_is_left_out_of_a_rollout_and_gets_it_when_it_re
     let late = b.recv().await.remote_config.expect("sent once it resumes");
     assert_eq!(late.config_hash, offer.config_hash);
 }
+
+#[tokio::test]
+async fn an_unknown_agent_is_asked_who_it_is_and_kept_only_once_it_says() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let reply = server.poll(&heartbeat(&uid, 7)).await;
+    assert_eq!(reply.flags & 0x1, 0x1, "asked for its full state");
+    assert!(server.agent(&uid).await.is_none(), "nothing kept of it yet");
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let reply = agent.exchange(&heartbeat(&uid, 8)).await;
+    assert_eq!(reply.flags & 0x1, 0x1);
+    assert_eq!(server.fleet().await.total, 0);
+    agent.exchange(&full_report(&uid, 9, "otelcol")).await;
+    server.wait_status(&uid, "connected").await;
+}
+
+#[tokio::test]
+async fn an_ignored_agent_asking_for_a_new_uid_stays_ignored() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "noisy")).await;
+    assert_eq!(move_to(&server, &uid, "ignored").await.0, 200);
+    let mut again = full_report(&uid, 2, "noisy");
+    again.flags = 0x1; // RequestInstanceUid
+    let reply = agent.exchange(&again).await;
+    let new_uid = reply
+        .agent_identification
+        .expect("a new uid")
+        .new_instance_uid;
+    let a = server.agent(&new_uid).await.expect("kept");
+    assert_eq!(a.agent.admin_state, "ignored");
+    assert_eq!(a.agent.identifying_attributes["service.name"], "noisy");
+    let dir = server.stop().await;
+    let server = TestServer::start_with(dir, Options::default()).await;
+    let a = server.agent(&new_uid).await.expect("stored");
+    assert_eq!(
+        a.agent.admin_state, "ignored",
+        "the decision survives a restart"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_agent_that_comes_back_gets_its_configuration_again() {
+    let server = TestServer::start().await;
+    put_config(&server, "").await;
+    let rollout = server.start_rollout(json!({"configuration": "prod"})).await;
+    server.wait_rollout(&rollout, "stable").await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&collector_report(&uid, 1, "otelcol")).await;
+    assert!(agent.recv().await.remote_config.is_some());
+    assert_eq!(server.delete(&path(&uid)).await.0, 204);
+
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    let first = agent.exchange(&collector_report(&uid, 1, "otelcol")).await;
+    let offer = match first.remote_config {
+        Some(offer) => offer,
+        None => agent.recv().await.remote_config.expect("told again"),
+    };
+    assert!(!offer.config_hash.is_empty());
+}

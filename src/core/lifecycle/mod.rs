@@ -20,9 +20,10 @@
 //! 3. A first contact ([`on_first_contact`]) admits a new agent per the admission setting, or
 //!    ignores it when an ignore rule matches; a pre-registered (`not_found`) agent becomes
 //!    registered or managed per the admission setting, never discovered.
-//! 4. Retention ([`on_retention`]) moves a pre-registered agent back to `not_found` and deletes
-//!    any other; it never touches ignored agents' records (their earlier data stays until an
-//!    admin deletes them).
+//! 4. Retention ([`on_retention`]) moves a pre-registered managed agent back to `not_found` and
+//!    deletes agents nobody pre-registered; it keeps agents in maintenance (often offline on
+//!    purpose), ignored agents (their data stays until an admin deletes them) and pre-registered
+//!    agents not managed yet.
 //! 5. No sequence of admin moves and system events ever produces a move outside
 //!    [`admin_allowed`] ∪ the system edges (property test).
 
@@ -70,6 +71,16 @@ pub const STATE_NAMES: [&str; 6] = [
 ];
 
 impl AdminState {
+    /// One state per name of [`STATE_NAMES`], in that order.
+    pub const NAMED: [AdminState; 6] = [
+        AdminState::Discovered,
+        AdminState::Registered,
+        AdminState::Managed,
+        AdminState::Ignored,
+        AdminState::Maintenance(Resume::Managed),
+        AdminState::NotFound,
+    ];
+
     pub const ALL: [AdminState; 7] = [
         AdminState::Discovered,
         AdminState::Registered,
@@ -284,10 +295,14 @@ pub enum Retention {
     Delete,
 }
 
+/// Agents in maintenance are often offline on purpose, ignored ones keep their data until an
+/// admin deletes them, and a pre-registered agent an admin has not managed yet keeps the state
+/// the admin gave it.
 pub fn on_retention(state: AdminState, pre_registered: bool) -> Retention {
     match state {
-        AdminState::Ignored | AdminState::NotFound => Retention::Keep,
-        _ if pre_registered => Retention::NotFound,
+        AdminState::Ignored | AdminState::NotFound | AdminState::Maintenance(_) => Retention::Keep,
+        AdminState::Managed if pre_registered => Retention::NotFound,
+        _ if pre_registered => Retention::Keep,
         _ => Retention::Delete,
     }
 }
@@ -297,8 +312,7 @@ pub fn system_allowed(from: AdminState, to: AdminState) -> bool {
     use AdminState::*;
     matches!(
         (from, to),
-        (NotFound, Registered | Managed)
-            | (Discovered | Registered | Managed | Maintenance(_), NotFound)
+        (NotFound, Registered | Managed) | (Managed, NotFound)
     )
 }
 

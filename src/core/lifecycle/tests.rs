@@ -119,13 +119,29 @@ fn rule_3_a_pre_registered_agent_is_admitted_never_discovered() {
 }
 
 #[test]
-fn rule_4_retention_spares_ignored_and_keeps_pre_registrations() {
+fn rule_4_retention_spares_ignored_maintenance_and_pre_registrations() {
     assert_eq!(on_retention(Managed, false), Retention::Delete);
     assert_eq!(on_retention(Discovered, false), Retention::Delete);
+    assert_eq!(on_retention(Registered, false), Retention::Delete);
     assert_eq!(on_retention(Managed, true), Retention::NotFound);
-    assert_eq!(on_retention(MAINT_M, true), Retention::NotFound);
+    assert_eq!(on_retention(Registered, true), Retention::Keep);
+    for maintenance in [MAINT_M, MAINT_R] {
+        assert_eq!(on_retention(maintenance, false), Retention::Keep);
+        assert_eq!(on_retention(maintenance, true), Retention::Keep);
+    }
     assert_eq!(on_retention(Ignored, false), Retention::Keep);
     assert_eq!(on_retention(NotFound, true), Retention::Keep);
+}
+
+#[test]
+fn named_states_follow_the_names() {
+    for (state, name) in AdminState::NAMED.into_iter().zip(STATE_NAMES) {
+        assert_eq!(state.as_str(), name);
+        assert_eq!(
+            state.index(),
+            STATE_NAMES.iter().position(|n| *n == name).unwrap()
+        );
+    }
 }
 
 #[derive(Clone, Debug)]

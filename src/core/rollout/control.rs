@@ -311,6 +311,11 @@ impl Control {
         self.told.insert(uid, key);
     }
 
+    /// The agent was deleted: what it was told no longer holds (if it comes back, it is new).
+    pub fn forget(&mut self, uid: InstanceUid) {
+        self.told.remove(&uid);
+    }
+
     /// A directive could not be handed over (the actor's mailbox was full): try next tick.
     pub fn retry_later(&mut self) {
         self.retry = true;

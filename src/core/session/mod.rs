@@ -52,7 +52,9 @@ use crate::core::domain::{
     HistoryEntry, OwnTelemetry, RemoteConfigStatus, ReplyError, ServerCapabilities, ServerReply,
     Transport,
 };
-use crate::core::lifecycle::{AdminState, Admission, on_first_contact};
+use crate::core::lifecycle::{
+    AdminState, Admission, MoveRefused, Retention, on_first_contact, on_retention, request,
+};
 use crate::core::rollout::Directive;
 use crate::core::status::{ConfigProgress, Connection, Observation, Status, StatusMachine, derive};
 
@@ -130,7 +132,15 @@ pub enum Event {
     /// What the rollout controller wants of this agent now.
     Direct(Directive),
     SetLabels(BTreeMap<String, String>),
-    SetAdminState(AdminState),
+    /// An admin asks to move the agent to the admin state of this name.
+    RequestAdminState(&'static str),
+    /// Retention: the agent is deleted, or returned to `not_found`, if it has been
+    /// disconnected longer than `after` (counted from `since` at the earliest: this process's
+    /// start, since a restored agent's stored last-seen time may be old).
+    Retain {
+        after: Duration,
+        since: DateTime<Utc>,
+    },
     /// An admin asks the agent to restart.
     Restart,
     /// An admin asks to send again the configuration the agent reported FAILED.
@@ -206,9 +216,48 @@ pub struct Effects {
     /// A message for the attached WebSocket now.
     pub push: Option<ServerReply>,
     /// The answer to an admin's request.
-    pub outcome: Option<Result<(), String>>,
+    pub outcome: Option<Result<(), Refused>>,
+    /// Remove everything stored of the agent (after this step's other writes).
+    pub delete: bool,
     /// The session is over (deleted).
     pub stop: bool,
+}
+
+/// Why an admin's request cannot be done, and for a move, the states it may move to instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub message: String,
+    pub allowed: Option<Vec<&'static str>>,
+}
+
+impl From<String> for Refused {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            allowed: None,
+        }
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl From<MoveRefused> for Refused {
+    fn from(refused: MoveRefused) -> Self {
+        Self {
+            message: refused.to_string(),
+            allowed: Some(refused.allowed),
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// What the session knows only for the current connection (WebSocket) or polling session
@@ -234,6 +283,8 @@ pub struct AgentSession {
     full_state: FullStateTracker,
     liveness: Liveness,
     last_heard: Option<DateTime<Utc>>,
+    /// The fleet's silence watch looks at this agent.
+    watched: bool,
     /// The sequence number of the agent's goodbye, to ignore messages it had queued before.
     said_goodbye_at: Option<u64>,
     directive: Directive,
@@ -276,6 +327,7 @@ impl AgentSession {
             full_state: FullStateTracker::default(),
             liveness: Liveness::new(DEFAULT_HEARTBEAT),
             last_heard: None,
+            watched: false,
             said_goodbye_at: None,
             directive: Directive::default(),
             retry_failed: false,
@@ -325,9 +377,23 @@ impl AgentSession {
                 rec.labels = labels;
                 self.publish(rec, true, &mut fx);
             }
-            Event::SetAdminState(state) => self.set_admin_state(state, now, &mut fx),
-            Event::Restart => fx.outcome = Some(self.restart(&mut fx)),
-            Event::RetryConfig => fx.outcome = Some(self.retry_config(now, &mut fx)),
+            Event::RequestAdminState(name) => {
+                let from = self.record.admin_state;
+                fx.outcome = Some(match request(from, name) {
+                    Ok(to) => {
+                        self.set_admin_state(to, now, &mut fx);
+                        Ok(())
+                    }
+                    // Asking for the state it is in changes nothing, and is no error.
+                    Err(_) if from.as_str() == name => Ok(()),
+                    Err(refused) => Err(refused.into()),
+                });
+            }
+            Event::Retain { after, since } => self.retain(after, since, now, &mut fx),
+            Event::Restart => fx.outcome = Some(self.restart(&mut fx).map_err(Refused::from)),
+            Event::RetryConfig => {
+                fx.outcome = Some(self.retry_config(now, &mut fx).map_err(Refused::from))
+            }
             Event::Disconnect => {
                 fx.outcome = Some(match self.via {
                     None => Err("the agent is not connected".into()),
@@ -364,20 +430,49 @@ impl AgentSession {
                     });
                 }
             }
-            Event::Forget => {
-                if matches!(self.via, Some(Via::WebSocket(_))) {
-                    fx.close = Some(Close {
-                        code: CLOSE_NORMAL,
-                        reason: "agent deleted".into(),
-                    });
-                }
-                self.detach(&mut fx);
-                fx.status_moves.push((Some(self.record.status), None));
-                fx.admin_move = Some((Some(self.record.admin_state), None));
-                fx.stop = true;
-            }
+            Event::Forget => self.forget(&mut fx),
         }
         fx
+    }
+
+    /// Ends the session of a deleted agent: its connection is closed, its gauges given back and
+    /// everything stored of it removed.
+    fn forget(&mut self, fx: &mut Effects) {
+        if matches!(self.via, Some(Via::WebSocket(_))) {
+            fx.close = Some(Close {
+                code: CLOSE_NORMAL,
+                reason: "agent deleted".into(),
+            });
+        }
+        self.detach(fx);
+        // A session that never settled (an agent ignored on first contact) was never counted.
+        if let Some(status) = self.machine.status() {
+            fx.status_moves.push((Some(status), None));
+        }
+        fx.admin_move = Some((Some(self.record.admin_state), None));
+        fx.delete = true;
+        fx.stop = true;
+    }
+
+    fn retain(
+        &mut self,
+        after: Duration,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) {
+        let heard = self
+            .last_heard
+            .map_or(self.record.last_seen, |h| h.max(self.record.last_seen));
+        let gone_for = (now - heard.max(since)).to_std().unwrap_or_default();
+        if self.via.is_some() || self.record.status != Status::Disconnected || gone_for <= after {
+            return;
+        }
+        match on_retention(self.record.admin_state, self.record.pre_registered) {
+            Retention::Keep => {}
+            Retention::NotFound => self.set_admin_state(AdminState::NotFound, now, fx),
+            Retention::Delete => self.forget(fx),
+        }
     }
 
     /// While nothing but an echo is due on the agent's WebSocket: the sequence number after
@@ -419,7 +514,15 @@ impl AgentSession {
         }
         fx.seen = Some(now);
         if self.record.admin_state == AdminState::Ignored {
-            self.answer_ignored(&report, via, assigned, fx);
+            if self.unsaved {
+                // Ignored when it first spoke (a rule, or a copy of an ignored agent): what it
+                // said then is kept, so admins see what they ignore, and so is the decision.
+                let mut rec = (*self.record).clone();
+                rec.last_seen = now;
+                merge(&mut rec, &report, components_known, fx);
+                self.publish(rec, true, fx);
+            }
+            self.answer_ignored(via, assigned, fx);
             return;
         }
         if self.is_late_after_goodbye(&report) {
@@ -437,8 +540,12 @@ impl AgentSession {
         }
         if report.is_heartbeat() {
             if let Some(prev) = self.conn.last_heartbeat {
-                self.liveness
-                    .record_gap((now - prev).to_std().unwrap_or_default());
+                let gap = (now - prev).to_std().unwrap_or_default();
+                // A gap longer than the grace period is no interval of a connected agent but a
+                // step of the wall clock: learning it would leave silence unnoticed.
+                if gap <= self.liveness.grace() {
+                    self.liveness.record_gap(gap);
+                }
             }
             self.conn.last_heartbeat = Some(now);
         }
@@ -452,7 +559,8 @@ impl AgentSession {
             && self.record.transport == Some(transport);
         let managed = self.record.admin_state.is_managed();
         // A restart goes alone: offers wait for the polls after it.
-        let restarting = self.restart_pending && transport == Transport::Http && managed;
+        let restarting =
+            self.restart_pending && transport == Transport::Http && managed && !report.disconnect;
         let mut offer = None;
         let mut packages = None;
         let report_full_state = if unchanged
@@ -510,7 +618,8 @@ impl AgentSession {
         self.liveness
             .set_offered(accepts_settings.then_some(self.config.heartbeat_interval));
         let watched = transport == Transport::Http || caps.contains(Caps::REPORTS_HEARTBEAT);
-        fx.watch = Some((watched && !report.disconnect).then(|| self.liveness.grace()));
+        let grace = (watched && !report.disconnect).then(|| self.liveness.grace());
+        self.watch(grace, fx);
 
         if restarting {
             self.restart_pending = false;
@@ -548,7 +657,7 @@ impl AgentSession {
     }
 
     /// An ignored agent is answered minimally (or refused) and nothing it says is kept.
-    fn answer_ignored(&self, report: &AgentReport, via: Via, assigned: bool, fx: &mut Effects) {
+    fn answer_ignored(&self, via: Via, assigned: bool, fx: &mut Effects) {
         if self.config.refuse_ignored {
             fx.reply = Some(ServerReply {
                 error: Some(ReplyError::BadRequest(
@@ -564,7 +673,6 @@ impl AgentSession {
             }
             return;
         }
-        let _ = report;
         fx.reply = Some(ServerReply {
             capabilities: Some(SERVER_CAPABILITIES),
             new_instance_uid: assigned.then_some(self.record.uid),
@@ -574,6 +682,11 @@ impl AgentSession {
 
     fn on_directive(&mut self, directive: Directive, now: DateTime<Utc>, fx: &mut Effects) {
         if directive == self.directive && !self.retry_failed {
+            return;
+        }
+        if self.record.admin_state == AdminState::Ignored {
+            // Nothing of an ignored agent changes but its connection.
+            self.directive = directive;
             return;
         }
         if directive.version != self.directive.version {
@@ -619,6 +732,10 @@ impl AgentSession {
         rec.admin_state = state;
         fx.admin_move = Some((Some(from), Some(state)));
         self.publish(rec, true, fx);
+        if state.gets_settings() && !from.gets_settings() {
+            // Admitted on an open connection: its next reply offers the connection settings.
+            self.conn.offered_settings = false;
+        }
         if !state.is_managed() {
             self.restart_pending = false;
             self.retry_failed = false;
@@ -679,15 +796,15 @@ impl AgentSession {
     }
 
     fn on_silence(&mut self, last_seen: DateTime<Utc>, now: DateTime<Utc>, fx: &mut Effects) {
-        if self.via.is_none() {
-            // Went offline while the watch's word was on its way.
+        if self.via.is_none() || !self.watched {
+            // Went offline, or stopped being watched, while the watch's word was on its way.
             return;
         }
         // Heartbeats the transport answered count as heard.
         let grace = self.liveness.grace();
         let heard = (now - last_seen).to_std().ok();
         if heard.is_some_and(|ago| ago < grace) {
-            fx.watch = Some(Some(grace));
+            self.watch(Some(grace), fx);
             return;
         }
         let expected = self.liveness.expected_interval().as_secs_f64();
@@ -739,7 +856,13 @@ impl AgentSession {
             fx.link = LinkChange::Detach;
         }
         self.set_via(None, fx);
-        fx.watch = Some(None);
+        self.watch(None, fx);
+    }
+
+    /// Has the fleet's silence watch look for silence longer than `grace` (or stop looking).
+    fn watch(&mut self, grace: Option<Duration>, fx: &mut Effects) {
+        self.watched = grace.is_some();
+        fx.watch = Some(grace);
     }
 
     /// Marks the agent Disconnected, closing its WebSocket with `close` if it has one.
@@ -817,8 +940,13 @@ impl AgentSession {
                 .health
                 .as_deref()
                 .and_then(|h| h.problem.as_deref().map(String::from)),
-            incompatible: self.directive.incompatible.clone(),
-            pending: self.directive.pending,
+            // A rollout waits only for managed agents (one in maintenance keeps its directive).
+            incompatible: self
+                .directive
+                .incompatible
+                .clone()
+                .filter(|_| rec.admin_state.is_managed()),
+            pending: self.directive.pending && rec.admin_state.is_managed(),
         };
         let (target, reason) = derive(&observation);
         let transitions = self.machine.settle(target, reason);

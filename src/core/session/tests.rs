@@ -11,6 +11,7 @@ use crate::core::config::ConfigVersion;
 use crate::core::domain::{
     AgentDescription, AttributeValue, ConfigFile, InstanceUid, RemoteConfigState, StrMap,
 };
+use crate::core::lifecycle::STATE_NAMES;
 
 const WS: Via = Via::WebSocket(1);
 const WS2: Via = Via::WebSocket(2);
@@ -486,7 +487,7 @@ fn rule_9_becoming_managed_sends_what_is_due() {
         version: Some(version(1, "receivers: {otlp: {}}")),
         ..Directive::default()
     }));
-    let fx = rig.step(Event::SetAdminState(AdminState::Managed));
+    let fx = rig.step(Event::RequestAdminState("managed"));
     assert_eq!(
         fx.admin_move,
         Some((Some(AdminState::Registered), Some(AdminState::Managed)))
@@ -499,6 +500,13 @@ fn rule_9_becoming_managed_sends_what_is_due() {
 fn rule_9_ignored_agents_are_answered_minimally_and_nothing_is_kept() {
     let mut rig = Rig::new(AdminState::Ignored);
     let fx = rig.hello(WS);
+    assert!(
+        fx.persist,
+        "ignored on first contact: what it said then is kept, and the decision"
+    );
+    let fx = rig.send(WS, |r| {
+        r.description = Some(AgentDescription::default());
+    });
     assert!(fx.publish.is_none() && fx.link == LinkChange::Keep);
     assert_eq!(
         fx.reply,
@@ -507,7 +515,11 @@ fn rule_9_ignored_agents_are_answered_minimally_and_nothing_is_kept() {
             ..ServerReply::default()
         })
     );
-    assert!(rig.session.record().description.identifying.is_empty());
+    assert!(
+        !rig.session.record().description.identifying.is_empty(),
+        "nothing it says later is kept"
+    );
+    assert_eq!(rig.session.quiet_after(), None);
     rig.session.config = Arc::new(SessionConfig {
         refuse_ignored: true,
         ..(*rig.session.config).clone()
@@ -590,6 +602,9 @@ enum Op {
     Silence(u8),
     Restart,
     Retry,
+    Disconnect,
+    Overflowed,
+    Answered(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -602,10 +617,13 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Failed),
         (0..3u8).prop_map(Op::Closed),
         (0..3u8).prop_map(Op::Direct),
-        (0..7u8).prop_map(Op::Admin),
+        (0..6u8).prop_map(Op::Admin),
         (0..60u8).prop_map(Op::Silence),
         Just(Op::Restart),
         Just(Op::Retry),
+        Just(Op::Disconnect),
+        Just(Op::Overflowed),
+        (0..3u8).prop_map(Op::Answered),
     ]
 }
 
@@ -625,11 +643,14 @@ proptest! {
         let versions = [version(1, "receivers: {otlp: {}}"), version(2, "exporters: {debug: {}}")];
         let mut rig = Rig::managed();
         let mut offered_on: Option<(Option<Via>, ContentHash)> = None;
+        // What the gauges count for this agent, from the moves the session reported.
+        let mut counted_status: Option<Status> = None;
+        let mut counted_admin = Some(AdminState::Managed);
         // An admin's retry holds until the offer goes out (with the next poll over HTTP).
         let mut retried = false;
         for op in ops {
             let before = rig.session.record().clone();
-            let fx = match op {
+            let fx = match op.clone() {
                 Op::Hello(n) => rig.hello(via(n)),
                 Op::Heartbeat(n) => rig.heartbeat(via(n)),
                 Op::Gap(n) => { rig.seq += 2; rig.heartbeat(via(n)) }
@@ -644,7 +665,14 @@ proptest! {
                     version: versions.get(usize::from(n)).cloned(),
                     ..Directive::default()
                 })),
-                Op::Admin(n) => rig.step(Event::SetAdminState(AdminState::ALL[usize::from(n)])),
+                Op::Admin(n) => rig.step(Event::RequestAdminState(STATE_NAMES[usize::from(n)])),
+                Op::Disconnect => rig.step(Event::Disconnect),
+                Op::Overflowed => rig.step(Event::Overflowed),
+                Op::Answered(n) => {
+                    rig.seq += u64::from(n);
+                    let last_seen = rig.now;
+                    rig.step(Event::Answered { last_seq: Some(rig.seq), gap: None, last_seen })
+                }
                 Op::Silence(secs) => { rig.later(i64::from(secs)); let seen = rig.now - chrono::Duration::seconds(i64::from(secs)); rig.step(Event::Silence { last_seen: seen }) }
                 Op::Restart => rig.step(Event::Restart),
                 Op::Retry => {
@@ -653,6 +681,19 @@ proptest! {
                     fx
                 }
             };
+            for (from, to) in &fx.status_moves {
+                prop_assert_eq!(*from, counted_status, "a status move from what is not counted");
+                counted_status = *to;
+            }
+            if let Some((from, to)) = fx.admin_move {
+                prop_assert_eq!(from, counted_admin);
+                counted_admin = to;
+            }
+            prop_assert_eq!(counted_admin, Some(rig.session.record().admin_state));
+            if counted_status.is_some() {
+                prop_assert_eq!(counted_status, Some(rig.session.record().status));
+            }
+            let goodbye = matches!(op, Op::Goodbye(_));
             for entry in &fx.history {
                 prop_assert!(entry.from.is_none_or(|from| crate::core::status::allowed(from, entry.to)), "{entry:?}");
             }
@@ -661,6 +702,7 @@ proptest! {
                 offered_on = None;
             }
             for offer in [fx.reply.as_ref(), fx.push.as_ref()].into_iter().flatten().filter_map(|r| r.remote_config.as_ref()) {
+                prop_assert!(!goodbye, "nothing is offered to an agent saying goodbye");
                 prop_assert!(before.admin_state.is_managed() || rig.session.record().admin_state.is_managed());
                 let after = rig.session.record().clone();
                 let reported = after.remote_config.as_ref().map(|rc| &rc.hash);

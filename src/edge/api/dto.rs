@@ -90,6 +90,7 @@ pub struct FleetDto {
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct AdminStateDto {
     pub state: String,
 }

@@ -65,7 +65,21 @@ impl From<crate::core::lifecycle::MoveRefused> for ApiError {
 }
 
 impl From<crate::tasks::agent::ActorGone> for ApiError {
+    /// The actor stopped while the request was on its way: the agent was deleted meanwhile
+    /// (or the server is stopping, and then nobody reads the answer).
     fn from(_: crate::tasks::agent::ActorGone) -> Self {
-        ApiError::Unavailable
+        ApiError::NotFound("the agent was deleted".into())
+    }
+}
+
+impl From<crate::core::session::Refused> for ApiError {
+    fn from(refused: crate::core::session::Refused) -> Self {
+        match refused.allowed {
+            Some(allowed) => ApiError::ConflictWith {
+                message: refused.message,
+                detail: serde_json::json!({ "allowed": allowed }),
+            },
+            None => ApiError::Conflict(refused.message),
+        }
     }
 }

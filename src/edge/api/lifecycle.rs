@@ -24,6 +24,11 @@ use crate::edge::api::dto::rfc3339;
 
 /// Uids a bulk answer lists, for a confirmation prompt.
 const SAMPLE: usize = 20;
+/// Every agent's first contact is checked against each: bounded.
+const MAX_IGNORE_RULES: usize = 1000;
+const MAX_EXPECTED: usize = 10_000;
+/// Longest selector text an ignore rule or bulk action takes.
+const MAX_SELECTOR: usize = 4096;
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b)
@@ -53,11 +58,8 @@ pub(super) async fn set_admin_state(
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let name = state_name(&body(request)?.state)?;
-    let to = lifecycle::request(handle.record().admin_state, name)?;
-    let record = handle
-        .admin(Event::SetAdminState(to))
-        .await?
-        .map_err(ApiError::Conflict)?;
+    // The session decides against the agent's state of the moment.
+    let record = handle.admin(Event::RequestAdminState(name)).await??;
     durable(&state).await?;
     Ok(Json(agent_detail(&state, &record)))
 }
@@ -82,10 +84,7 @@ pub(super) async fn disconnect(
     Path(uid): Path<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
-    let record = handle
-        .admin(Event::Disconnect)
-        .await?
-        .map_err(ApiError::Conflict)?;
+    let record = handle.admin(Event::Disconnect).await??;
     durable(&state).await?;
     Ok(Json(agent_detail(&state, &record)))
 }
@@ -119,6 +118,22 @@ pub(super) async fn pre_register(
                 ));
             }
             validate_labels(&attributes)?;
+            let rules = state.fleet.rules();
+            if rules.expected.len() >= MAX_EXPECTED {
+                return Err(ApiError::Conflict(format!(
+                    "at most {MAX_EXPECTED} agents can be expected by attributes at once"
+                )));
+            }
+            if let Some(same) = rules
+                .expected
+                .iter()
+                .find(|e| e.identifying_attributes == attributes)
+            {
+                return Err(ApiError::Conflict(format!(
+                    "an agent with these attributes is expected already ({})",
+                    same.id
+                )));
+            }
             let expected = Expected {
                 id: uuid::Uuid::now_v7().to_string(),
                 identifying_attributes: attributes,
@@ -140,7 +155,7 @@ pub(super) async fn pre_register(
             let dto = expected_dto(&expected);
             state
                 .fleet
-                .update_rules(|rules| rules.expected.push(expected));
+                .update_rules(|rules| rules.expected.push(expected.clone()));
             Ok((StatusCode::CREATED, Json(to_value(&dto)?)))
         }
         _ => Err(ApiError::BadRequest(
@@ -208,6 +223,11 @@ pub(super) async fn add_ignore_rule(
     request: Result<Json<IgnoreRuleInDto>, JsonRejection>,
 ) -> Result<(StatusCode, Json<IgnoreRuleDto>), ApiError> {
     let selector = parse_selector(&body(request)?.selector)?;
+    if state.fleet.rules().ignore.len() >= MAX_IGNORE_RULES {
+        return Err(ApiError::Conflict(format!(
+            "at most {MAX_IGNORE_RULES} ignore rules"
+        )));
+    }
     if selector.is_empty() {
         return Err(ApiError::BadRequest(
             "an ignore rule needs a selector that does not match everything".into(),
@@ -220,7 +240,9 @@ pub(super) async fn add_ignore_rule(
     };
     state.store.save_ignore_rule(&rule).await?;
     let dto = rule_dto(&rule);
-    state.fleet.update_rules(|rules| rules.ignore.push(rule));
+    state
+        .fleet
+        .update_rules(|rules| rules.ignore.push(rule.clone()));
     Ok((StatusCode::CREATED, Json(dto)))
 }
 
@@ -238,6 +260,11 @@ pub(super) async fn delete_ignore_rule(
 }
 
 fn parse_selector(s: &str) -> Result<Selector, ApiError> {
+    if s.len() > MAX_SELECTOR {
+        return Err(ApiError::BadRequest(format!(
+            "selector: at most {MAX_SELECTOR} bytes"
+        )));
+    }
     Selector::parse(s).map_err(|e| ApiError::BadRequest(format!("selector: {e}")))
 }
 
@@ -253,19 +280,19 @@ enum Bulk {
 impl Bulk {
     /// Why `agent` is passed over, if it is.
     fn excludes(self, agent: &AgentRecord) -> Option<String> {
-        let connected = agent.status != Status::Disconnected;
         let state = agent.admin_state;
-        let maintenance = matches!(state, AdminState::Maintenance(_));
+        if matches!(state, AdminState::Maintenance(_)) {
+            // Resuming them is asked for by their admin state (see `bulk`).
+            return Some("in maintenance".into());
+        }
+        let connected = agent.status != Status::Disconnected;
         match self {
             Bulk::Move(name) => match lifecycle::request(state, name) {
                 Ok(_) => None,
-                Err(_) if maintenance => Some("in maintenance".into()),
                 Err(_) if state.as_str() == name => Some(format!("already {name}")),
                 Err(_) => Some(format!("cannot move from {state}")),
             },
-            Bulk::Delete if maintenance => Some("in maintenance".into()),
             Bulk::Delete => None,
-            Bulk::Restart if maintenance => Some("in maintenance".into()),
             Bulk::Restart if !state.is_managed() => Some(format!("{state}, not managed")),
             Bulk::Restart if !connected => Some("not connected".into()),
             Bulk::Restart
@@ -276,7 +303,6 @@ impl Bulk {
                 Some("does not accept restart".into())
             }
             Bulk::Restart => None,
-            Bulk::Disconnect if maintenance => Some("in maintenance".into()),
             Bulk::Disconnect if !connected => Some("not connected".into()),
             Bulk::Disconnect => None,
         }
@@ -374,17 +400,20 @@ async fn bulk(
     }
     let mut failed = BTreeMap::new();
     for (uid, handle) in chosen {
-        let outcome = match action {
-            Bulk::Move(name) => match lifecycle::request(handle.record().admin_state, name) {
-                Ok(to) => handle.admin(Event::SetAdminState(to)).await?.map(drop),
-                Err(refused) => Err(refused.to_string()),
+        // Each agent is looked at again: it may have changed since it was counted.
+        let now_excluded = match (action, only) {
+            (Bulk::Move(_), Some(_)) => None,
+            _ => action.excludes(&handle.record()),
+        };
+        let outcome = match (now_excluded, action) {
+            (Some(why), _) => Err(why),
+            (None, Bulk::Move(name)) => session(handle.admin(Event::RequestAdminState(name))).await,
+            (None, Bulk::Delete) => match state.fleet.forget(&uid).await {
+                true => Ok(()),
+                false => Err("deleted meanwhile".into()),
             },
-            Bulk::Delete => {
-                state.fleet.forget(&uid).await;
-                Ok(())
-            }
-            Bulk::Restart => handle.admin(Event::Restart).await?.map(drop),
-            Bulk::Disconnect => handle.admin(Event::Disconnect).await?.map(drop),
+            (None, Bulk::Restart) => session(handle.admin(Event::Restart)).await,
+            (None, Bulk::Disconnect) => session(handle.admin(Event::Disconnect)).await,
         };
         match outcome {
             Ok(()) => result.done += 1,
@@ -396,4 +425,20 @@ async fn bulk(
     result.failed = failed;
     durable(state).await?;
     Ok(Json(result))
+}
+
+/// What an agent's session answered an admin's request, as a bulk action records it.
+async fn session(
+    answer: impl std::future::Future<
+        Output = Result<
+            Result<std::sync::Arc<AgentRecord>, crate::core::session::Refused>,
+            crate::tasks::agent::ActorGone,
+        >,
+    >,
+) -> Result<(), String> {
+    match answer.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(refused)) => Err(refused.message),
+        Err(_) => Err("deleted meanwhile".into()),
+    }
 }

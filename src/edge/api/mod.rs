@@ -286,7 +286,8 @@ async fn retry_config(
     Path(uid): Path<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
-    let record = handle.retry_config().await?.map_err(ApiError::Conflict)?;
+    let record = handle.retry_config().await??;
+    state.writes.sync().await?;
     Ok(Json(agent_detail(&state, &record)))
 }
 

@@ -103,6 +103,6 @@ pub(super) async fn restart(
     Path(uid): Path<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
-    handle.restart().await?.map_err(ApiError::Conflict)?;
+    handle.restart().await??;
     Ok(Json(agent_detail(&state, &handle.snapshot())))
 }

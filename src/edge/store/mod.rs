@@ -50,6 +50,8 @@ pub enum StoreError {
 pub struct WriteBatch {
     /// Agents to remove with their history and rollout progress.
     pub deleted_agents: Vec<InstanceUid>,
+    /// Pre-registrations by attributes used up by agents that turned up in this batch.
+    pub used_expected: Vec<String>,
     /// Effective configs that deleted agents' unwritten records referred to: removed, like those
     /// the deleted agents' stored records refer to, when no agent refers to them any more.
     pub released_configs: Vec<ContentHash>,
@@ -66,6 +68,7 @@ pub struct WriteBatch {
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.deleted_agents.is_empty()
+            && self.used_expected.is_empty()
             && self.released_configs.is_empty()
             && self.agents.is_empty()
             && self.history.is_empty()

@@ -229,6 +229,12 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         // Deletes first: the buffer drops what was queued for an agent before its delete, so a
         // record for it in this batch came after (the agent is back) and must survive.
+        for id in &batch.used_expected {
+            sqlx::query("DELETE FROM expected_agents WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut released: Vec<Vec<u8>> =
             batch.released_configs.iter().map(|h| h.0.clone()).collect();
         for chunk in batch.deleted_agents.chunks(ROWS_PER_STATEMENT) {

@@ -19,6 +19,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 struct Pending {
     /// Agents deleted since the last flush; whatever else is pending for them came after.
     deleted: HashSet<InstanceUid>,
+    used_expected: Vec<String>,
     released_configs: HashSet<ContentHash>,
     agents: HashMap<InstanceUid, Arc<AgentRecord>>,
     /// Per agent so a delete drops an agent's entries without walking everyone's.
@@ -114,6 +115,12 @@ impl WriteBuffer {
         pending.deleted.insert(uid);
     }
 
+    /// Removes a pre-registration by attributes that an agent used up, in the flush that
+    /// writes that agent's first record.
+    pub fn delete_expected(&self, id: String) {
+        self.queue.lock().pending.used_expected.push(id);
+    }
+
     /// Resolves once everything buffered before the call is committed: after the first flush
     /// that begins after the call. Fails if that flush fails (the writes stay buffered and
     /// are retried) or if no flush will come. Waits up to one [`FLUSH_INTERVAL`] plus the
@@ -159,6 +166,7 @@ impl WriteBuffer {
         drop(queue);
         let batch = WriteBatch {
             deleted_agents: pending.deleted.into_iter().collect(),
+            used_expected: pending.used_expected,
             released_configs: pending.released_configs.into_iter().collect(),
             agents: pending.agents.into_values().collect(),
             history: pending
@@ -199,6 +207,7 @@ impl WriteBuffer {
         }
         // The batch's deletes came before anything pending now, which is what a flush assumes.
         pending.deleted.extend(batch.deleted_agents);
+        pending.used_expected.extend(batch.used_expected);
         pending.released_configs.extend(batch.released_configs);
         for (hash, config) in batch.effective_configs {
             pending.configs.entry(hash).or_insert(config);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use crate::channel::RecvError;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -127,7 +128,7 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
             out = &mut reply => {
                 reply.set(replies.recv());
                 match out {
-                    Ok(Outgoing::Reply(reply)) => match Box::pin(write_reply(&mut socket, reply)).await {
+                    Ok(Outgoing::Reply(reply)) => match Box::pin(write_reply(&mut socket, *reply)).await {
                         Ok(len) => refresh_due |= len > REFRESH_ABOVE,
                         Err(ending) => break ending,
                     },
@@ -157,13 +158,14 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                     match next {
                         // Answered here; straight out unless replies are waiting, to keep
                         // their order.
-                        Next::Answered(answer) if replies.is_empty() => {
-                            if let Err(ending) = Box::pin(write(&mut socket, &answer)).await {
+                        Next::Answered(raw_uid) if replies.is_empty() => {
+                            let reply = Reply { raw_uid, reply: heartbeat_echo() };
+                            if let Err(ending) = Box::pin(write_reply(&mut socket, reply)).await {
                                 break ending;
                             }
                         }
-                        Next::Answered(answer) => {
-                            let reply = Reply { raw_uid: answer.instance_uid.clone(), reply: heartbeat_echo() };
+                        Next::Answered(raw_uid) => {
+                            let reply = Reply { raw_uid, reply: heartbeat_echo() };
                             let _ = outbound.try_send(Outgoing::Reply(Box::new(reply)));
                         }
                         // Boxed: routing awaits the actor's mailbox and is the largest part of
@@ -242,8 +244,8 @@ fn heartbeat_echo() -> ServerReply {
 }
 
 /// Encodes a reply from an actor and writes it; gives its size on the wire.
-async fn write_reply(socket: &mut Socket, reply: Box<Reply>) -> Result<usize, Ending> {
-    let Reply { raw_uid, reply } = *reply;
+async fn write_reply(socket: &mut Socket, reply: Reply) -> Result<usize, Ending> {
+    let Reply { raw_uid, reply } = reply;
     write(socket, &reply_to_proto(raw_uid, &reply)).await
 }
 
@@ -295,7 +297,7 @@ impl Speakers {
 enum Next {
     /// A bare heartbeat the connection answers itself, without its agent's actor (see
     /// `Fleet::answer_heartbeat`).
-    Answered(Box<crate::edge::protocol::proto::ServerToAgent>),
+    Answered(Bytes),
     /// For the agent's actor, with the uid the message carried. Boxed, so that the message
     /// is not part of the connection's future.
     Route(Box<Inbound>, Option<InstanceUid>),
@@ -312,7 +314,7 @@ fn answer_here(
         && uid == last
         && state.fleet.answer_heartbeat(handle, &inbound.report, conn)
     {
-        return Next::Answered(Box::new(reply_to_proto(inbound.raw_uid, &heartbeat_echo())));
+        return Next::Answered(inbound.raw_uid);
     }
     Next::Route(Box::new(inbound), sent_uid)
 }

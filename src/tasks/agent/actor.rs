@@ -124,7 +124,12 @@ impl AgentActor {
             Command::Direct(directive) => self.event(Event::Direct(*directive), now),
             Command::Silence => {
                 let last_seen = self.link.last_seen();
-                self.event(Event::Silence { last_seen }, now)
+                let fx = self.session.step(Event::Silence { last_seen }, now);
+                if fx.close.is_some() || fx.live_move.is_some() {
+                    let record = self.session.record();
+                    tracing::info!(uid = %record.uid, reason = %record.status_reason, "agent went silent");
+                }
+                self.carry(fx, None)
             }
             Command::Admin(request) => {
                 let (event, done) = *request;
@@ -181,6 +186,7 @@ impl AgentActor {
             push,
             then_close,
             outcome: _,
+            delete,
             stop,
         } = fx;
         let ctx = &*self.ctx;
@@ -249,6 +255,15 @@ impl AgentActor {
             }
             Some(None) => self.link.watched().unwatch(),
             None => {}
+        }
+        if delete {
+            // After its last writes, so none of them outlives the delete; before the registry
+            // lets go of it, so an agent that comes back is new.
+            ctx.writes.delete_agent(uid);
+            ctx.forgotten.lock().insert(uid);
+        }
+        if stop {
+            self.link.stopped();
         }
         if let (Some(reply), Some((source, raw_uid))) = (reply, source) {
             self.reply(source, raw_uid, reply, then_close);

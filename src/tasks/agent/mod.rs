@@ -20,9 +20,8 @@ use dashmap::DashMap;
 
 use crate::core::config::ComponentSet;
 use crate::core::domain::{AgentRecord, AgentReport, ContentHash, InstanceUid, ServerReply};
-use crate::core::lifecycle::AdminState;
 use crate::core::rollout::Directive;
-use crate::core::session::{AgentSession, Event, SessionConfig};
+use crate::core::session::{AgentSession, Event, Refused, SessionConfig};
 use crate::edge::store::WriteBuffer;
 use crate::telemetry::Metrics;
 
@@ -77,7 +76,7 @@ pub type LabelsRequest = (BTreeMap<String, String>, oneshot::Sender<Arc<AgentRec
 
 /// An admin's request of the session, and where its outcome goes: the agent's record, or why
 /// it cannot be done.
-pub type AdminRequest = (Event, oneshot::Sender<Result<Arc<AgentRecord>, String>>);
+pub type AdminRequest = (Event, oneshot::Sender<Result<Arc<AgentRecord>, Refused>>);
 
 /// What an actor's mailbox carries. Kept to two words: a channel allocates its slots in
 /// blocks, so every idle agent pays for the largest variant many times over.
@@ -113,6 +112,8 @@ pub struct AgentContext {
     /// look at those alone (a fleet with churn changes somewhere all the time). Added to
     /// before `changes` is bumped.
     pub changed: Arc<parking_lot::Mutex<std::collections::HashSet<InstanceUid>>>,
+    /// The agents deleted since the rollout controller last looked, for it to forget.
+    pub forgotten: Arc<parking_lot::Mutex<std::collections::HashSet<InstanceUid>>>,
     /// Agents watched for silence; see [`Fleet::spawn_silence_watch`](crate::tasks::fleet::Fleet).
     pub silence: SilenceWatch,
 }
@@ -137,6 +138,8 @@ pub struct LinkState {
     /// The longest gap between heartbeats the transport answered, in milliseconds, for the
     /// actor to learn the agent's interval from.
     answered_gap_ms: AtomicI64,
+    /// The actor has stopped (the agent was deleted).
+    gone: std::sync::atomic::AtomicBool,
 }
 
 /// The actor wants to see every message.
@@ -152,6 +155,7 @@ impl LinkState {
             watched: silence::Watched::default(),
             quiet_after: AtomicU64::new(NOT_QUIET),
             answered_gap_ms: AtomicI64::new(0),
+            gone: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -213,6 +217,15 @@ impl LinkState {
 
     fn seen(&self, at: DateTime<Utc>) {
         self.watched.seen(at.timestamp_millis());
+    }
+
+    fn stopped(&self) {
+        self.gone.store(true, Ordering::Release);
+    }
+
+    /// The agent's actor has stopped: it was deleted.
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
     }
 
     /// The agent is attached to WebSocket `conn` (0: none).
@@ -279,6 +292,16 @@ impl AgentHandle {
         self.mailbox.send(cmd).await.map_err(|_| ActorGone)
     }
 
+    /// Sends `cmd`, or gives it back when the actor has stopped.
+    pub async fn deliver(&self, cmd: Command) -> Result<(), Command> {
+        self.mailbox.send(cmd).await.map_err(|closed| closed.0)
+    }
+
+    /// Whether both handles lead to the same actor.
+    pub fn same(&self, other: &AgentHandle) -> bool {
+        Arc::ptr_eq(&self.link, &other.link)
+    }
+
     /// Tells the actor its agent has been silent for its grace period; `false` when the
     /// mailbox is full.
     pub fn tell_silent(&self) -> bool {
@@ -331,28 +354,24 @@ impl AgentHandle {
 
     /// Asks the agent's session to act for an admin (`Event::Restart`, `RetryConfig`,
     /// `SetAdminState`, `Disconnect`, `Forget`). `Err` says why it cannot.
-    pub async fn admin(&self, event: Event) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
+    pub async fn admin(
+        &self,
+        event: Event,
+    ) -> Result<Result<Arc<AgentRecord>, Refused>, ActorGone> {
         let (done, rx) = oneshot::channel();
         self.send(Command::Admin(Box::new((event, done)))).await?;
         rx.await.map_err(|_| ActorGone)
     }
 
     /// Sends the Restart command: now over WebSocket, with the next poll over HTTP.
-    pub async fn restart(&self) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
+    pub async fn restart(&self) -> Result<Result<Arc<AgentRecord>, Refused>, ActorGone> {
         self.admin(Event::Restart).await
     }
 
     /// Sends the agent's failed configuration again (now over WebSocket, with the next poll
     /// over HTTP). `Err` says why there is nothing to retry.
-    pub async fn retry_config(&self) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
+    pub async fn retry_config(&self) -> Result<Result<Arc<AgentRecord>, Refused>, ActorGone> {
         self.admin(Event::RetryConfig).await
-    }
-
-    pub async fn set_admin_state(
-        &self,
-        state: AdminState,
-    ) -> Result<Result<Arc<AgentRecord>, String>, ActorGone> {
-        self.admin(Event::SetAdminState(state)).await
     }
 
     pub fn uid(&self) -> InstanceUid {

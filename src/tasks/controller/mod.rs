@@ -239,6 +239,10 @@ impl Task {
 
     /// Steps running rollouts and hands changed directives to the actors.
     async fn tick(&mut self) {
+        // Before anything is read: an agent deleted and back already must be told afresh.
+        for uid in self.fleet.take_forgotten() {
+            self.control.forget(uid);
+        }
         let Some(pass) = self.control.pass(self.fleet.changes()) else {
             return;
         };

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::Fleet;
 use crate::core::config::Selector;
@@ -54,19 +54,31 @@ impl Fleet {
         self.rules.load_full()
     }
 
-    /// Changes the rules (after the store has them).
-    pub fn update_rules(&self, change: impl FnOnce(&mut Rules)) {
-        let mut rules = (*self.rules.load_full()).clone();
-        change(&mut rules);
-        self.rules.store(Arc::new(rules));
+    /// Changes the rules (after the store has them). Concurrent changes all take effect.
+    pub fn update_rules(&self, change: impl Fn(&mut Rules)) {
+        self.rules.rcu(|rules| {
+            let mut rules = (**rules).clone();
+            change(&mut rules);
+            rules
+        });
     }
 
     /// The record of an agent heard from for the first time, with the admin state it takes:
-    /// an admin's pre-registration by attributes wins (and is used up), then ignore rules,
-    /// then the admission setting. Rules look at the attributes its first report carries.
-    pub(super) fn first_contact(&self, uid: InstanceUid, report: &AgentReport) -> AgentRecord {
+    /// `inherit` (a copy of an ignored agent stays ignored), else an admin's pre-registration
+    /// by attributes (used up), then ignore rules, then the admission setting. Rules look at
+    /// the attributes its first report carries (`dispatch` keeps no agent before it has one).
+    pub(super) fn first_contact(
+        &self,
+        uid: InstanceUid,
+        report: &AgentReport,
+        inherit: Option<AdminState>,
+    ) -> AgentRecord {
         let mut record = AgentRecord::new(uid, Utc::now());
         let rules = self.rules.load();
+        if let Some(state) = inherit {
+            record.admin_state = state;
+            return record;
+        }
         let Some(description) = &report.description else {
             record.admin_state = on_first_contact(None, rules.admission, false);
             return record;
@@ -87,12 +99,8 @@ impl Fleet {
             tracing::info!(%uid, expected = %expected.id, state = %record.admin_state, "pre-registered agent turned up");
             let id = expected.id.clone();
             self.update_rules(|rules| rules.expected.retain(|e| e.id != id));
-            let store = self.store.clone();
-            self.tracker.spawn(async move {
-                if let Err(error) = store.delete_expected(&id).await {
-                    tracing::error!(%error, %id, "cannot remove a used pre-registration");
-                }
-            });
+            // In the same flush as the agent's record: a crash cannot lose both.
+            self.ctx.writes.delete_expected(id);
         }
         record
     }
@@ -122,16 +130,26 @@ impl Fleet {
         fresh
     }
 
-    /// Deletes an agent: its actor closes its connection and stops, the registry and the
-    /// store let go of it. Returns whether it was known. If it speaks again, it is new.
+    /// Deletes an agent: its actor closes its connection, removes what is stored of it and
+    /// stops; then the registry lets go of it. Returns whether it was known. If it speaks again,
+    /// it is new.
     pub async fn forget(&self, uid: &InstanceUid) -> bool {
-        let Some((_, handle)) = self.agents.remove(uid) else {
+        let Some(handle) = self.get(uid) else {
             return false;
         };
-        let _ = handle.admin(Event::Forget).await;
-        self.ctx.changed.lock().remove(uid);
-        self.ctx.writes.delete_agent(*uid);
+        if handle.admin(Event::Forget).await.is_err() && !handle.link().is_gone() {
+            // The server is stopping: nothing was deleted.
+            return false;
+        }
+        self.agents.remove_if(uid, |_, entry| entry.same(&handle));
         true
+    }
+
+    /// The agents deleted since the last call, for the controller to forget.
+    pub fn take_forgotten(&self) -> Vec<InstanceUid> {
+        std::mem::take(&mut *self.ctx.forgotten.lock())
+            .into_iter()
+            .collect()
     }
 
     /// The agents matching `selector`, in no particular order.
@@ -158,39 +176,35 @@ impl Fleet {
                     _ = ticks.tick() => {}
                     _ = fleet.ctx.cancel.cancelled() => return,
                 }
-                fleet.retain(Utc::now(), after).await;
+                fleet.retain(after).await;
             }
         });
     }
 
-    /// One retention pass at `now`.
-    pub async fn retain(&self, now: DateTime<Utc>, after: Duration) {
-        let after = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
-        let due: Vec<(InstanceUid, Retention, AgentHandle)> = self
+    /// One retention pass: each agent that looks disconnected long enough is asked to apply
+    /// retention, which it decides against its own current state (it may have reconnected, or
+    /// been ignored, since it was looked at).
+    pub async fn retain(&self, after: Duration) {
+        let since = self.started;
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+        let due: Vec<AgentHandle> = self
             .agents
             .iter()
-            .filter_map(|entry| {
-                let handle = entry.value();
-                let record = handle.peek();
-                let gone = record.status == Status::Disconnected
-                    && handle.link().ws_conn().is_none()
-                    && now - handle.link().last_seen().max(record.last_seen) > after;
-                let what = on_retention(record.admin_state, record.pre_registered);
-                (gone && what != Retention::Keep).then(|| (*entry.key(), what, handle.clone()))
+            .filter(|entry| {
+                let record = entry.value().peek();
+                record.status == Status::Disconnected
+                    && record.last_seen.max(since) < cutoff
+                    && on_retention(record.admin_state, record.pre_registered) != Retention::Keep
             })
+            .map(|entry| entry.value().clone())
             .collect();
-        for (uid, what, handle) in due {
-            match what {
-                Retention::Delete => {
-                    tracing::info!(%uid, "deleting an agent disconnected past the retention");
-                    self.forget(&uid).await;
-                }
-                Retention::NotFound => {
-                    let _ = handle
-                        .admin(Event::SetAdminState(AdminState::NotFound))
-                        .await;
-                }
-                Retention::Keep => {}
+        for handle in due {
+            let uid = handle.uid();
+            let _ = handle.admin(Event::Retain { after, since }).await;
+            if handle.link().is_gone() {
+                tracing::info!(%uid, "deleted an agent disconnected past the retention");
+                self.agents.remove_if(&uid, |_, entry| entry.same(&handle));
             }
         }
     }

@@ -10,10 +10,12 @@ use chrono::Utc;
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
-use crate::core::domain::{AgentRecord, AgentReport, InstanceUid, Transport};
+use crate::core::domain::{AgentRecord, AgentReport, InstanceUid, ServerReply, Transport};
+use crate::core::lifecycle::AdminState;
 use crate::edge::protocol::Inbound;
 use crate::tasks::agent::{
-    AgentContext, AgentHandle, Command, ConnId, Delivery, SILENCE_TICK_MS, Source,
+    AgentContext, AgentHandle, Command, ConnId, Delivery, Outgoing, Reply, SERVER_CAPABILITIES,
+    SILENCE_TICK_MS, Source,
 };
 
 pub use lifecycle::Rules;
@@ -35,23 +37,18 @@ pub struct Fleet {
     tracker: TaskTracker,
     /// Admission, pre-registrations by attributes and ignore rules, for first contacts.
     rules: arc_swap::ArcSwap<Rules>,
-    /// Where used-up pre-registrations are removed.
-    store: Arc<dyn crate::edge::store::Store>,
+    /// When this process started: retention counts from then at the earliest.
+    started: chrono::DateTime<Utc>,
 }
 
 impl Fleet {
-    pub fn new(
-        ctx: Arc<AgentContext>,
-        tracker: TaskTracker,
-        store: Arc<dyn crate::edge::store::Store>,
-        rules: Rules,
-    ) -> Self {
+    pub fn new(ctx: Arc<AgentContext>, tracker: TaskTracker, rules: Rules) -> Self {
         Self {
             agents: DashMap::new(),
             ctx,
             tracker,
             rules: arc_swap::ArcSwap::from_pointee(rules),
-            store,
+            started: Utc::now(),
         }
     }
 
@@ -95,7 +92,12 @@ impl Fleet {
         self.agents.is_empty()
     }
 
-    fn get_or_spawn(&self, uid: InstanceUid, report: &AgentReport) -> AgentHandle {
+    fn get_or_spawn(
+        &self,
+        uid: InstanceUid,
+        report: &AgentReport,
+        inherit: Option<AdminState>,
+    ) -> AgentHandle {
         if let Some(handle) = self.get(&uid) {
             return handle;
         }
@@ -103,7 +105,7 @@ impl Fleet {
         self.agents
             .entry(uid)
             .or_insert_with(|| {
-                let record = self.first_contact(uid, report);
+                let record = self.first_contact(uid, report, inherit);
                 AgentHandle::spawn(record, true, self.ctx.clone(), &self.tracker)
             })
             .clone()
@@ -113,6 +115,11 @@ impl Fleet {
     /// Returns the uid the message was routed to: another than the one it carried when the
     /// server assigned the agent a new uid (on request, or because a second live connection
     /// used a uid already connected, as a cloned machine does).
+    ///
+    /// An agent Corral does not know must introduce itself: until a message carries its
+    /// description, it is asked for its full state and nothing is kept of it (so its admin
+    /// state is decided from what it reports, and a flood of bare messages with invented uids
+    /// costs nothing).
     pub async fn dispatch(
         &self,
         inbound: Inbound,
@@ -131,28 +138,84 @@ impl Fleet {
             || known
                 .as_ref()
                 .is_some_and(|h| is_clone(h, &source, report.sequence_num));
-        let (target, handle) = match known {
-            Some(handle) if !reassign => (uid, handle),
-            _ if !reassign => (uid, self.get_or_spawn(uid, &report)),
-            _ => {
-                let new_uid = InstanceUid::new_v7();
-                if !report.request_instance_uid {
-                    tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
+        let target = if reassign {
+            let new_uid = InstanceUid::new_v7();
+            if !report.request_instance_uid {
+                tracing::info!(%uid, %new_uid, "second live connection with the same instance uid; assigning a new one");
+            }
+            new_uid
+        } else {
+            uid
+        };
+        // A copy of an ignored agent under a new uid stays ignored.
+        let inherit = known
+            .as_ref()
+            .filter(|_| reassign)
+            .map(|h| h.peek().admin_state)
+            .filter(|state| *state == AdminState::Ignored);
+        let mut handle = known.filter(|_| !reassign);
+        let mut delivery = Box::new(Delivery {
+            raw_uid,
+            report,
+            source,
+            assigned: reassign,
+            origin,
+        });
+        // Twice at most: once more when the agent was deleted while its message was on its way.
+        for _ in 0..2 {
+            let agent = match handle.take().or_else(|| self.get(&target)) {
+                Some(agent) => agent,
+                None if delivery.report.description.is_none() => {
+                    self.ask_to_introduce(target, *delivery);
+                    return Ok(target);
                 }
-                (new_uid, self.get_or_spawn(new_uid, &report))
+                None => self.get_or_spawn(target, &delivery.report, inherit),
+            };
+            match agent.deliver(Command::Report(delivery)).await {
+                Ok(()) => return Ok(target),
+                Err(Command::Report(back)) if agent.link().is_gone() => {
+                    self.agents
+                        .remove_if(&target, |_, entry| entry.same(&agent));
+                    delivery = back;
+                }
+                Err(_) => return Err(DispatchError::Unavailable),
+            }
+        }
+        Err(DispatchError::Unavailable)
+    }
+
+    /// Answers a message from an agent Corral does not know and that did not say who it is:
+    /// send your full state (and the uid chosen for you).
+    fn ask_to_introduce(&self, uid: InstanceUid, delivery: Delivery) {
+        let Delivery {
+            raw_uid,
+            source,
+            assigned,
+            ..
+        } = delivery;
+        let reply = Reply {
+            raw_uid,
+            reply: ServerReply {
+                capabilities: Some(SERVER_CAPABILITIES),
+                report_full_state: true,
+                new_instance_uid: assigned.then_some(uid),
+                ..ServerReply::default()
+            },
+        };
+        let metrics = &self.ctx.metrics;
+        let transport = match source {
+            Source::Http { reply: answer } => {
+                let _ = answer.send(reply);
+                Transport::Http
+            }
+            Source::WebSocket { outbound, .. } => {
+                // Best effort: a full queue means the agent is not reading anyway.
+                let _ = outbound.try_send(Outgoing::Reply(Box::new(reply)));
+                Transport::WebSocket
             }
         };
-        handle
-            .send(Command::Report(Box::new(Delivery {
-                raw_uid,
-                report,
-                source,
-                assigned: reassign,
-                origin,
-            })))
-            .await
-            .map_err(|_| DispatchError::Unavailable)?;
-        Ok(target)
+        metrics.message_in(transport);
+        metrics.message_out(transport);
     }
 
     /// Whether the transport may answer this bare heartbeat on connection `conn` by itself,

@@ -2,18 +2,8 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use crate::core::domain::{AgentRecord, InstanceUid};
-use crate::core::lifecycle::{AdminState, Resume, STATE_NAMES};
+use crate::core::lifecycle::{AdminState, STATE_NAMES};
 use crate::core::status::Status;
-
-/// One state per name in [`STATE_NAMES`], for counting.
-const ADMIN_STATES: [AdminState; 6] = [
-    AdminState::Discovered,
-    AdminState::Registered,
-    AdminState::Managed,
-    AdminState::Ignored,
-    AdminState::Maintenance(Resume::Managed),
-    AdminState::NotFound,
-];
 
 /// Agents whose labels all equal the given values (admin labels over reported attributes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,19 +108,20 @@ impl super::Fleet {
         }
     }
 
-    /// Agents by status, from counters the actors keep: no scan.
+    /// Agents by status and by admin state, from counters the actors keep: no scan. Every
+    /// known agent has an admin state; an agent ignored when it first spoke has no status.
     pub fn summary(&self) -> FleetSummary {
         let by_status: Vec<_> = Status::ALL
             .into_iter()
             .map(|s| (s, self.ctx.metrics.agents_with(s)))
             .collect();
-        let by_admin_state = STATE_NAMES
+        let by_admin_state: Vec<_> = STATE_NAMES
             .into_iter()
-            .zip(ADMIN_STATES)
+            .zip(AdminState::NAMED)
             .map(|(name, state)| (name, self.ctx.metrics.agents_in(state)))
             .collect();
         FleetSummary {
-            total: by_status.iter().map(|(_, n)| n).sum(),
+            total: by_admin_state.iter().map(|(_, n)| n).sum(),
             by_status,
             by_admin_state,
         }
