@@ -22,6 +22,9 @@ use crate::core::session::Event;
 use crate::core::status::Status;
 use crate::edge::api::dto::rfc3339;
 
+/// How long an admin's change may take to be stored before the API gives up waiting (the
+/// change stays buffered and is retried).
+const DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Uids a bulk answer lists, for a confirmation prompt.
 const SAMPLE: usize = 20;
 /// Every agent's first contact is checked against each: bounded.
@@ -45,8 +48,13 @@ fn state_name(name: &str) -> Result<&'static str, ApiError> {
 }
 
 /// Waits until what the actors buffered is stored: the admin's change is durable.
-async fn durable(state: &ApiState) -> Result<(), ApiError> {
-    state.writes.sync().await.map_err(ApiError::from)
+pub(super) async fn durable(state: &ApiState) -> Result<(), ApiError> {
+    match tokio::time::timeout(DURABLE_WITHIN, state.writes.sync()).await {
+        Ok(stored) => stored.map_err(ApiError::from),
+        Err(_) => Err(ApiError::Internal(format!(
+            "the store did not confirm the change within {DURABLE_WITHIN:?}"
+        ))),
+    }
 }
 
 /// `POST /api/v1/agents/{uid}/admin-state` `{"state": ...}`: 409 with the allowed states when

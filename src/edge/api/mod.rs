@@ -276,7 +276,7 @@ async fn set_labels(
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     validate_labels(&body.labels)?;
     let record = handle.set_labels(body.labels).await?;
-    state.writes.sync().await?;
+    lifecycle::durable(&state).await?;
     Ok(Json(agent_detail(&state, &record)))
 }
 
@@ -287,7 +287,7 @@ async fn retry_config(
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let record = handle.retry_config().await??;
-    state.writes.sync().await?;
+    lifecycle::durable(&state).await?;
     Ok(Json(agent_detail(&state, &record)))
 }
 
