@@ -537,3 +537,104 @@ async fn a_deleted_agent_that_comes_back_gets_its_configuration_again() {
     };
     assert!(!offer.config_hash.is_empty());
 }
+
+#[tokio::test]
+async fn the_cli_acts_on_a_selector_after_showing_the_count() {
+    let server = TestServer::start().await;
+    let uids: Vec<[u8; 16]> = (0..3).map(|_| new_uid()).collect();
+    for uid in &uids {
+        server.poll(&full_report(uid, 1, "staging")).await;
+    }
+    server.poll(&full_report(&new_uid(), 1, "prod")).await;
+    let out = succeeded(
+        server
+            .cli(&[
+                "agents",
+                "maintenance",
+                "--selector",
+                "service.name=staging",
+            ])
+            .await,
+    );
+    assert!(out.contains("3 agents"), "{out}");
+    assert!(
+        out.contains("nothing done"),
+        "no terminal to say yes: {out}"
+    );
+    let out = succeeded(
+        server
+            .cli(&[
+                "agents",
+                "maintenance",
+                "--selector",
+                "service.name=staging",
+                "--yes",
+            ])
+            .await,
+    );
+    assert!(out.contains("done for 3 of 3"), "{out}");
+    let out = succeeded(
+        server
+            .cli(&["agents", "list", "--admin-state", "maintenance"])
+            .await,
+    );
+    assert!(out.contains("3 of 3 agents"), "{out}");
+    let out = succeeded(
+        server
+            .cli(&[
+                "agents",
+                "resume",
+                "--selector",
+                "service.name=staging",
+                "--yes",
+            ])
+            .await,
+    );
+    assert!(out.contains("resume to managed: done for 3 of 3"), "{out}");
+    assert_eq!(server.fleet().await.by_admin_state["managed"], 4);
+    let out = server.cli(&["agents", "manage", &uuid_str(&uids[0])]).await;
+    assert!(
+        out.ok,
+        "asking for the state it is in is no error: {}",
+        out.stderr
+    );
+    let out = server
+        .cli(&["agents", "approve", &uuid_str(&uids[0])])
+        .await;
+    assert!(out.ok);
+    let out = server.cli(&["agents", "resume", &uuid_str(&uids[0])]).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("not in maintenance"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn ignore_rules_and_expected_agents_survive_a_restart() {
+    let server = TestServer::start().await;
+    server
+        .post_json(
+            "/api/v1/ignore-rules",
+            &json!({"selector": "service.name=scratch"}),
+        )
+        .await;
+    server
+        .post_json(
+            "/api/v1/agents",
+            &json!({"identifying_attributes": {"service.name": "edge-gw"}}),
+        )
+        .await;
+    let dir = server.stop().await;
+    let server = TestServer::start_with(dir, Options::default()).await;
+    let (_, rules) = server.get("/api/v1/ignore-rules").await;
+    assert_eq!(rules["rules"][0]["selector"], "service.name=scratch");
+    let (_, expected) = server.get("/api/v1/expected-agents").await;
+    assert_eq!(
+        expected["expected"][0]["identifying_attributes"]["service.name"],
+        "edge-gw"
+    );
+    let scratch = new_uid();
+    server.poll(&full_report(&scratch, 1, "scratch")).await;
+    assert_eq!(
+        server.agent(&scratch).await.unwrap().agent.admin_state,
+        "ignored"
+    );
+}
