@@ -262,3 +262,99 @@ async fn a_bad_websocket_handshake_is_refused_with_the_reason() {
     let (mut agent, uid) = bystander(&server).await;
     still_fine(&server, &mut agent, &uid).await;
 }
+
+/// An unhealthy chain of components, `depth` below the root.
+fn unhealthy_chain(depth: usize, error: &str) -> proto::ComponentHealth {
+    let mut node = proto::ComponentHealth {
+        last_error: error.into(),
+        ..Default::default()
+    };
+    for level in 0..depth {
+        let mut parent = proto::ComponentHealth::default();
+        parent
+            .component_health_map
+            .insert(format!("c{level}"), node);
+        node = parent;
+    }
+    node
+}
+
+/// Regression: a report whose health was about 50 unhealthy levels deep (under 1 KiB) pinned a
+/// worker thread for hours; now it is refused at once, and the deepest allowed tree costs
+/// nothing. (40 levels: deeper ones hit the protobuf decoder's recursion limit first.)
+#[tokio::test]
+async fn a_health_tree_past_the_bounds_is_refused_and_one_within_them_is_cheap() {
+    let server = TestServer::start().await;
+    let (mut other, other_uid) = bystander(&server).await;
+    let uid = new_uid();
+    let mut deep = full_report(&uid, 1, "deep");
+    deep.health = Some(unhealthy_chain(40, "bottom"));
+    let response = server
+        .post("application/x-protobuf", deep.encode_to_vec(), &[])
+        .await;
+    assert_eq!(response.status(), 400);
+    let reply = proto::ServerToAgent::decode(response.bytes().await.unwrap()).unwrap();
+    let err = reply.error_response.expect("error_response");
+    assert!(
+        err.error_message.contains("nested"),
+        "{}",
+        err.error_message
+    );
+    assert_eq!(
+        server
+            .metric("corral_decode_errors_total{kind=\"out_of_bounds\"}")
+            .await,
+        1.0
+    );
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.send(&deep).await;
+    assert_eq!(agent.closed_with().await, 1007);
+
+    let mut allowed = full_report(&uid, 1, "deep");
+    allowed.health = Some(unhealthy_chain(15, "bottom"));
+    server.poll(&allowed).await;
+    let a = server.wait_status(&uid, "error").await;
+    assert!(
+        a.agent.status_reason.ends_with("c0: bottom"),
+        "{}",
+        a.agent.status_reason
+    );
+    still_fine(&server, &mut other, &other_uid).await;
+}
+
+/// Regression: errors were kept verbatim (megabytes each, in memory, in every history entry and
+/// in the store); now every agent-supplied text kept for display is cut to 1 KiB.
+#[tokio::test]
+async fn agent_supplied_errors_are_kept_cut_to_a_kilobyte() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    // Three of them fit in one message under the 4 MiB limit.
+    let huge = "x".repeat(1 << 20);
+    let mut sick = full_report(&uid, 1, "verbose");
+    sick.health = Some(proto::ComponentHealth {
+        healthy: false,
+        last_error: huge.clone(),
+        status: huge.clone(),
+        ..Default::default()
+    });
+    sick.remote_config_status = Some(remote_config_status(
+        proto::RemoteConfigStatuses::Failed,
+        &[1; 32],
+        &huge,
+    ));
+    server.poll(&sick).await;
+    let a = server.wait_status(&uid, "error").await;
+    assert!(
+        a.agent.status_reason.len() <= 1024,
+        "{}",
+        a.agent.status_reason.len()
+    );
+    let health = a.agent.health.expect("health");
+    assert!(health.last_error.len() <= 1024 && health.status.len() <= 1024);
+    assert!(a.agent.remote_config.expect("reported").error.len() <= 1024);
+    let (_, body) = server
+        .get(&format!("/api/v1/agents/{}", uuid_str(&uid)))
+        .await;
+    let json = body.to_string();
+    assert!(json.len() < 16 * 1024, "agent JSON is {} bytes", json.len());
+}

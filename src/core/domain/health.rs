@@ -29,31 +29,31 @@ pub struct Health {
 impl Health {
     /// The first reason this tree is unhealthy, depth first: the agent's own error, or the
     /// path of the first unhealthy component with its error. `None` when all is healthy.
+    /// Each node is looked at once at most: the cost is linear in the tree.
     pub fn problem(&self) -> Option<String> {
-        if !self.healthy {
-            if let Some(inner) = self.first_unhealthy_component() {
-                return Some(inner);
-            }
-            return Some(if self.last_error.is_empty() {
-                "agent reports unhealthy".to_string()
-            } else {
-                self.last_error.clone()
-            });
-        }
         self.first_unhealthy_component()
+            .or_else(|| (!self.healthy).then(|| self.own_error()))
     }
 
+    fn own_error(&self) -> String {
+        if self.last_error.is_empty() {
+            "agent reports unhealthy".to_string()
+        } else {
+            self.last_error.clone()
+        }
+    }
+
+    /// The path to the first unhealthy component below this node, with its error. A component
+    /// whose own components are unhealthy is named with `/` before theirs; one that is
+    /// unhealthy itself with `: ` before its error.
     fn first_unhealthy_component(&self) -> Option<String> {
-        self.components.iter().find_map(|(name, child)| {
-            let detail = child.problem()?;
-            Some(
-                if child.components.values().any(|c| c.problem().is_some()) {
-                    format!("{name}/{detail}")
-                } else {
-                    format!("{name}: {detail}")
-                },
-            )
-        })
+        self.components
+            .iter()
+            .find_map(|(name, child)| match child.first_unhealthy_component() {
+                Some(inner) => Some(format!("{name}/{inner}")),
+                None if !child.healthy => Some(format!("{name}: {}", child.own_error())),
+                None => None,
+            })
     }
 }
 
@@ -81,6 +81,32 @@ mod tests {
             Health::default().problem().as_deref(),
             Some("agent reports unhealthy")
         );
+    }
+
+    /// A chain of unhealthy components, `depth` deep.
+    fn chain(depth: usize) -> Health {
+        let mut node = Health {
+            last_error: "bottom".into(),
+            ..Health::default()
+        };
+        for level in 0..depth {
+            let mut parent = Health::default();
+            parent
+                .components
+                .insert(format!("c{level}").as_str().into(), node);
+            node = parent;
+        }
+        node
+    }
+
+    /// Regression: the walk looked again below every node, so its cost doubled about every
+    /// 1.5 levels and this test never ended (64 levels: about 2^43 visits). Linear now.
+    #[test]
+    fn the_walk_is_linear_in_the_depth_of_the_tree() {
+        let deep = chain(64);
+        let problem = deep.problem().expect("unhealthy");
+        assert!(problem.starts_with("c63/c62/"), "{problem}");
+        assert!(problem.ends_with("c0: bottom"), "{problem}");
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub use uid::{InstanceUid, InvalidInstanceUid};
 
 use std::fmt;
 
+/// Text an agent supplies that Corral keeps for display (errors, statuses, status reasons):
+/// at most this many bytes.
+pub const MAX_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` where it was cut.
+pub fn cut_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// A small map keyed by name, kept as one sorted vector: per-agent maps (attributes, health
 /// components, packages) hold a handful of entries, where a `BTreeMap` node would reserve room
 /// for eleven. The names are shared across agents, since every agent repeats them.

@@ -49,8 +49,8 @@ pub use sequence::FullStateTracker;
 use crate::core::config::ComponentSet;
 use crate::core::domain::{
     AgentCapabilities as Caps, AgentRecord, AgentReport, ConfigMap, ContentHash, HISTORY_LIMIT,
-    HistoryEntry, OwnTelemetry, RemoteConfigStatus, ReplyError, ServerCapabilities, ServerReply,
-    Transport,
+    HistoryEntry, MAX_TEXT, OwnTelemetry, RemoteConfigStatus, ReplyError, ServerCapabilities,
+    ServerReply, Transport, cut_text,
 };
 use crate::core::lifecycle::{
     AdminState, Admission, MoveRefused, Retention, on_first_contact, on_retention, request,
@@ -949,6 +949,12 @@ impl AgentSession {
             pending: self.directive.pending && rec.admin_state.is_managed(),
         };
         let (target, reason) = derive(&observation);
+        // Made of what the agent said (component names, errors): bounded like them.
+        let reason = if reason.len() > MAX_TEXT {
+            cut_text(&reason, MAX_TEXT)
+        } else {
+            reason
+        };
         let transitions = self.machine.settle(target, reason);
         let changed = !transitions.is_empty() || rec.status_reason != self.machine.reason();
         if !transitions.is_empty() {

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use prost::Message;
 
+use super::bounds::{bound, bound_health};
 use super::proto;
 use crate::core::config::ComponentSet;
 use crate::core::domain::{
@@ -32,17 +33,29 @@ impl From<proto::AgentToServer> for Inbound {
             sequence_num: msg.sequence_num,
             capabilities: AgentCapabilities::from_bits_retain(msg.capabilities),
             description: msg.agent_description.map(description_from_proto),
-            health: msg.health.map(health_report),
+            health: msg.health.map(|mut h| {
+                bound_health(&mut h);
+                health_report(h)
+            }),
             effective_config: msg
                 .effective_config
                 .map(|ec| config_map_from_proto(ec.config_map.unwrap_or_default())),
-            remote_config_status: msg.remote_config_status.map(|rcs| RemoteConfigState {
-                status: remote_config_status_from_proto(rcs.status),
-                hash: ContentHash(rcs.last_remote_config_hash.to_vec()),
-                error: rcs.error_message,
+            remote_config_status: msg.remote_config_status.map(|mut rcs| {
+                bound(&mut rcs.error_message);
+                RemoteConfigState {
+                    status: remote_config_status_from_proto(rcs.status),
+                    hash: ContentHash(rcs.last_remote_config_hash.to_vec()),
+                    error: rcs.error_message,
+                }
             }),
             available_components: msg.available_components.map(components_from_proto),
-            package_statuses: msg.package_statuses.map(packages_from_proto),
+            package_statuses: msg.package_statuses.map(|mut ps| {
+                bound(&mut ps.error_message);
+                for p in ps.packages.values_mut() {
+                    bound(&mut p.error_message);
+                }
+                packages_from_proto(ps)
+            }),
             custom_capabilities: msg.custom_capabilities.map(|c| c.capabilities),
             disconnect: msg.agent_disconnect.is_some(),
             request_instance_uid: msg.flags & FLAG_REQUEST_INSTANCE_UID != 0,

@@ -12,6 +12,8 @@ pub enum DecodeError {
     NonZeroHeader(u64),
     #[error("malformed AgentToServer message: {0}")]
     Malformed(String),
+    #[error("AgentToServer message out of bounds: {0}")]
+    OutOfBounds(String),
 }
 
 impl DecodeError {
@@ -20,6 +22,7 @@ impl DecodeError {
         match self {
             DecodeError::MissingHeader | DecodeError::NonZeroHeader(_) => "bad_header",
             DecodeError::Malformed(_) => "malformed_protobuf",
+            DecodeError::OutOfBounds(_) => "out_of_bounds",
         }
     }
 }
@@ -46,8 +49,11 @@ pub fn encode_ws_frame(msg: &ServerToAgent) -> Bytes {
     Bytes::from(buf)
 }
 
+/// Decodes one AgentToServer and checks it against the bounds of what a message may carry.
 pub fn decode_agent_message(bytes: Bytes) -> Result<AgentToServer, DecodeError> {
-    AgentToServer::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    let msg = AgentToServer::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    super::bounds::check(&msg).map_err(DecodeError::OutOfBounds)?;
+    Ok(msg)
 }
 
 #[cfg(test)]

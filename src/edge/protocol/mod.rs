@@ -1,6 +1,7 @@
 //! The OpAMP wire format: generated protobuf types, WebSocket framing and the conversions
 //! between wire messages and domain types. The only module that sees prost.
 
+pub mod bounds;
 mod convert;
 mod framing;
 

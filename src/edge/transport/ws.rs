@@ -149,7 +149,8 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                         Err(e) => {
                             metrics.decode_error(e.kind());
                             let code = match e {
-                                crate::edge::protocol::DecodeError::Malformed(_) => INVALID_PAYLOAD,
+                                crate::edge::protocol::DecodeError::Malformed(_)
+                                | crate::edge::protocol::DecodeError::OutOfBounds(_) => INVALID_PAYLOAD,
                                 _ => PROTOCOL_ERROR,
                             };
                             break Ending::close(code, e.to_string());
