@@ -183,3 +183,16 @@ async fn the_cli_lists_and_shows_agents() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent"));
 }
+
+/// Regression: a JSON body over the API's limit was answered 400 as if it were malformed.
+#[tokio::test]
+async fn a_json_body_over_the_limit_is_413() {
+    let server = TestServer::start().await;
+    let body = format!(
+        r#"{{"selector": "", "files": {{"c.yaml": {{"body": "{}", "content_type": "text/yaml"}}}}}}"#,
+        "x".repeat(3 << 20)
+    );
+    let (status, body) = server.put("/api/v1/configurations/big", &body).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].is_string());
+}

@@ -151,3 +151,38 @@ async fn connection_settings_offer_the_heartbeat_to_agents_that_accept_them() {
     let reply = server.poll(&full_report(&other, 1, "no-settings")).await;
     assert!(reply.connection_settings.is_none());
 }
+
+/// Regression: one plain-HTTP message carrying the uid of an agent live on a WebSocket closed
+/// that socket and replaced the agent's state. Without sequence continuity it is another agent
+/// now, and is given a uid of its own.
+#[tokio::test]
+async fn a_plain_http_message_cannot_take_over_a_live_websocket_agent() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "genuine")).await;
+    agent.exchange(&heartbeat(&uid, 2)).await;
+    let reply = server.poll(&full_report(&uid, 1, "impostor")).await;
+    let other = reply
+        .agent_identification
+        .expect("told to take another uid")
+        .new_instance_uid;
+    assert_ne!(other.as_ref(), uid.as_slice());
+    let a = server.agent(&uid).await.expect("still there");
+    assert_eq!(a.agent.identifying_attributes["service.name"], "genuine");
+    assert_eq!(a.agent.transport.as_deref(), Some("websocket"));
+    let reply = agent.exchange(&heartbeat(&uid, 3)).await;
+    assert_eq!(
+        reply.instance_uid.as_ref(),
+        uid.as_slice(),
+        "its socket is still open"
+    );
+    assert_eq!(server.agent(&uid).await.unwrap().agent.status, "connected");
+
+    // The same agent moving to plain HTTP continues its numbering, and is let through.
+    server.poll(&heartbeat(&uid, 4)).await;
+    let a = server
+        .wait_agent(&uid, |a| a.agent.transport.as_deref() == Some("http"))
+        .await;
+    assert_eq!(a.agent.identifying_attributes["service.name"], "genuine");
+}

@@ -50,7 +50,12 @@ pub enum SelectorError {
     EmptyList { column: usize },
     #[error("unclosed `(` at column {column}, expected `)`")]
     UnclosedParen { column: usize },
+    #[error("a selector has at most {max} terms", max = MAX_TERMS)]
+    TooManyTerms,
 }
+
+/// Every agent is matched against every term of the selectors in force, so they are few.
+pub const MAX_TERMS: usize = 64;
 
 impl Selector {
     /// An empty or all-whitespace selector parses to the empty selector, which matches everything.
@@ -65,6 +70,9 @@ impl Selector {
             return Ok(Selector { requirements });
         }
         loop {
+            if requirements.len() == MAX_TERMS {
+                return Err(SelectorError::TooManyTerms);
+            }
             requirements.push(parser.requirement()?);
             match parser.peek() {
                 None => return Ok(Selector { requirements }),
@@ -290,6 +298,29 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a 10,000-term selector kept the controller busy matching it against every
+    /// agent.
+    #[test]
+    fn a_selector_has_at_most_64_terms() {
+        let terms = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(
+            Selector::parse(&terms(MAX_TERMS))
+                .unwrap()
+                .requirements
+                .len(),
+            MAX_TERMS
+        );
+        assert_eq!(
+            Selector::parse(&terms(10_000)),
+            Err(SelectorError::TooManyTerms)
+        );
+    }
     use proptest::prelude::*;
     use std::collections::HashMap;
 

@@ -1,17 +1,24 @@
 /// Decides when to ask an agent for a full report (`ReportFullState`): after a gap in its
 /// sequence numbers, or when state the server needs is missing. Never twice while a full
-/// report is on its way, so an agent with odd numbering cannot make us loop.
+/// report may be on its way, so an agent with odd numbering cannot make us loop; but an agent
+/// that let [`PATIENCE`] messages go by without answering has dropped the request, and a later
+/// gap asks again.
 #[derive(Clone, Debug, Default)]
 pub struct FullStateTracker {
     last_seq: Option<u64>,
-    awaiting: bool,
+    /// Messages still to wait for the full report asked for; 0 when none is awaited.
+    awaiting: u8,
     asked_for_missing: bool,
 }
+
+/// How many messages an agent may send after being asked for its full state before the ask
+/// counts as dropped.
+pub const PATIENCE: u8 = 4;
 
 impl FullStateTracker {
     /// Call on a new connection or poll session: the first message may be compressed.
     pub fn reconnected(&mut self) {
-        self.awaiting = false;
+        self.awaiting = 0;
         self.asked_for_missing = false;
     }
 
@@ -22,14 +29,15 @@ impl FullStateTracker {
         let gap = self.last_seq.is_none_or(|prev| seq != prev.wrapping_add(1));
         self.last_seq = Some(seq);
         if is_full {
-            self.awaiting = false;
+            self.awaiting = 0;
         }
-        if self.awaiting {
+        if self.awaiting > 0 {
+            self.awaiting -= 1;
             return false;
         }
         let ask_for_missing = missing && !self.asked_for_missing;
         if (gap && !is_full) || ask_for_missing {
-            self.awaiting = true;
+            self.awaiting = PATIENCE;
             self.asked_for_missing |= missing;
             return true;
         }
@@ -43,7 +51,7 @@ impl FullStateTracker {
 
     /// Neither waiting for a full report nor about to ask for one.
     pub fn settled(&self) -> bool {
-        !self.awaiting && self.last_seq.is_some()
+        self.awaiting == 0 && self.last_seq.is_some()
     }
 
     pub fn last_seq(&self) -> Option<u64> {
@@ -73,6 +81,33 @@ mod tests {
         assert!(!t.observe(10, true, false), "the full report settles it");
         assert!(!t.observe(11, false, false));
         assert!(t.observe(20, false, false), "a later gap asks again");
+    }
+
+    /// Regression: after one unanswered request, later gaps were never flagged again.
+    #[test]
+    fn an_ask_the_agent_dropped_is_made_again_at_a_later_gap() {
+        let mut t = FullStateTracker::default();
+        t.observe(1, true, false);
+        assert!(t.observe(5, false, false), "gap asks");
+        for seq in 6..6 + u64::from(PATIENCE) {
+            assert!(!t.observe(seq, false, false), "waiting for the full report");
+        }
+        assert!(
+            t.observe(20, false, false),
+            "the ask was dropped: a new gap asks again"
+        );
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_is_asked_at_most_once_per_patience() {
+        let mut t = FullStateTracker::default();
+        let asks = (0..100u64)
+            .filter(|i| t.observe(i * 2, false, false))
+            .count();
+        assert!(
+            asks <= 100 / (usize::from(PATIENCE) + 1) + 1,
+            "asked {asks} times"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::dto::{
     ConfigurationsDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto, RolloutIdDto,
     RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
 };
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, json};
 use crate::core::config::{Configuration, Selector, assign, check_compatible};
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
@@ -33,11 +33,6 @@ impl From<ControlError> for ApiError {
             ControlError::Stopped => ApiError::Unavailable,
         }
     }
-}
-
-fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(t)| t)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 pub(super) async fn put_configuration(

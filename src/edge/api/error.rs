@@ -49,6 +49,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    /// A body over the API's size limit is 413, like every other size refusal; anything else
+    /// wrong with it is 400 with serde's or axum's explanation.
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(rejection.body_text())
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
 impl From<crate::edge::store::StoreError> for ApiError {
     fn from(e: crate::edge::store::StoreError) -> Self {
         ApiError::Internal(e.to_string())

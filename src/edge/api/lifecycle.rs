@@ -14,7 +14,7 @@ use super::dto::{
     AdminStateDto, AgentDetailDto, BulkDto, BulkResultDto, ExpectedDto, ExpectedListDto,
     IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto,
 };
-use super::{ApiError, ApiState, agent, agent_detail, parse_uid, validate_labels};
+use super::{ApiError, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
 use crate::core::config::Selector;
 use crate::core::domain::{AgentCapabilities, AgentRecord};
 use crate::core::lifecycle::{self, AdminState, Expected, IgnoreRule, STATE_NAMES};
@@ -32,11 +32,6 @@ const MAX_IGNORE_RULES: usize = 1000;
 const MAX_EXPECTED: usize = 10_000;
 /// Longest selector text an ignore rule or bulk action takes.
 const MAX_SELECTOR: usize = 4096;
-
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
-}
 
 fn state_name(name: &str) -> Result<&'static str, ApiError> {
     STATE_NAMES.into_iter().find(|n| *n == name).ok_or_else(|| {
@@ -65,7 +60,7 @@ pub(super) async fn set_admin_state(
     request: Result<Json<AdminStateDto>, JsonRejection>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
-    let name = state_name(&body(request)?.state)?;
+    let name = state_name(&json(request)?.state)?;
     // The session decides against the agent's state of the moment.
     let record = handle.admin(Event::RequestAdminState(name)).await??;
     durable(&state).await?;
@@ -103,7 +98,7 @@ pub(super) async fn pre_register(
     State(state): State<ApiState>,
     request: Result<Json<PreRegisterDto>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let request = body(request)?;
+    let request = json(request)?;
     validate_labels(&request.labels)?;
     match (request.instance_uid, request.identifying_attributes) {
         (Some(uid), None) => {
@@ -230,7 +225,7 @@ pub(super) async fn add_ignore_rule(
     State(state): State<ApiState>,
     request: Result<Json<IgnoreRuleInDto>, JsonRejection>,
 ) -> Result<(StatusCode, Json<IgnoreRuleDto>), ApiError> {
-    let selector = parse_selector(&body(request)?.selector)?;
+    let selector = parse_selector(&json(request)?.selector)?;
     if state.fleet.rules().ignore.len() >= MAX_IGNORE_RULES {
         return Err(ApiError::Conflict(format!(
             "at most {MAX_IGNORE_RULES} ignore rules"
@@ -321,7 +316,7 @@ pub(super) async fn bulk_admin_state(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    let request = body(request)?;
+    let request = json(request)?;
     let name = request
         .state
         .as_deref()
@@ -334,21 +329,21 @@ pub(super) async fn bulk_delete(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    bulk(&state, body(request)?, Bulk::Delete).await
+    bulk(&state, json(request)?, Bulk::Delete).await
 }
 
 pub(super) async fn bulk_disconnect(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    bulk(&state, body(request)?, Bulk::Disconnect).await
+    bulk(&state, json(request)?, Bulk::Disconnect).await
 }
 
 pub(super) async fn bulk_restart(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    bulk(&state, body(request)?, Bulk::Restart).await
+    bulk(&state, json(request)?, Bulk::Restart).await
 }
 
 async fn bulk(

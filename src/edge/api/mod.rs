@@ -122,6 +122,11 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A JSON body, or why it cannot be read (400; 413 over the body limit).
+pub(super) fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t).map_err(ApiError::from)
+}
+
 fn parse_uid(s: &str) -> Result<InstanceUid, ApiError> {
     InstanceUid::parse(s).ok_or_else(|| ApiError::BadRequest(format!("invalid instance uid {s:?}")))
 }
@@ -273,7 +278,7 @@ async fn set_labels(
     body: Result<Json<LabelsDto>, JsonRejection>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let body = json(body)?;
     validate_labels(&body.labels)?;
     let record = handle.set_labels(body.labels).await?;
     lifecycle::durable(&state).await?;

@@ -289,13 +289,17 @@ impl Fleet {
     }
 }
 
-/// A WebSocket speaking for an agent already attached to another live WebSocket is a clone
-/// unless its sequence number continues the agent's (then it is the same agent reconnecting
-/// before its old connection was seen to drop).
+/// A connection speaking for an agent attached to another live WebSocket is a clone (or an
+/// impostor) unless its sequence number continues the agent's: then it is the same agent
+/// reconnecting, or moving to plain HTTP, before its old connection was seen to drop. A plain
+/// HTTP message could otherwise take a live agent's uid over, close its socket and replace its
+/// state.
 fn is_clone(existing: &AgentHandle, source: &Source, seq: u64) -> bool {
-    let Source::WebSocket { conn, .. } = source else {
-        return false;
-    };
     let link = existing.link();
-    matches!(link.ws_conn(), Some(other) if other != *conn) && !link.continues(seq)
+    let elsewhere = match (source, link.ws_conn()) {
+        (Source::WebSocket { conn, .. }, Some(other)) => other != *conn,
+        (Source::Http { .. }, Some(_)) => true,
+        (_, None) => false,
+    };
+    elsewhere && !link.continues(seq)
 }
