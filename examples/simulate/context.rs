@@ -69,13 +69,13 @@ impl Ctx {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("download client: {e}"))?;
-        if let Target::WebSocket { sources, .. } = &target {
-            if sources.len() > 1 {
-                eprintln!(
-                    "spreading connections over source addresses 127.0.0.1..127.0.0.{}",
-                    sources.len()
-                );
-            }
+        if let Target::WebSocket { sources, .. } = &target
+            && sources.len() > 1
+        {
+            eprintln!(
+                "spreading connections over source addresses 127.0.0.1..127.0.0.{}",
+                sources.len()
+            );
         }
         Ok(Self {
             config_bodies: (0..usize::from(args.config_variants))

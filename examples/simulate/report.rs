@@ -179,7 +179,7 @@ pub async fn report_progress(ctx: Arc<Ctx>) {
         seconds += 1;
         let ramping = get(&ctx.stats.all_connected_ms) == 0;
         let short = ctx.stats.connected.load(Relaxed) < ctx.args.agents as i64;
-        if ramping || short || seconds % 10 == 0 {
+        if ramping || short || seconds.is_multiple_of(10) {
             eprintln!("{}", progress_line(&ctx));
         }
         if !ramping && !announced {

@@ -81,3 +81,52 @@ async fn heartbeats_do_not_write_to_the_store() {
     tokio::time::sleep(corral::edge::store::FLUSH_INTERVAL * 3).await;
     assert_eq!(server.metric("corral_store_flushes_total").await, flushes);
 }
+
+/// Regression: two servers could run on one data directory, each thinking it owned every
+/// agent.
+#[tokio::test]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let server = TestServer::start().await;
+    server.fleet().await; // up, with its store open
+    let err = corral::edge::store::SqliteStore::open(server.dir.path())
+        .await
+        .err()
+        .expect("refused while the first runs");
+    assert!(err.to_string().contains("another Corral server"), "{err}");
+    let dir = server.stop().await;
+    assert!(
+        corral::edge::store::SqliteStore::open(dir.path())
+            .await
+            .is_ok(),
+        "free again once the first stopped"
+    );
+}
+
+/// Regression: a 0-byte database started silently as an empty fleet.
+#[tokio::test]
+async fn an_empty_or_foreign_database_file_is_an_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("corral.db"), b"").unwrap();
+    let err = corral::edge::store::SqliteStore::open(dir.path())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("is empty"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("corral.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE something_else (x INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let err = corral::edge::store::SqliteStore::open(dir.path())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("not a Corral store"), "{err}");
+}

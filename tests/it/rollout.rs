@@ -46,7 +46,7 @@ async fn fleet(
 }
 
 fn mixed(i: usize) -> Via {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Via::WebSocket
     } else {
         Via::Http

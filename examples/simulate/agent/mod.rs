@@ -144,7 +144,7 @@ impl Agent {
             ctx.args
                 .labels_every
                 .iter()
-                .filter(|(every, _, _)| index % every == 0)
+                .filter(|(every, _, _)| index.is_multiple_of(*every))
                 .map(|(_, k, v)| kv(k, v)),
         );
         let mut capabilities = if components.is_some() {

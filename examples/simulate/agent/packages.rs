@@ -165,10 +165,11 @@ async fn download_event(job: &mut Option<PackageJob>) -> DownloadEvent {
 /// Inserts into a per-agent map of at most MAX_REMEMBERED_PACKAGES entries, forgetting an
 /// arbitrary one when full.
 fn remember(map: &mut HashMap<Bytes, String>, key: Bytes, value: String) {
-    if map.len() >= MAX_REMEMBERED_PACKAGES && !map.contains_key(&key) {
-        if let Some(old) = map.keys().next().cloned() {
-            map.remove(&old);
-        }
+    if map.len() >= MAX_REMEMBERED_PACKAGES
+        && !map.contains_key(&key)
+        && let Some(old) = map.keys().next().cloned()
+    {
+        map.remove(&old);
     }
     map.insert(key, value);
 }

@@ -39,6 +39,9 @@ pub enum StoreError {
     /// retried, so they may still land later.
     #[error("buffered writes not stored: {0}")]
     Flush(#[source] std::sync::Arc<StoreError>),
+    /// The data directory is another server's, or its database is not a Corral store.
+    #[error("{0}")]
+    Foreign(String),
     /// The buffer is dropped or its flusher has stopped: nothing buffered will be written.
     #[error("the store's write buffer is closed")]
     Closed,

@@ -31,20 +31,54 @@ const ROWS_PER_STATEMENT: usize = 1000;
 // Batched statements are built with `persistent(false)`: their text changes with the row count,
 // and a cached compiled 1,000-row statement holds about a megabyte on each pooled connection.
 
+/// Held while a server uses the data directory.
+const LOCK_FILE: &str = "corral.lock";
+
 /// The embedded store: one SQLite database in the data directory.
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// An exclusive lock on the data directory for as long as the store is open: two servers
+    /// on one directory would each think they own every agent.
+    _lock: std::fs::File,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `data_dir` and brings its schema up to date.
+    /// Opens the database in `data_dir` and brings its schema up to date. A new data directory
+    /// gets a new store; an existing database file must be a Corral store.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        let dir_error = |source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(data_dir).map_err(dir_error)?;
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join(LOCK_FILE))
+            .map_err(dir_error)?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => StoreError::Foreign(format!(
+                    "another Corral server is using {}",
+                    data_dir.display()
+                )),
+                std::fs::TryLockError::Error(source) => dir_error(source),
+            });
+        }
+        let file = data_dir.join(DB_FILE);
+        let existed = match std::fs::metadata(&file) {
+            Ok(meta) if meta.len() == 0 => {
+                return Err(StoreError::Foreign(format!(
+                    "{} is empty, not a Corral store: move it away to start afresh",
+                    file.display()
+                )));
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
         let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(data_dir.join(DB_FILE))
+            .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -53,8 +87,21 @@ impl SqliteStore {
             .max_connections(POOL_SIZE)
             .connect_with(options)
             .await?;
+        if existed {
+            let ours: Option<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            )
+            .fetch_optional(&pool)
+            .await?;
+            if ours.is_none() {
+                return Err(StoreError::Foreign(format!(
+                    "{} is not a Corral store: move it away to start afresh",
+                    file.display()
+                )));
+            }
+        }
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, _lock: lock })
     }
 }
 
@@ -885,6 +932,7 @@ mod tests {
         assert_eq!(metrics.store_errors.get(), 1);
 
         buffer.delete_agent(deleted);
+        drop(broken);
         let store = SqliteStore::open(dir.path()).await.expect("reopen");
         let synced = buffer.sync();
         assert!(buffer.flush(&store, &metrics).await, "the retry writes");
