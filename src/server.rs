@@ -25,6 +25,9 @@ use crate::telemetry::Metrics;
 
 /// How long actors and connections get to finish after shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the listeners may finish their requests at shutdown; with the agents' grace, the
+/// process stops within 10 s whatever clients do.
+const LISTENER_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Listeners {
     pub opamp: TcpListener,
@@ -154,10 +157,25 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let api_server =
         axum::serve(listeners.api, api).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let served = tokio::try_join!(
-        async { opamp_server.await.context("OpAMP listener failed") },
-        async { api_server.await.context("API listener failed") },
-    );
+    let servers = async {
+        tokio::try_join!(
+            async { opamp_server.await.context("OpAMP listener failed") },
+            async { api_server.await.context("API listener failed") },
+        )
+    };
+    // Graceful, but not for ever: a client holding a half-sent request must not keep the
+    // process from stopping.
+    let overdue = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(LISTENER_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = servers => served,
+        () = overdue => {
+            tracing::warn!("connections still open after the grace period; dropping them");
+            Ok(((), ()))
+        }
+    };
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

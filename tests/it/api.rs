@@ -196,3 +196,29 @@ async fn a_json_body_over_the_limit_is_413() {
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].is_string());
 }
+
+/// Regression: a client holding a half-sent request kept the process from stopping.
+#[tokio::test]
+async fn a_half_sent_request_does_not_hold_the_server_up() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    server.fleet().await;
+    let mut stalled = tokio::net::TcpStream::connect(server.api).await.unwrap();
+    // Headers begun and never finished, on both listeners.
+    stalled
+        .write_all(b"PUT /api/v1/configurations/x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let mut half = tokio::net::TcpStream::connect(server.opamp).await.unwrap();
+    half.write_all(b"POST /v1/opamp HTTP/1.1\r\nHost: a\r\nContent-Type: applic")
+        .await
+        .unwrap();
+    // No condition to wait on: give the server a moment to take the bytes.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), server.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "still running 10 s after it was told to stop"
+    );
+    drop((stalled, half));
+}
