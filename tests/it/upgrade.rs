@@ -494,3 +494,27 @@ async fn a_restart_over_http_does_not_swallow_what_is_due() {
     let hash = hex::decode(put["hash"].as_str().unwrap()).unwrap();
     assert_eq!(agent.times_received(&hash), 1);
 }
+
+/// Regression: a second upload of a version with other bytes silently replaced the artifact
+/// agents may already have installed.
+#[tokio::test]
+async fn a_package_version_never_changes_under_its_agents() {
+    let server = TestServer::start().await;
+    let first = upload(&server, b"first build".to_vec(), "version=v2.0.0").await;
+    let again = upload(&server, b"first build".to_vec(), "version=v2.0.0").await;
+    assert_eq!(
+        again["sha256"], first["sha256"],
+        "the same bytes again: the same package"
+    );
+    let response = reqwest::Client::new()
+        .post(server.api_url("/api/v1/packages?version=v2.0.0"))
+        .header("content-type", "application/octet-stream")
+        .body(b"other build".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let (_, list) = server.get("/api/v1/packages").await;
+    assert_eq!(list["packages"].as_array().unwrap().len(), 1);
+    assert_eq!(list["packages"][0]["sha256"], first["sha256"]);
+}

@@ -512,8 +512,37 @@ impl Control {
         }
     }
 
-    /// The package was stored: it takes the place of an upload of the same name, version,
-    /// platform and arch.
+    /// Whether an upload is new (`Ok(None)`: store it), the same bytes again (`Ok(Some)`: the
+    /// package as it is), or other bytes under a version that exists (refused: a version an
+    /// agent may have installed never changes under it).
+    pub fn add_package(&self, package: &Package) -> Result<Option<Arc<Package>>, Refusal> {
+        match self
+            .packages
+            .iter()
+            .find(|p| package_key(p) == package_key(package))
+        {
+            None => Ok(None),
+            Some(existing) if existing.sha256 == package.sha256 => Ok(Some(existing.clone())),
+            Some(existing) => Err(Refusal::Conflict(format!(
+                "package {:?} {} for {}/{} exists with other bytes (sha256 {}); a version never changes: upload a new version",
+                existing.name,
+                existing.version,
+                if existing.platform.is_empty() {
+                    "any"
+                } else {
+                    &existing.platform
+                },
+                if existing.arch.is_empty() {
+                    "any"
+                } else {
+                    &existing.arch
+                },
+                existing.sha256.to_hex()
+            ))),
+        }
+    }
+
+    /// The package was stored.
     pub fn commit_package(&mut self, package: Package) -> Arc<Package> {
         let package = Arc::new(package);
         self.packages

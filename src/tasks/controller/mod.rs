@@ -215,6 +215,9 @@ impl Task {
     }
 
     async fn add_package(&mut self, package: Package) -> Result<Arc<Package>, ControlError> {
+        if let Some(same) = self.control.add_package(&package)? {
+            return Ok(same);
+        }
         self.store.save_package(&package).await?;
         Ok(self.control.commit_package(package))
     }
