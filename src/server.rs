@@ -148,6 +148,7 @@ pub async fn serve(
         controller,
         blobs,
         max_package_size: settings.max_package_size,
+        allowed_hosts: api::AllowedHosts(settings.api_allowed_hosts.clone().into()),
     });
     let opamp_listener = listeners.opamp.tap_io(|tcp| {
         // Replies are small and answer a request: never hold them back.

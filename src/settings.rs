@@ -34,6 +34,8 @@ pub struct Settings {
     pub own_metrics_endpoint: Option<String>,
     pub own_logs_endpoint: Option<String>,
     pub own_traces_endpoint: Option<String>,
+    /// Names, besides IP addresses and `localhost`, that the admin API may be reached by.
+    pub api_allowed_hosts: Vec<String>,
     /// How agents Corral has not seen before are admitted.
     pub admission: Admission,
     /// Ignored agents are refused with an error instead of answered minimally.
@@ -58,6 +60,7 @@ pub struct Partial {
     pub own_metrics_endpoint: Option<String>,
     pub own_logs_endpoint: Option<String>,
     pub own_traces_endpoint: Option<String>,
+    pub api_allowed_hosts: Option<Vec<String>>,
     /// `auto`, `register` or `manual`.
     pub admission: Option<String>,
     /// `answer` or `refuse`.
@@ -139,6 +142,10 @@ impl Partial {
             own_metrics_endpoint: self.own_metrics_endpoint.or(file.own_metrics_endpoint),
             own_logs_endpoint: self.own_logs_endpoint.or(file.own_logs_endpoint),
             own_traces_endpoint: self.own_traces_endpoint.or(file.own_traces_endpoint),
+            api_allowed_hosts: self
+                .api_allowed_hosts
+                .or(file.api_allowed_hosts)
+                .unwrap_or_default(),
             admission: match self.admission.or(file.admission) {
                 None => Admission::default(),
                 Some(s) => Admission::parse(&s).ok_or(SettingsError::Admission(s))?,

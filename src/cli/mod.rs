@@ -79,6 +79,10 @@ struct ServeArgs {
     /// OTLP endpoint offered to agents that report their own traces
     #[arg(long, env = "CORRAL_OWN_TRACES_ENDPOINT")]
     own_traces_endpoint: Option<String>,
+    /// Host names (besides IP addresses and localhost) the admin API may be reached by,
+    /// comma-separated, e.g. corral.example.com; requests naming another host get 421
+    #[arg(long, env = "CORRAL_API_ALLOWED_HOSTS", value_delimiter = ',')]
+    api_allowed_hosts: Option<Vec<String>>,
     /// How new agents are admitted: auto (managed at once), register (registered, until an
     /// admin manages them) or manual (discovered, until an admin approves them) [default: auto]
     #[arg(long, env = "CORRAL_ADMISSION")]
@@ -132,6 +136,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         own_metrics_endpoint: args.own_metrics_endpoint,
         own_logs_endpoint: args.own_logs_endpoint,
         own_traces_endpoint: args.own_traces_endpoint,
+        api_allowed_hosts: args.api_allowed_hosts,
         admission: args.admission,
         ignored_agents: args.ignored_agents,
         forget_disconnected_after: args.forget_disconnected_after,

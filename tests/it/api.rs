@@ -222,3 +222,46 @@ async fn a_half_sent_request_does_not_hold_the_server_up() {
     );
     drop((stalled, half));
 }
+
+/// Regression: any Host and Origin were accepted, so a web page could read the API through a
+/// rebound name, and change things with a cross-site POST.
+#[tokio::test]
+async fn requests_by_a_foreign_name_or_from_another_origin_are_refused() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let rebound = client
+        .get(server.api_url("/api/v1/fleet"))
+        .header("host", "attacker.example:4321")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
+    let cross_site = client
+        .post(server.api_url("/api/v1/ignore-rules"))
+        .header("origin", "http://attacker.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"selector": "a=b"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let (_, rules) = server.get("/api/v1/ignore-rules").await;
+    assert_eq!(rules["rules"], serde_json::json!([]), "nothing changed");
+    let same_origin = client
+        .post(server.api_url("/api/v1/ignore-rules"))
+        .header("origin", format!("http://{}", server.api))
+        .json(&serde_json::json!({"selector": "a=b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_origin.status(), 201);
+    let localhost = client
+        .get(format!(
+            "http://localhost:{}/api/v1/fleet",
+            server.api.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(localhost.status(), 200);
+}

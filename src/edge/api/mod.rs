@@ -3,6 +3,7 @@
 mod control;
 pub mod dto;
 mod error;
+mod guard;
 mod lifecycle;
 mod packages;
 
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 pub use error::ApiError;
+pub use guard::AllowedHosts;
 
 use crate::core::domain::{AgentRecord, ContentHash, InstanceUid};
 use crate::core::status::Status;
@@ -41,9 +43,12 @@ pub struct ApiState {
     pub controller: crate::tasks::controller::Controller,
     pub blobs: crate::edge::store::BlobStore,
     pub max_package_size: u64,
+    /// Names besides IP addresses and `localhost` that requests may address the API by.
+    pub allowed_hosts: AllowedHosts,
 }
 
 pub fn router(state: ApiState) -> Router {
+    let allowed = state.allowed_hosts.clone();
     Router::new()
         .route(
             "/api/v1/agents",
@@ -120,6 +125,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
 }
 
 /// A JSON body, or why it cannot be read (400; 413 over the body limit).
