@@ -100,7 +100,7 @@ pub async fn serve(
             .await
             .context("cannot load ignore rules")?,
     };
-    let fleet = Arc::new(Fleet::new(ctx, tracker.clone(), rules));
+    let fleet = Arc::new(Fleet::new(ctx, tracker.clone(), rules, settings.max_agents));
     let known = store.load_agents().await.context("cannot load agents")?;
     tracing::info!(agents = known.len(), "restored fleet");
     fleet.restore(known);

@@ -13,6 +13,7 @@ pub const DEFAULT_OPAMP_LISTEN: &str = "0.0.0.0:4320";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:4321";
 pub const DEFAULT_DATA_DIR: &str = "./corral-data";
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 30;
+pub const DEFAULT_MAX_AGENTS: usize = 200_000;
 /// Largest inbound OpAMP message, after decompression.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 const MAX_HEARTBEAT_SECS: u64 = 24 * 60 * 60;
@@ -36,6 +37,8 @@ pub struct Settings {
     pub own_traces_endpoint: Option<String>,
     /// Names, besides IP addresses and `localhost`, that the admin API may be reached by.
     pub api_allowed_hosts: Vec<String>,
+    /// New agents beyond this many are asked to come back later.
+    pub max_agents: usize,
     /// How agents Corral has not seen before are admitted.
     pub admission: Admission,
     /// Ignored agents are refused with an error instead of answered minimally.
@@ -61,6 +64,7 @@ pub struct Partial {
     pub own_logs_endpoint: Option<String>,
     pub own_traces_endpoint: Option<String>,
     pub api_allowed_hosts: Option<Vec<String>>,
+    pub max_agents: Option<usize>,
     /// `auto`, `register` or `manual`.
     pub admission: Option<String>,
     /// `answer` or `refuse`.
@@ -88,6 +92,8 @@ pub enum SettingsError {
     Url { name: &'static str, value: String },
     #[error("max-package-size must be at least 1 byte")]
     PackageSize,
+    #[error("max-agents must be at least 1")]
+    MaxAgents,
     #[error("admission must be auto, register or manual, got {0:?}")]
     Admission(String),
     #[error("ignored-agents must be answer or refuse, got {0:?}")]
@@ -146,6 +152,10 @@ impl Partial {
                 .api_allowed_hosts
                 .or(file.api_allowed_hosts)
                 .unwrap_or_default(),
+            max_agents: self
+                .max_agents
+                .or(file.max_agents)
+                .unwrap_or(DEFAULT_MAX_AGENTS),
             admission: match self.admission.or(file.admission) {
                 None => Admission::default(),
                 Some(s) => Admission::parse(&s).ok_or(SettingsError::Admission(s))?,
@@ -178,6 +188,9 @@ impl Partial {
         }
         if settings.max_package_size == 0 {
             return Err(SettingsError::PackageSize);
+        }
+        if settings.max_agents == 0 {
+            return Err(SettingsError::MaxAgents);
         }
         let secs = settings.heartbeat_interval.as_secs();
         if !(1..=MAX_HEARTBEAT_SECS).contains(&secs) {

@@ -83,6 +83,10 @@ struct ServeArgs {
     /// comma-separated, e.g. corral.example.com; requests naming another host get 421
     #[arg(long, env = "CORRAL_API_ALLOWED_HOSTS", value_delimiter = ',')]
     api_allowed_hosts: Option<Vec<String>>,
+    /// Most agents this server keeps; a new agent beyond it is told to come back later
+    /// (HTTP 503 with Retry-After, or an Unavailable error response) [default: 200000]
+    #[arg(long, env = "CORRAL_MAX_AGENTS")]
+    max_agents: Option<usize>,
     /// How new agents are admitted: auto (managed at once), register (registered, until an
     /// admin manages them) or manual (discovered, until an admin approves them) [default: auto]
     #[arg(long, env = "CORRAL_ADMISSION")]
@@ -137,6 +141,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         own_logs_endpoint: args.own_logs_endpoint,
         own_traces_endpoint: args.own_traces_endpoint,
         api_allowed_hosts: args.api_allowed_hosts,
+        max_agents: args.max_agents,
         admission: args.admission,
         ignored_agents: args.ignored_agents,
         forget_disconnected_after: args.forget_disconnected_after,

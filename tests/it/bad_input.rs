@@ -358,3 +358,47 @@ async fn agent_supplied_errors_are_kept_cut_to_a_kilobyte() {
     let json = body.to_string();
     assert!(json.len() < 16 * 1024, "agent JSON is {} bytes", json.len());
 }
+
+/// A server holding `--max-agents` asks new agents to come back later; the agents it knows
+/// carry on.
+#[tokio::test]
+async fn new_agents_beyond_the_maximum_are_asked_to_come_back_later() {
+    let server = TestServer::with(Options {
+        max_agents: Some(2),
+        ..Options::default()
+    })
+    .await;
+    let (first, second) = (new_uid(), new_uid());
+    server.poll(&full_report(&first, 1, "one")).await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&second, 1, "two")).await;
+
+    let third = new_uid();
+    let response = server
+        .post(
+            "application/x-protobuf",
+            full_report(&third, 1, "three").encode_to_vec(),
+            &[],
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "60");
+    let reply = proto::ServerToAgent::decode(response.bytes().await.unwrap()).unwrap();
+    let err = reply.error_response.expect("error_response");
+    assert_eq!(
+        err.r#type,
+        proto::ServerErrorResponseType::Unavailable as i32
+    );
+    assert!(server.agent(&third).await.is_none(), "nothing kept of it");
+
+    let mut late = WsAgent::connect(&server.ws_url()).await;
+    let reply = late.exchange(&full_report(&third, 1, "three")).await;
+    let err = reply.error_response.expect("error_response");
+    assert!(matches!(
+        err.details,
+        Some(proto::server_error_response::Details::RetryInfo(_))
+    ));
+    server.poll(&heartbeat(&first, 2)).await;
+    agent.exchange(&heartbeat(&second, 2)).await;
+    assert_eq!(server.fleet().await.total, 2);
+}

@@ -41,6 +41,7 @@ pub struct Options {
     pub admission: Option<&'static str>,
     pub ignored_agents: Option<&'static str>,
     pub forget_disconnected_after: Option<u64>,
+    pub max_agents: Option<usize>,
 }
 
 impl Default for Options {
@@ -52,6 +53,7 @@ impl Default for Options {
             admission: None,
             ignored_agents: None,
             forget_disconnected_after: None,
+            max_agents: None,
         }
     }
 }
@@ -106,6 +108,7 @@ impl TestServer {
             admission: options.admission.map(String::from),
             ignored_agents: options.ignored_agents.map(String::from),
             forget_disconnected_after: options.forget_disconnected_after,
+            max_agents: options.max_agents,
             ..Partial::default()
         }
         .resolve(Partial::default())

@@ -33,11 +33,20 @@ fn error_response(status: StatusCode, raw_uid: Bytes, error: ReplyError) -> Resp
         error: Some(error),
         ..ServerReply::default()
     };
-    let mut response = protobuf_response(status, &reply_to_proto(raw_uid, &reply));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    reply_response(status, raw_uid, &reply)
+}
+
+/// A reply, with `Retry-After` when it asks the agent to come back later.
+fn reply_response(status: StatusCode, raw_uid: Bytes, reply: &ServerReply) -> Response {
+    let mut response = protobuf_response(status, &reply_to_proto(raw_uid, reply));
+    if let Some(ReplyError::Unavailable {
+        retry_after_nanos, ..
+    }) = &reply.error
+    {
+        let secs = Duration::from_nanos(*retry_after_nanos).as_secs().max(1);
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -128,12 +137,14 @@ pub(super) async fn poll(
     }
     match tokio::time::timeout(REPLY_TIMEOUT, answer).await {
         Ok(Ok(Reply { raw_uid, reply })) => {
-            // The session refuses only agents an admin chose to ignore.
             let status = match reply.error {
-                Some(_) => StatusCode::FORBIDDEN,
                 None => StatusCode::OK,
+                // An agent an admin chose to ignore, refused.
+                Some(ReplyError::BadRequest(_)) => StatusCode::FORBIDDEN,
+                // The server holds as many agents as it may.
+                Some(ReplyError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             };
-            protobuf_response(status, &reply_to_proto(raw_uid, &reply))
+            reply_response(status, raw_uid, &reply)
         }
         Ok(Err(_)) | Err(_) => unavailable(raw_uid),
     }

@@ -10,7 +10,9 @@ use chrono::Utc;
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
-use crate::core::domain::{AgentRecord, AgentReport, InstanceUid, ServerReply, Transport};
+use crate::core::domain::{
+    AgentRecord, AgentReport, InstanceUid, ReplyError, ServerReply, Transport,
+};
 use crate::core::lifecycle::AdminState;
 use crate::edge::protocol::Inbound;
 use crate::tasks::agent::{
@@ -39,16 +41,24 @@ pub struct Fleet {
     rules: arc_swap::ArcSwap<Rules>,
     /// When this process started: retention counts from then at the earliest.
     started: chrono::DateTime<Utc>,
+    /// New agents beyond this many are asked to come back later.
+    max_agents: usize,
 }
 
 impl Fleet {
-    pub fn new(ctx: Arc<AgentContext>, tracker: TaskTracker, rules: Rules) -> Self {
+    pub fn new(
+        ctx: Arc<AgentContext>,
+        tracker: TaskTracker,
+        rules: Rules,
+        max_agents: usize,
+    ) -> Self {
         Self {
             agents: DashMap::new(),
             ctx,
             tracker,
             rules: arc_swap::ArcSwap::from_pointee(rules),
             started: Utc::now(),
+            max_agents,
         }
     }
 
@@ -166,7 +176,12 @@ impl Fleet {
             let agent = match handle.take().or_else(|| self.get(&target)) {
                 Some(agent) => agent,
                 None if delivery.report.description.is_none() => {
-                    self.ask_to_introduce(target, *delivery);
+                    self.answer_unknown(target, *delivery, introduce_yourself());
+                    return Ok(target);
+                }
+                None if self.agents.len() >= self.max_agents => {
+                    let reply = self.full();
+                    self.answer_unknown(target, *delivery, reply);
                     return Ok(target);
                 }
                 None => self.get_or_spawn(target, &delivery.report, inherit),
@@ -184,9 +199,23 @@ impl Fleet {
         Err(DispatchError::Unavailable)
     }
 
-    /// Answers a message from an agent Corral does not know and that did not say who it is:
-    /// send your full state (and the uid chosen for you).
-    fn ask_to_introduce(&self, uid: InstanceUid, delivery: Delivery) {
+    /// The answer to a new agent when the server holds `--max-agents` already: come back
+    /// later (agents it knows are not affected).
+    fn full(&self) -> ServerReply {
+        ServerReply {
+            error: Some(ReplyError::Unavailable {
+                message: format!(
+                    "this server holds its maximum of {} agents",
+                    self.max_agents
+                ),
+                retry_after_nanos: FULL_RETRY_AFTER.as_nanos() as u64,
+            }),
+            ..ServerReply::default()
+        }
+    }
+
+    /// Answers a message from an agent Corral does not keep (yet), without an actor.
+    fn answer_unknown(&self, uid: InstanceUid, delivery: Delivery, reply: ServerReply) {
         let Delivery {
             raw_uid,
             source,
@@ -196,10 +225,8 @@ impl Fleet {
         let reply = Reply {
             raw_uid,
             reply: ServerReply {
-                capabilities: Some(SERVER_CAPABILITIES),
-                report_full_state: true,
-                new_instance_uid: assigned.then_some(uid),
-                ..ServerReply::default()
+                new_instance_uid: (assigned && reply.error.is_none()).then_some(uid),
+                ..reply
             },
         };
         let metrics = &self.ctx.metrics;
@@ -288,6 +315,19 @@ impl Fleet {
         &self.ctx.metrics
     }
 }
+
+/// What an agent that did not say who it is hears: send your full state (with the uid chosen
+/// for it, when one was).
+fn introduce_yourself() -> ServerReply {
+    ServerReply {
+        capabilities: Some(SERVER_CAPABILITIES),
+        report_full_state: true,
+        ..ServerReply::default()
+    }
+}
+
+/// How long a new agent refused for `--max-agents` is asked to wait.
+const FULL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A connection speaking for an agent attached to another live WebSocket is a clone (or an
 /// impostor) unless its sequence number continues the agent's: then it is the same agent
