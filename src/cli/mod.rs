@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List and inspect agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
@@ -114,7 +114,7 @@ pub fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Agents(cmd) => agents::run(cmd).await,
             Command::Config(cmd) => control::config(cmd).await,
             Command::Rollout(cmd) => control::rollout(cmd).await,
