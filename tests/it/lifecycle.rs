@@ -538,6 +538,13 @@ async fn a_deleted_agent_that_comes_back_gets_its_configuration_again() {
     assert!(!offer.config_hash.is_empty());
 }
 
+/// `corral agents ARGS…`, which must succeed; its output.
+async fn agents_cli(server: &TestServer, args: &[&str]) -> String {
+    let mut all = vec!["agents"];
+    all.extend_from_slice(args);
+    succeeded(server.cli(&all).await)
+}
+
 #[tokio::test]
 async fn the_cli_acts_on_a_selector_after_showing_the_count() {
     let server = TestServer::start().await;
@@ -546,63 +553,30 @@ async fn the_cli_acts_on_a_selector_after_showing_the_count() {
         server.poll(&full_report(uid, 1, "staging")).await;
     }
     server.poll(&full_report(&new_uid(), 1, "prod")).await;
-    let out = succeeded(
-        server
-            .cli(&[
-                "agents",
-                "maintenance",
-                "--selector",
-                "service.name=staging",
-            ])
-            .await,
-    );
+    let staging = ["--selector", "service.name=staging"];
+    let out = agents_cli(&server, &["maintenance", staging[0], staging[1]]).await;
     assert!(out.contains("3 agents"), "{out}");
     assert!(
         out.contains("nothing done"),
         "no terminal to say yes: {out}"
     );
-    let out = succeeded(
-        server
-            .cli(&[
-                "agents",
-                "maintenance",
-                "--selector",
-                "service.name=staging",
-                "--yes",
-            ])
-            .await,
-    );
+    let out = agents_cli(&server, &["maintenance", staging[0], staging[1], "--yes"]).await;
     assert!(out.contains("done for 3 of 3"), "{out}");
-    let out = succeeded(
-        server
-            .cli(&["agents", "list", "--admin-state", "maintenance"])
-            .await,
-    );
+    let out = agents_cli(&server, &["list", "--admin-state", "maintenance"]).await;
     assert!(out.contains("3 of 3 agents"), "{out}");
-    let out = succeeded(
-        server
-            .cli(&[
-                "agents",
-                "resume",
-                "--selector",
-                "service.name=staging",
-                "--yes",
-            ])
-            .await,
-    );
+    let out = agents_cli(&server, &["resume", staging[0], staging[1], "--yes"]).await;
     assert!(out.contains("resume to managed: done for 3 of 3"), "{out}");
     assert_eq!(server.fleet().await.by_admin_state["managed"], 4);
-    let out = server.cli(&["agents", "manage", &uuid_str(&uids[0])]).await;
+    let first = uuid_str(&uids[0]);
+    let out = server.cli(&["agents", "manage", &first]).await;
     assert!(
         out.ok,
         "asking for the state it is in is no error: {}",
         out.stderr
     );
-    let out = server
-        .cli(&["agents", "approve", &uuid_str(&uids[0])])
-        .await;
+    let out = server.cli(&["agents", "approve", &first]).await;
     assert!(out.ok);
-    let out = server.cli(&["agents", "resume", &uuid_str(&uids[0])]).await;
+    let out = server.cli(&["agents", "resume", &first]).await;
     assert!(!out.ok);
     assert!(out.stderr.contains("not in maintenance"), "{}", out.stderr);
 }

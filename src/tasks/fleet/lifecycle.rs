@@ -75,24 +75,18 @@ impl Fleet {
     ) -> AgentRecord {
         let mut record = AgentRecord::new(uid, Utc::now());
         let rules = self.rules.load();
-        if let Some(state) = inherit {
-            record.admin_state = state;
-            return record;
-        }
-        let Some(description) = &report.description else {
-            record.admin_state = on_first_contact(None, rules.admission, false);
-            return record;
-        };
-        let expected = rules.expected.iter().find(|e| e.matches(description));
-        let ignored = rules
-            .ignore
-            .iter()
-            .any(|rule| rule.selector.matches(|k| reported(description, k)));
-        record.admin_state = on_first_contact(
-            expected.map(|_| AdminState::NotFound),
-            rules.admission,
-            ignored,
-        );
+        let description = report.description.as_ref();
+        let expected = description
+            .filter(|_| inherit.is_none())
+            .and_then(|d| rules.expected.iter().find(|e| e.matches(d)));
+        let ignored = description.is_some_and(|d| {
+            rules
+                .ignore
+                .iter()
+                .any(|rule| rule.selector.matches(|k| reported(d, k)))
+        });
+        let known = inherit.or(expected.map(|_| AdminState::NotFound));
+        record.admin_state = on_first_contact(known, rules.admission, ignored);
         if let Some(expected) = expected {
             record.labels = expected.labels.clone();
             record.pre_registered = true;
