@@ -306,7 +306,7 @@ mod tests {
                 if let Some(got) = rx.try_recv() {
                     break got;
                 }
-                std::hint::spin_loop();
+                std::thread::yield_now();
             };
             sender.join().unwrap();
             assert_eq!(got, Ok(7));

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::core::domain::OwnTelemetry;
 use crate::core::session::SessionConfig;
 use crate::edge::api::{self, ApiState};
+use crate::edge::listener;
 use crate::edge::store::BlobStore;
 use crate::edge::store::{SqliteStore, Store, WriteBuffer, run_flusher};
 use crate::edge::transport::{self, OpampState};
@@ -28,6 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long the listeners may finish their requests at shutdown; with the agents' grace, the
 /// process stops within 10 s whatever clients do.
 const LISTENER_GRACE: Duration = Duration::from_secs(3);
+/// Admin API connections open at once: admins and their scripts, not agents.
+const API_CONNECTIONS: usize = 512;
 
 pub struct Listeners {
     pub opamp: TcpListener,
@@ -79,6 +81,7 @@ pub async fn serve(
             },
             refuse_ignored: settings.refuse_ignored,
             admission: settings.admission,
+            max_effective_config: settings.max_effective_config,
         }),
         components: components.clone(),
         changes: Arc::default(),
@@ -125,7 +128,7 @@ pub async fn serve(
     let flusher = tokio::spawn(run_flusher(
         writes.clone(),
         store.clone(),
-        metrics,
+        metrics.clone(),
         flush_stop.clone(),
     ));
 
@@ -138,6 +141,10 @@ pub async fn serve(
         fleet.clone(),
         blobs.clone(),
         settings.max_message_size,
+        transport::SocketTimers {
+            first_message_timeout: settings.limits.first_message_timeout,
+            ping_interval: settings.limits.ping_interval,
+        },
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -150,19 +157,45 @@ pub async fn serve(
         max_package_size: settings.max_package_size,
         allowed_hosts: api::AllowedHosts(settings.api_allowed_hosts.clone().into()),
     });
-    let opamp_listener = listeners.opamp.tap_io(|tcp| {
-        // Replies are small and answer a request: never hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
-    let opamp_server = axum::serve(opamp_listener, opamp)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let api_server =
-        axum::serve(listeners.api, api).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let limits = &settings.limits;
+    let opamp_bounds = listener::Bounds {
+        name: "opamp",
+        timeouts: listener::Timeouts {
+            headers: limits.header_timeout,
+            request: Some(limits.body_timeout),
+            idle: limits.idle_timeout,
+        },
+        max_connections: limits
+            .max_connections
+            .unwrap_or_else(connections_for_open_files),
+        gate: Some(listener::gate::Gate::new(
+            limits.new_connections_per_second,
+            limits.max_pending_handshakes,
+            std::time::Instant::now(),
+        )),
+    };
+    // The admin API: the same header and idle timeouts; a request takes as long as it takes
+    // (a package upload may be large).
+    let api_bounds = listener::Bounds {
+        name: "api",
+        timeouts: listener::Timeouts {
+            request: None,
+            ..opamp_bounds.timeouts
+        },
+        max_connections: API_CONNECTIONS,
+        gate: None,
+    };
+    let opamp_server = listener::serve(
+        listeners.opamp,
+        opamp,
+        opamp_bounds,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let api_server = listener::serve(listeners.api, api, api_bounds, metrics, shutdown.clone());
     let servers = async {
-        tokio::try_join!(
-            async { opamp_server.await.context("OpAMP listener failed") },
-            async { api_server.await.context("API listener failed") },
-        )
+        tokio::join!(opamp_server, api_server);
+        Ok::<_, anyhow::Error>(())
     };
     // Graceful, but not for ever: a client holding a half-sent request must not keep the
     // process from stopping.
@@ -174,7 +207,7 @@ pub async fn serve(
         served = servers => served,
         () = overdue => {
             tracing::warn!("connections still open after the grace period; dropping them");
-            Ok(((), ()))
+            Ok(())
         }
     };
     shutdown.cancel();
@@ -188,5 +221,21 @@ pub async fn serve(
     flush_stop.cancel();
     let _ = flusher.await;
     tracing::info!("corral stopped");
-    served.map(|_| ())
+    served
+}
+
+/// The OpAMP listener's connection limit when none is given: the open-file limit (raised to
+/// its hard limit first) less what the admin API, the store and packages need.
+fn connections_for_open_files() -> usize {
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let connections = usize::try_from(files)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(crate::settings::FILES_KEPT)
+        .max(1);
+    tracing::info!(
+        open_files = files,
+        max_connections = connections,
+        "OpAMP connection limit"
+    );
+    connections
 }

@@ -46,31 +46,134 @@ pub struct Settings {
     /// Agents disconnected longer than this are deleted (or back to not_found when an admin
     /// pre-registered them); `None` keeps them.
     pub forget_disconnected_after: Option<Duration>,
+    /// What clients may hold of the listeners.
+    pub limits: Limits,
+    /// Effective configs larger than this are kept as their hash and size only.
+    pub max_effective_config: usize,
 }
 
-/// Each setting as given, before defaults. Flags and environment fill one, the config file
-/// another; [`Partial::resolve`] merges them.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Bounds on what clients hold of the listeners: connections, time, and the pace of new ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open OpAMP connections; `None`: the open-file limit less [`FILES_KEPT`].
+    pub max_connections: Option<usize>,
+    /// New OpAMP connections admitted per second; `None`: no limit.
+    pub new_connections_per_second: Option<u32>,
+    /// OpAMP connections whose first message is not answered yet.
+    pub max_pending_handshakes: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub first_message_timeout: Duration,
+    pub ping_interval: Duration,
+}
+
+/// Open files left for the admin API, the store and packages when the OpAMP listener's
+/// connection limit comes from the open-file limit.
+pub const FILES_KEPT: usize = 256;
+pub const DEFAULT_MAX_NEW_CONNECTIONS_PER_SECOND: u32 = 2_000;
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_000;
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_FIRST_MESSAGE_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
+pub const DEFAULT_MAX_EFFECTIVE_CONFIG: usize = 1024 * 1024;
+
+/// Each setting as given, before defaults: the `serve` command's flags and environment
+/// variables fill one, the config file (same names, `_` for `-`) another; [`Partial::resolve`]
+/// merges them.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Partial {
+    /// Address of the OpAMP endpoint (WebSocket and HTTP) [default: 0.0.0.0:4320]
+    #[arg(long, env = "CORRAL_OPAMP_LISTEN")]
     pub opamp_listen: Option<SocketAddr>,
+    /// Address of the admin API [default: 127.0.0.1:4321]
+    #[arg(long, env = "CORRAL_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
+    /// Where the embedded store keeps its data [default: ./corral-data]
+    #[arg(long, env = "CORRAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Heartbeat interval offered to agents, in seconds [default: 30]
+    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
+    /// Largest inbound OpAMP message, in bytes, after decompression [default: 4194304]
+    #[arg(long, env = "CORRAL_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
+    /// Base URL agents download packages from, e.g. https://corral.example.com:4320
+    /// [default: the address each agent reached the OpAMP endpoint at]
+    #[arg(long, env = "CORRAL_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Largest package upload, in bytes [default: 1073741824]
+    #[arg(long, env = "CORRAL_MAX_PACKAGE_SIZE")]
     pub max_package_size: Option<u64>,
+    /// OTLP endpoint offered to agents that report their own metrics
+    #[arg(long, env = "CORRAL_OWN_METRICS_ENDPOINT")]
     pub own_metrics_endpoint: Option<String>,
+    /// OTLP endpoint offered to agents that report their own logs
+    #[arg(long, env = "CORRAL_OWN_LOGS_ENDPOINT")]
     pub own_logs_endpoint: Option<String>,
+    /// OTLP endpoint offered to agents that report their own traces
+    #[arg(long, env = "CORRAL_OWN_TRACES_ENDPOINT")]
     pub own_traces_endpoint: Option<String>,
+    /// Host names (besides IP addresses and localhost) the admin API may be reached by,
+    /// comma-separated, e.g. corral.example.com; requests naming another host get 421
+    #[arg(long, env = "CORRAL_API_ALLOWED_HOSTS", value_delimiter = ',')]
     pub api_allowed_hosts: Option<Vec<String>>,
+    /// Most agents this server keeps; a new agent beyond it is told to come back later
+    /// (HTTP 503 with Retry-After, or an Unavailable error response) [default: 200000]
+    #[arg(long, env = "CORRAL_MAX_AGENTS")]
     pub max_agents: Option<usize>,
-    /// `auto`, `register` or `manual`.
+    /// How new agents are admitted: auto (managed at once), register (registered, until an
+    /// admin manages them) or manual (discovered, until an admin approves them) [default: auto]
+    #[arg(long, env = "CORRAL_ADMISSION")]
     pub admission: Option<String>,
-    /// `answer` or `refuse`.
+    /// What ignored agents get: answer (a minimal reply) or refuse (an error; WebSocket
+    /// closed with 1008, HTTP 403) [default: answer]
+    #[arg(long, env = "CORRAL_IGNORED_AGENTS")]
     pub ignored_agents: Option<String>,
-    /// Seconds; 0 keeps disconnected agents for ever.
+    /// Seconds after which a disconnected agent is deleted (back to not_found if it was
+    /// pre-registered); 0 keeps agents for ever [default: 0]
+    #[arg(long, env = "CORRAL_FORGET_DISCONNECTED_AFTER")]
     pub forget_disconnected_after: Option<u64>,
+    /// Most connections open at once on the OpAMP listener; more are closed at once
+    /// [default: the open-file limit less 256, kept for the API and the store]
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// New OpAMP connections admitted per second (bursts of up to one second's worth); the
+    /// excess is told to retry after a random 1–30 s (HTTP 503 with Retry-After); 0: no limit
+    /// [default: 2000]
+    #[arg(long, env = "CORRAL_MAX_NEW_CONNECTIONS_PER_SECOND")]
+    pub max_new_connections_per_second: Option<u32>,
+    /// Most OpAMP connections at once that have not yet had their first message answered;
+    /// more are told to retry like the rate's excess [default: 1000]
+    #[arg(long, env = "CORRAL_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Seconds a client has to send a request's headers, from connecting or from the
+    /// request's first byte [default: 10]
+    #[arg(long, env = "CORRAL_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Seconds an OpAMP request's body has to arrive, from the end of its headers
+    /// [default: 30]
+    #[arg(long, env = "CORRAL_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open after a reply [default: 60]
+    #[arg(long, env = "CORRAL_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds a new WebSocket has to send its first message; it is closed (1008) otherwise
+    /// [default: 10]
+    #[arg(long, env = "CORRAL_FIRST_MESSAGE_TIMEOUT")]
+    pub first_message_timeout: Option<u64>,
+    /// Seconds of quiet after which a WebSocket agent that does not report heartbeats is
+    /// pinged; without an answer within two intervals it is closed and Disconnected
+    /// [default: 30]
+    #[arg(long, env = "CORRAL_PING_INTERVAL")]
+    pub ping_interval: Option<u64>,
+    /// Largest effective config kept, in bytes; a larger one is kept as its hash and size
+    /// only [default: 1048576]
+    #[arg(long, env = "CORRAL_MAX_EFFECTIVE_CONFIG")]
+    pub max_effective_config: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +201,8 @@ pub enum SettingsError {
     Admission(String),
     #[error("ignored-agents must be answer or refuse, got {0:?}")]
     IgnoredAgents(String),
+    #[error("{0} must be at least 1")]
+    AtLeastOne(&'static str),
 }
 
 impl Partial {
@@ -170,6 +275,43 @@ impl Partial {
                 .or(file.forget_disconnected_after)
                 .filter(|secs| *secs > 0)
                 .map(Duration::from_secs),
+            limits: Limits {
+                max_connections: self.max_connections.or(file.max_connections),
+                new_connections_per_second: Some(
+                    self.max_new_connections_per_second
+                        .or(file.max_new_connections_per_second)
+                        .unwrap_or(DEFAULT_MAX_NEW_CONNECTIONS_PER_SECOND),
+                )
+                .filter(|rate| *rate > 0),
+                max_pending_handshakes: self
+                    .max_pending_handshakes
+                    .or(file.max_pending_handshakes)
+                    .unwrap_or(DEFAULT_MAX_PENDING_HANDSHAKES),
+                header_timeout: secs(
+                    self.header_timeout.or(file.header_timeout),
+                    DEFAULT_HEADER_TIMEOUT_SECS,
+                ),
+                body_timeout: secs(
+                    self.body_timeout.or(file.body_timeout),
+                    DEFAULT_BODY_TIMEOUT_SECS,
+                ),
+                idle_timeout: secs(
+                    self.idle_timeout.or(file.idle_timeout),
+                    DEFAULT_IDLE_TIMEOUT_SECS,
+                ),
+                first_message_timeout: secs(
+                    self.first_message_timeout.or(file.first_message_timeout),
+                    DEFAULT_FIRST_MESSAGE_TIMEOUT_SECS,
+                ),
+                ping_interval: secs(
+                    self.ping_interval.or(file.ping_interval),
+                    DEFAULT_PING_INTERVAL_SECS,
+                ),
+            },
+            max_effective_config: self
+                .max_effective_config
+                .or(file.max_effective_config)
+                .unwrap_or(DEFAULT_MAX_EFFECTIVE_CONFIG),
         };
         for (name, value) in [
             ("public-url", &settings.public_url),
@@ -192,6 +334,23 @@ impl Partial {
         if settings.max_agents == 0 {
             return Err(SettingsError::MaxAgents);
         }
+        let limits = &settings.limits;
+        for (name, zero) in [
+            ("max-connections", limits.max_connections == Some(0)),
+            ("max-pending-handshakes", limits.max_pending_handshakes == 0),
+            ("header-timeout", limits.header_timeout.is_zero()),
+            ("body-timeout", limits.body_timeout.is_zero()),
+            ("idle-timeout", limits.idle_timeout.is_zero()),
+            (
+                "first-message-timeout",
+                limits.first_message_timeout.is_zero(),
+            ),
+            ("ping-interval", limits.ping_interval.is_zero()),
+        ] {
+            if zero {
+                return Err(SettingsError::AtLeastOne(name));
+            }
+        }
         let secs = settings.heartbeat_interval.as_secs();
         if !(1..=MAX_HEARTBEAT_SECS).contains(&secs) {
             return Err(SettingsError::Heartbeat(secs));
@@ -201,6 +360,10 @@ impl Partial {
         }
         Ok(settings)
     }
+}
+
+fn secs(given: Option<u64>, default: u64) -> Duration {
+    Duration::from_secs(given.unwrap_or(default))
 }
 
 #[cfg(test)]
@@ -217,6 +380,26 @@ mod tests {
         assert_eq!(s.admission, Admission::Auto);
         assert!(!s.refuse_ignored);
         assert_eq!(s.forget_disconnected_after, None);
+        assert_eq!(s.limits.new_connections_per_second, Some(2_000));
+        assert_eq!(s.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_effective_config, 1024 * 1024);
+    }
+
+    #[test]
+    fn a_rate_of_zero_means_no_limit_and_a_zero_timeout_is_refused() {
+        let unlimited = Partial {
+            max_new_connections_per_second: Some(0),
+            ..Partial::default()
+        };
+        let s = unlimited.resolve(Partial::default()).unwrap();
+        assert_eq!(s.limits.new_connections_per_second, None);
+        let zero = Partial {
+            idle_timeout: Some(0),
+            ..Partial::default()
+        };
+        let err = zero.resolve(Partial::default()).unwrap_err().to_string();
+        assert!(err.contains("idle-timeout"), "{err}");
     }
 
     #[test]

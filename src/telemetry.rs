@@ -26,6 +26,12 @@ pub struct TransportLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CutLabel {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
 }
@@ -42,6 +48,7 @@ pub struct Metrics {
     pub decode_errors: Family<KindLabel, Counter>,
     pub rejected_requests: Family<KindLabel, Counter>,
     pub queue_overflows: Family<KindLabel, Counter>,
+    pub connections_cut: Family<CutLabel, Counter>,
     pub store_flushes: Counter,
     pub store_errors: Counter,
     /// The message counters of each transport (by `Transport as usize`), looked up once:
@@ -62,6 +69,7 @@ impl Default for Metrics {
             decode_errors: Family::default(),
             rejected_requests: Family::default(),
             queue_overflows: Family::default(),
+            connections_cut: Family::default(),
             store_flushes: Counter::default(),
             store_errors: Counter::default(),
             counted_in: Default::default(),
@@ -98,6 +106,13 @@ impl Default for Metrics {
             "queue_overflows",
             "Messages dropped because a bounded queue was full, by queue",
             m.queue_overflows.clone(),
+        );
+        m.registry.register(
+            "connections_cut",
+            "Connections closed or refused by a limit: max_connections, connection_rate and \
+             pending_handshakes (refused), header_timeout, body_timeout, idle_timeout, \
+             first_message_timeout and ping_timeout (closed)",
+            m.connections_cut.clone(),
         );
         m.registry.register(
             "store_flushes",
@@ -194,6 +209,13 @@ impl Metrics {
 
     pub fn decode_error(&self, kind: &'static str) {
         self.decode_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// A connection closed or refused by one of the listener's limits.
+    pub fn cut(&self, listener: &'static str, reason: &'static str) {
+        self.connections_cut
+            .get_or_create(&CutLabel { listener, reason })
+            .inc();
     }
 
     pub fn rejected(&self, kind: &'static str) {

@@ -227,6 +227,10 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
             Err(e) => {
                 match &e {
                     PollError::Decode(_) => inc(&ctx.stats.decode_errors),
+                    PollError::Status {
+                        status: 503,
+                        retry_after: Some(_),
+                    } => inc(&ctx.stats.told_to_wait),
                     _ => inc(&ctx.stats.poll_errors),
                 }
                 ctx.log(agent.index, &e);

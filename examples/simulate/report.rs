@@ -87,6 +87,7 @@ pub fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
         "errors": errors,
         "error_responses": get(&s.error_responses),
         "connect_errors": get(&s.connect_errors),
+        "told_to_wait": get(&s.told_to_wait),
         "connection_drops": get(&s.connection_drops),
         "poll_errors": get(&s.poll_errors),
         "decode_errors": get(&s.decode_errors),
@@ -252,6 +253,7 @@ pub fn print_summary(s: &serde_json::Value) {
         n("decode_errors"),
         n("error_responses")
     );
+    println!("  told to wait (503)    {}", n("told_to_wait"));
     println!("  reconnects            {}", n("reconnects"));
     println!(
         "  churn                 {} %/min: {} disconnects, {} reconnects",

@@ -33,6 +33,9 @@ pub struct Stats {
     pub component_maps_sent: AtomicU64,
     pub error_responses: AtomicU64,
     pub connect_errors: AtomicU64,
+    /// Connections or polls the server answered 503 with a Retry-After: told to come back
+    /// later, not failed.
+    pub told_to_wait: AtomicU64,
     pub connection_drops: AtomicU64,
     pub poll_errors: AtomicU64,
     pub decode_errors: AtomicU64,

@@ -12,10 +12,10 @@ use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{WebSocketStream, tungstenite};
 
 use crate::agent::Agent;
 use crate::context::{CONNECT_TIMEOUT, Ctx, Target};
@@ -43,12 +43,25 @@ enum Exit {
     Churn,
 }
 
+/// Why a connection could not be opened.
+enum ConnectError {
+    Failed(String),
+    /// The server answered the handshake 503 with a Retry-After: come back then.
+    Wait(Duration),
+}
+
+impl From<String> for ConnectError {
+    fn from(message: String) -> Self {
+        ConnectError::Failed(message)
+    }
+}
+
 async fn connect_ws(
     index: usize,
     url: &str,
     addr: SocketAddr,
     sources: &[IpAddr],
-) -> Result<Ws, String> {
+) -> Result<Ws, ConnectError> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -63,8 +76,8 @@ async fn connect_ws(
     }
     let stream = match timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
-        Err(_) => return Err(format!("connect {addr}: timed out")),
+        Ok(Err(e)) => return Err(format!("connect {addr}: {e}").into()),
+        Err(_) => return Err(format!("connect {addr}: timed out").into()),
     };
     let _ = stream.set_nodelay(true);
     let request = url
@@ -80,8 +93,20 @@ async fn connect_ws(
     .await
     {
         Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(e)) => Err(format!("websocket handshake: {e}")),
-        Err(_) => Err("websocket handshake: timed out".to_string()),
+        Ok(Err(tungstenite::Error::Http(response))) if response.status() == 503 => {
+            let after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+            match after {
+                Some(secs) => Err(ConnectError::Wait(Duration::from_secs(secs))),
+                None => Err("websocket handshake: 503 without Retry-After"
+                    .to_string()
+                    .into()),
+            }
+        }
+        Ok(Err(e)) => Err(format!("websocket handshake: {e}").into()),
+        Err(_) => Err("websocket handshake: timed out".to_string().into()),
     }
 }
 
@@ -123,7 +148,14 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         }
         let mut ws = match connected {
             Ok(ws) => ws,
-            Err(e) => {
+            Err(ConnectError::Wait(after)) => {
+                inc(&ctx.stats.told_to_wait);
+                if !pause(&ctx, after).await {
+                    return;
+                }
+                continue;
+            }
+            Err(ConnectError::Failed(e)) => {
                 inc(&ctx.stats.connect_errors);
                 ctx.log(agent.index, e);
                 if !pause(&ctx, backoff.step()).await {

@@ -5,7 +5,6 @@ mod control;
 mod lifecycle;
 mod packages;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -48,57 +47,8 @@ struct ServeArgs {
     /// (e.g. heartbeat_interval). Flags and environment variables win over it.
     #[arg(long, env = "CORRAL_CONFIG")]
     config: Option<PathBuf>,
-    /// Address of the OpAMP endpoint (WebSocket and HTTP) [default: 0.0.0.0:4320]
-    #[arg(long, env = "CORRAL_OPAMP_LISTEN")]
-    opamp_listen: Option<SocketAddr>,
-    /// Address of the admin API [default: 127.0.0.1:4321]
-    #[arg(long, env = "CORRAL_API_LISTEN")]
-    api_listen: Option<SocketAddr>,
-    /// Where the embedded store keeps its data [default: ./corral-data]
-    #[arg(long, env = "CORRAL_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Heartbeat interval offered to agents, in seconds [default: 30]
-    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL")]
-    heartbeat_interval: Option<u64>,
-    /// Largest inbound OpAMP message, in bytes, after decompression [default: 4194304]
-    #[arg(long, env = "CORRAL_MAX_MESSAGE_SIZE")]
-    max_message_size: Option<usize>,
-    /// Base URL agents download packages from, e.g. https://corral.example.com:4320
-    /// [default: the address each agent reached the OpAMP endpoint at]
-    #[arg(long, env = "CORRAL_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// Largest package upload, in bytes [default: 1073741824]
-    #[arg(long, env = "CORRAL_MAX_PACKAGE_SIZE")]
-    max_package_size: Option<u64>,
-    /// OTLP endpoint offered to agents that report their own metrics
-    #[arg(long, env = "CORRAL_OWN_METRICS_ENDPOINT")]
-    own_metrics_endpoint: Option<String>,
-    /// OTLP endpoint offered to agents that report their own logs
-    #[arg(long, env = "CORRAL_OWN_LOGS_ENDPOINT")]
-    own_logs_endpoint: Option<String>,
-    /// OTLP endpoint offered to agents that report their own traces
-    #[arg(long, env = "CORRAL_OWN_TRACES_ENDPOINT")]
-    own_traces_endpoint: Option<String>,
-    /// Host names (besides IP addresses and localhost) the admin API may be reached by,
-    /// comma-separated, e.g. corral.example.com; requests naming another host get 421
-    #[arg(long, env = "CORRAL_API_ALLOWED_HOSTS", value_delimiter = ',')]
-    api_allowed_hosts: Option<Vec<String>>,
-    /// Most agents this server keeps; a new agent beyond it is told to come back later
-    /// (HTTP 503 with Retry-After, or an Unavailable error response) [default: 200000]
-    #[arg(long, env = "CORRAL_MAX_AGENTS")]
-    max_agents: Option<usize>,
-    /// How new agents are admitted: auto (managed at once), register (registered, until an
-    /// admin manages them) or manual (discovered, until an admin approves them) [default: auto]
-    #[arg(long, env = "CORRAL_ADMISSION")]
-    admission: Option<String>,
-    /// What ignored agents get: answer (a minimal reply) or refuse (an error; WebSocket
-    /// closed with 1008, HTTP 403) [default: answer]
-    #[arg(long, env = "CORRAL_IGNORED_AGENTS")]
-    ignored_agents: Option<String>,
-    /// Seconds after which a disconnected agent is deleted (back to not_found if it was
-    /// pre-registered); 0 keeps agents for ever [default: 0]
-    #[arg(long, env = "CORRAL_FORGET_DISCONNECTED_AFTER")]
-    forget_disconnected_after: Option<u64>,
+    #[command(flatten)]
+    given: Partial,
 }
 
 /// Where admin commands find the API.
@@ -129,24 +79,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Partial::from_file(path)?,
         None => Partial::default(),
     };
-    let given = Partial {
-        opamp_listen: args.opamp_listen,
-        api_listen: args.api_listen,
-        data_dir: args.data_dir,
-        heartbeat_interval: args.heartbeat_interval,
-        max_message_size: args.max_message_size,
-        public_url: args.public_url,
-        max_package_size: args.max_package_size,
-        own_metrics_endpoint: args.own_metrics_endpoint,
-        own_logs_endpoint: args.own_logs_endpoint,
-        own_traces_endpoint: args.own_traces_endpoint,
-        api_allowed_hosts: args.api_allowed_hosts,
-        max_agents: args.max_agents,
-        admission: args.admission,
-        ignored_agents: args.ignored_agents,
-        forget_disconnected_after: args.forget_disconnected_after,
-    };
-    let settings = given.resolve(file)?;
+    let settings = args.given.resolve(file)?;
     let listeners = crate::server::Listeners::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

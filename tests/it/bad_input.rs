@@ -402,3 +402,64 @@ async fn new_agents_beyond_the_maximum_are_asked_to_come_back_later() {
     agent.exchange(&heartbeat(&second, 2)).await;
     assert_eq!(server.fleet().await.total, 2);
 }
+
+/// Effective configs stored, read from the database file.
+async fn stored_effective_configs(server: &TestServer) -> i64 {
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        server.dir.path().join("corral.db").display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM effective_configs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    n
+}
+
+#[tokio::test]
+async fn an_agent_cycling_through_effective_configs_leaves_only_the_latest_stored() {
+    let server = TestServer::with(Options {
+        max_effective_config: Some(64 * 1024),
+        ..Options::default()
+    })
+    .await;
+    let (uid, other) = (new_uid(), new_uid());
+    let mut bystander = WsAgent::connect(&server.ws_url()).await;
+    bystander.exchange(&full_report(&other, 1, "other")).await;
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "cycling")).await;
+    for n in 0..30u64 {
+        let mut msg = heartbeat(&uid, n + 2);
+        msg.effective_config = Some(effective_config(&format!("# {n}\n{}", "x".repeat(10_000))));
+        agent.exchange(&msg).await;
+    }
+    // Larger than the server keeps: its hash and size only.
+    let large = "y".repeat(100 * 1024);
+    let mut msg = heartbeat(&uid, 32);
+    msg.effective_config = Some(effective_config(&large));
+    agent.exchange(&msg).await;
+    let path = format!("/api/v1/agents/{}/effective-config", uuid_str(&uid));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get(&path).await;
+        if status == 200 && body["kept"] == false {
+            assert_eq!(body["bytes"], large.len() + "text/yaml".len());
+            assert_eq!(body["files"], serde_json::json!({}));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The shared first config stays for the bystander; the agent's own are gone but the last.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stored_effective_configs(&server).await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} effective configs stored",
+            stored_effective_configs(&server).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -33,30 +33,8 @@ pub struct TestServer {
     http: reqwest::Client,
 }
 
-#[derive(Clone)]
-pub struct Options {
-    pub heartbeat_interval: u64,
-    pub max_message_size: Option<usize>,
-    pub own_metrics_endpoint: Option<String>,
-    pub admission: Option<&'static str>,
-    pub ignored_agents: Option<&'static str>,
-    pub forget_disconnected_after: Option<u64>,
-    pub max_agents: Option<usize>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            heartbeat_interval: 30,
-            max_message_size: None,
-            own_metrics_endpoint: None,
-            admission: None,
-            ignored_agents: None,
-            forget_disconnected_after: None,
-            max_agents: None,
-        }
-    }
-}
+/// The server's settings as a test gives them; what is left out takes its default.
+pub type Options = Partial;
 
 impl TestServer {
     pub async fn start() -> Self {
@@ -102,14 +80,7 @@ impl TestServer {
         let api = TcpListener::bind(api).await.expect("bind");
         let settings: Settings = Partial {
             data_dir: Some(dir.path().to_path_buf()),
-            heartbeat_interval: Some(options.heartbeat_interval),
-            max_message_size: options.max_message_size,
-            own_metrics_endpoint: options.own_metrics_endpoint,
-            admission: options.admission.map(String::from),
-            ignored_agents: options.ignored_agents.map(String::from),
-            forget_disconnected_after: options.forget_disconnected_after,
-            max_agents: options.max_agents,
-            ..Partial::default()
+            ..options
         }
         .resolve(Partial::default())
         .expect("settings");

@@ -129,7 +129,7 @@ async fn a_compressed_first_message_asks_for_full_state_and_merges_the_answer() 
 #[tokio::test]
 async fn connection_settings_offer_the_heartbeat_to_agents_that_accept_them() {
     let server = TestServer::with(Options {
-        heartbeat_interval: 7,
+        heartbeat_interval: Some(7),
         ..Options::default()
     })
     .await;

@@ -64,7 +64,7 @@ async fn rows_about(server: &TestServer, uid: &[u8]) -> i64 {
 #[tokio::test]
 async fn manual_admission_answers_a_new_agent_but_sends_nothing_until_approved() {
     let server = TestServer::with(Options {
-        admission: Some("manual"),
+        admission: Some("manual".into()),
         ..Options::default()
     })
     .await;
@@ -130,7 +130,7 @@ async fn ignore_survives_a_reconnect_and_a_restart() {
     let server = TestServer::start_with(
         dir,
         Options {
-            ignored_agents: Some("refuse"),
+            ignored_agents: Some("refuse".into()),
             ..Options::default()
         },
     )
@@ -241,7 +241,7 @@ async fn delete_leaves_nothing_and_a_returning_agent_is_discovered_anew() {
 #[tokio::test]
 async fn a_pre_registered_uid_is_not_found_until_it_connects_then_registered() {
     let server = TestServer::with(Options {
-        admission: Some("register"),
+        admission: Some("register".into()),
         ..Options::default()
     })
     .await;
@@ -264,7 +264,7 @@ async fn a_pre_registered_uid_is_not_found_until_it_connects_then_registered() {
     let server = TestServer::start_with(
         dir,
         Options {
-            admission: Some("register"),
+            admission: Some("register".into()),
             ..Options::default()
         },
     )
@@ -284,7 +284,7 @@ async fn a_pre_registered_uid_is_not_found_until_it_connects_then_registered() {
 #[tokio::test]
 async fn an_agent_expected_by_its_attributes_is_admitted_with_its_labels() {
     let server = TestServer::with(Options {
-        admission: Some("manual"),
+        admission: Some("manual".into()),
         ..Options::default()
     })
     .await;

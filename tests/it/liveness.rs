@@ -4,7 +4,7 @@ use crate::common::*;
 
 async fn server_with_heartbeat(secs: u64) -> TestServer {
     TestServer::with(Options {
-        heartbeat_interval: secs,
+        heartbeat_interval: Some(secs),
         ..Options::default()
     })
     .await

@@ -10,6 +10,7 @@ mod http;
 mod identity;
 mod interop;
 mod lifecycle;
+mod limits;
 mod liveness;
 mod persistence;
 mod rollout;

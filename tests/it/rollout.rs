@@ -257,7 +257,7 @@ async fn pause_holds_the_next_wave_and_resume_finishes() {
 async fn a_restart_mid_rollout_resumes_in_the_same_wave_without_resending() {
     // Restored rollouts wait 2.5 heartbeats for agents to come back: keep that short here.
     let quick = || Options {
-        heartbeat_interval: 1,
+        heartbeat_interval: Some(1),
         ..Options::default()
     };
     let server = TestServer::with(quick()).await;

@@ -41,6 +41,26 @@ impl ConfigMap {
     }
 }
 
+/// What is kept of an agent's effective config: all of it, or, past the server's limit, its
+/// size alone (it is stored by its hash either way).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeptConfig {
+    Whole(ConfigMap),
+    TooLarge { bytes: u64 },
+}
+
+impl KeptConfig {
+    /// `config` if it is at most `max` bytes, else its size.
+    pub fn within(config: &ConfigMap, max: usize) -> Self {
+        match config.total_bytes() {
+            bytes if bytes > max => KeptConfig::TooLarge {
+                bytes: bytes as u64,
+            },
+            _ => KeptConfig::Whole(config.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

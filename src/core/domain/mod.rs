@@ -13,7 +13,7 @@ mod uid;
 
 pub use agent::{AgentRecord, HISTORY_LIMIT, HistoryEntry};
 pub use capabilities::{AgentCapabilities, ServerCapabilities};
-pub use config_map::{ConfigFile, ConfigMap};
+pub use config_map::{ConfigFile, ConfigMap, KeptConfig};
 pub use description::{AgentDescription, AttributeValue};
 pub use health::{Health, HealthReport};
 pub use package::{PackageOffer, PackageReport, PackageReports, PackageState};

@@ -48,8 +48,8 @@ pub use sequence::FullStateTracker;
 
 use crate::core::config::ComponentSet;
 use crate::core::domain::{
-    AgentCapabilities as Caps, AgentRecord, AgentReport, ConfigMap, ContentHash, HISTORY_LIMIT,
-    HistoryEntry, MAX_TEXT, OwnTelemetry, RemoteConfigStatus, ReplyError, ServerCapabilities,
+    AgentCapabilities as Caps, AgentRecord, AgentReport, ContentHash, HISTORY_LIMIT, HistoryEntry,
+    KeptConfig, MAX_TEXT, OwnTelemetry, RemoteConfigStatus, ReplyError, ServerCapabilities,
     ServerReply, Transport, cut_text,
 };
 use crate::core::lifecycle::{
@@ -89,6 +89,8 @@ pub struct SessionConfig {
     pub refuse_ignored: bool,
     /// How a pre-registered agent is admitted when it first speaks.
     pub admission: Admission,
+    /// Effective configs larger than this are kept as their size only.
+    pub max_effective_config: usize,
 }
 
 /// The transport a report came on.
@@ -197,7 +199,10 @@ pub struct Effects {
     /// Status changes to append to the stored history (already in the record).
     pub history: Vec<HistoryEntry>,
     /// An effective config to store by its hash.
-    pub effective_config: Option<(ContentHash, ConfigMap)>,
+    pub effective_config: Option<(ContentHash, KeptConfig)>,
+    /// The effective config the agent reported before: the store keeps it only while some
+    /// agent refers to it.
+    pub released_config: Option<ContentHash>,
     /// A component set to cache and store by its hash.
     pub component_set: Option<(ContentHash, ComponentSet)>,
     /// Gauge moves: status, admin state, live transport (`None` = not counted).
@@ -519,7 +524,12 @@ impl AgentSession {
                 // said then is kept, so admins see what they ignore, and so is the decision.
                 let mut rec = (*self.record).clone();
                 rec.last_seen = now;
-                merge(&mut rec, &report, components_known, fx);
+                merge(
+                    &mut rec,
+                    &report,
+                    (components_known, self.config.max_effective_config),
+                    fx,
+                );
                 self.publish(rec, true, fx);
             }
             self.answer_ignored(via, assigned, fx);
@@ -589,7 +599,12 @@ impl AgentSession {
                 rec.transport = Some(transport);
                 persist = true;
             }
-            persist |= merge(&mut rec, &report, components_known, fx);
+            persist |= merge(
+                &mut rec,
+                &report,
+                (components_known, self.config.max_effective_config),
+                fx,
+            );
             // Nothing goes out to an agent saying goodbye.
             if !restarting && !report.disconnect {
                 offer = self.take_offer(&mut rec);
@@ -989,7 +1004,7 @@ impl AgentSession {
 fn merge(
     rec: &mut AgentRecord,
     report: &AgentReport,
-    components_known: bool,
+    (components_known, max_effective_config): (bool, usize),
     fx: &mut Effects,
 ) -> bool {
     let mut changed = false;
@@ -1012,8 +1027,9 @@ fn merge(
     if let Some(config) = &report.effective_config {
         let hash = config.hash();
         if rec.effective_config_hash.as_ref() != Some(&hash) {
-            fx.effective_config = Some((hash.clone(), config.clone()));
-            rec.effective_config_hash = Some(hash);
+            let kept = KeptConfig::within(config, max_effective_config);
+            fx.effective_config = Some((hash.clone(), kept));
+            fx.released_config = rec.effective_config_hash.replace(hash);
             changed = true;
         }
     }

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::core::config::ConfigVersion;
 use crate::core::domain::{
-    AgentDescription, AttributeValue, ConfigFile, InstanceUid, RemoteConfigState, StrMap,
+    AgentDescription, AttributeValue, ConfigFile, ConfigMap, InstanceUid, RemoteConfigState, StrMap,
 };
 use crate::core::lifecycle::STATE_NAMES;
 
@@ -68,6 +68,7 @@ impl Rig {
             },
             refuse_ignored: false,
             admission: Admission::Auto,
+            max_effective_config: 1024,
         });
         let (session, _) = AgentSession::new(record, true, config, now);
         Self {
@@ -714,4 +715,51 @@ proptest! {
             }
         }
     }
+}
+
+fn yaml(body: String) -> ConfigMap {
+    ConfigMap {
+        files: BTreeMap::from([(
+            String::new(),
+            ConfigFile {
+                body: Bytes::from(body),
+                content_type: "text/yaml".into(),
+            },
+        )]),
+    }
+}
+
+/// An effective config is stored once per change, the one it replaces released (the store
+/// keeps it only while some agent refers to it), and one over the limit kept as its size.
+#[test]
+fn effective_configs_are_stored_on_change_and_the_replaced_one_released() {
+    let mut rig = Rig::managed();
+    let first = yaml("receivers: {otlp: {}}\n".into());
+    let fx = rig.send(WS, |r| {
+        r.description = Some(description());
+        r.effective_config = Some(first.clone());
+    });
+    assert_eq!(
+        fx.effective_config,
+        Some((first.hash(), KeptConfig::Whole(first.clone())))
+    );
+    assert_eq!(fx.released_config, None);
+    let fx = rig.send(WS, |r| r.effective_config = Some(first.clone()));
+    assert_eq!((fx.effective_config, fx.released_config), (None, None));
+
+    let large = yaml(format!(
+        "processors: {{batch: {{}}}}\n#{}\n",
+        "x".repeat(2000)
+    ));
+    let fx = rig.send(WS, |r| r.effective_config = Some(large.clone()));
+    let bytes = large.total_bytes() as u64;
+    assert_eq!(
+        fx.effective_config,
+        Some((large.hash(), KeptConfig::TooLarge { bytes }))
+    );
+    assert_eq!(fx.released_config, Some(first.hash()));
+    assert_eq!(
+        rig.session.record().effective_config_hash,
+        Some(large.hash())
+    );
 }

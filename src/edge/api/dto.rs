@@ -184,6 +184,11 @@ pub struct ConfigFileDto {
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 pub struct EffectiveConfigDto {
     pub hash: String,
+    /// Its size: names, content types and bodies.
+    pub bytes: u64,
+    /// False when it was larger than the server keeps (`--max-effective-config`): then only
+    /// its hash and size are known, and `files` is empty.
+    pub kept: bool,
     pub files: BTreeMap<String, ConfigFileDto>,
 }
 

@@ -21,7 +21,7 @@ use axum::routing::{get, post, put};
 pub use error::ApiError;
 pub use guard::AllowedHosts;
 
-use crate::core::domain::{AgentRecord, ContentHash, InstanceUid};
+use crate::core::domain::{AgentRecord, ContentHash, InstanceUid, KeptConfig};
 use crate::core::status::Status;
 use crate::edge::store::Store;
 use crate::tasks::fleet::{AgentFilter, Fleet};
@@ -318,8 +318,21 @@ async fn effective_config(
             ApiError::Internal(format!("effective config {} is missing", hash.to_hex()))
         })?,
     };
+    let config = match config {
+        KeptConfig::Whole(config) => config,
+        KeptConfig::TooLarge { bytes } => {
+            return Ok(Json(EffectiveConfigDto {
+                hash: hash.to_hex(),
+                bytes,
+                kept: false,
+                files: Default::default(),
+            }));
+        }
+    };
     Ok(Json(EffectiveConfigDto {
         hash: hash.to_hex(),
+        bytes: config.total_bytes() as u64,
+        kept: true,
         files: config
             .files
             .into_iter()

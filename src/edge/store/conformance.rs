@@ -13,8 +13,8 @@ use super::{Store, StoreError, WriteBatch, WriteBuffer};
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::core::domain::{
     AgentCapabilities, AgentDescription, AgentRecord, AttributeValue, ConfigFile, ConfigMap,
-    HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, RemoteConfigState, RemoteConfigStatus,
-    StrMap, Transport,
+    ContentHash, HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, KeptConfig, RemoteConfigState,
+    RemoteConfigStatus, StrMap, Transport,
 };
 use crate::core::lifecycle::{AdminState, Expected, IgnoreRule, Resume};
 use crate::core::packages::Package;
@@ -40,6 +40,7 @@ pub async fn run(store: &dyn Store, probe: &dyn Probe) {
     upserts_replace_the_record(store).await;
     keeps_only_the_latest_history(store).await;
     effective_configs_by_hash(store).await;
+    released_configs_go_when_unreferenced(store).await;
     component_sets_by_hash(store).await;
     configurations_keep_every_version(store).await;
     rollouts_keep_their_progress(store).await;
@@ -263,7 +264,7 @@ async fn effective_configs_by_hash(store: &dyn Store) {
         write(
             store,
             WriteBatch {
-                effective_configs: vec![(hash.clone(), config.clone())],
+                effective_configs: vec![(hash.clone(), KeptConfig::Whole(config.clone()))],
                 ..WriteBatch::default()
             },
         )
@@ -271,8 +272,78 @@ async fn effective_configs_by_hash(store: &dyn Store) {
     }
     assert_eq!(
         store.effective_config(&hash).await.expect("read"),
-        Some(config),
+        Some(KeptConfig::Whole(config)),
         "an effective config reads back by its hash, written twice without error"
+    );
+    let large = ContentHash(vec![0x1a; 32]);
+    let withheld = KeptConfig::TooLarge { bytes: 3_000_000 };
+    write(
+        store,
+        WriteBatch {
+            effective_configs: vec![(large.clone(), withheld.clone())],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        store.effective_config(&large).await.expect("read"),
+        Some(withheld),
+        "a config too large to keep reads back as its size"
+    );
+}
+
+/// An effective config an agent stopped reporting goes once no agent refers to it; one that
+/// another agent still reports stays.
+async fn released_configs_go_when_unreferenced(store: &dyn Store) {
+    let (changes, keeps) = (InstanceUid::new_v7(), InstanceUid::new_v7());
+    let (old, shared, new) = (
+        config_with("released: old\n"),
+        config_with("released: shared\n"),
+        config_with("released: new\n"),
+    );
+    let with_config = |uid, config: &ConfigMap| AgentRecord {
+        effective_config_hash: Some(config.hash()),
+        ..sample_agent(uid)
+    };
+    let kept = |config: &ConfigMap| (config.hash(), KeptConfig::Whole(config.clone()));
+    write(
+        store,
+        WriteBatch {
+            agents: vec![
+                Arc::new(with_config(changes, &old)),
+                Arc::new(with_config(keeps, &shared)),
+            ],
+            effective_configs: vec![kept(&old), kept(&shared)],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    // `changes` reports `new` (a later flush), then `shared`: both earlier ones are released.
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(with_config(changes, &new))],
+            released_configs: vec![old.hash()],
+            effective_configs: vec![kept(&new)],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    assert!(!stored_config(store, &old).await, "no agent refers to it");
+    assert!(stored_config(store, &new).await);
+    write(
+        store,
+        WriteBatch {
+            agents: vec![Arc::new(with_config(changes, &shared))],
+            released_configs: vec![new.hash()],
+            ..WriteBatch::default()
+        },
+    )
+    .await;
+    assert!(!stored_config(store, &new).await);
+    assert!(
+        stored_config(store, &shared).await,
+        "another agent refers to it"
     );
 }
 
@@ -674,7 +745,7 @@ async fn deletes_leave_nothing_of_the_agent(store: &dyn Store, probe: &dyn Probe
                 .collect(),
             effective_configs: [&own, &newer, &shared]
                 .into_iter()
-                .map(|c| (c.hash(), c.clone()))
+                .map(|c| (c.hash(), KeptConfig::Whole(c.clone())))
                 .collect(),
             component_sets: vec![(set_hash.clone(), set.clone())],
             ..WriteBatch::default()
@@ -727,6 +798,8 @@ async fn deletes_leave_nothing_of_the_agent(store: &dyn Store, probe: &dyn Probe
     buffer.history(gone, entry.clone());
     buffer.delete_agent(gone);
     buffer.delete_agent(also_gone);
+    flush(&buffer, store).await;
+    // Released configs go a flush later (see `WriteBuffer`).
     flush(&buffer, store).await;
 
     for uid in [gone, also_gone] {
@@ -784,13 +857,13 @@ async fn deletes_leave_nothing_of_the_agent(store: &dyn Store, probe: &dyn Probe
         store,
         WriteBatch {
             agents: vec![Arc::new(with_config(reporter, &fresh))],
-            effective_configs: vec![(fresh.hash(), fresh.clone())],
+            effective_configs: vec![(fresh.hash(), KeptConfig::Whole(fresh.clone()))],
             ..WriteBatch::default()
         },
     )
     .await;
     buffer.delete_agent(reporter);
-    buffer.effective_config(fresh.hash(), fresh.clone());
+    buffer.effective_config(fresh.hash(), KeptConfig::Whole(fresh.clone()));
     flush(&buffer, store).await;
     assert_eq!(
         probe.rows_about(reporter).await,

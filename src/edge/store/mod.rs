@@ -13,7 +13,7 @@ mod writer;
 use async_trait::async_trait;
 
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration};
-use crate::core::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
+use crate::core::domain::{AgentRecord, ContentHash, HistoryEntry, InstanceUid, KeptConfig};
 use crate::core::lifecycle::{Expected, IgnoreRule};
 use crate::core::packages::Package;
 use crate::core::rollout::{Phase, Rollout};
@@ -55,15 +55,16 @@ pub struct WriteBatch {
     pub deleted_agents: Vec<InstanceUid>,
     /// Pre-registrations by attributes used up by agents that turned up in this batch.
     pub used_expected: Vec<String>,
-    /// Effective configs that deleted agents' unwritten records referred to: removed, like those
-    /// the deleted agents' stored records refer to, when no agent refers to them any more.
+    /// Effective configs agents stopped reporting, and those deleted agents' unwritten records
+    /// referred to: removed, like those the deleted agents' stored records refer to, when no
+    /// agent refers to them any more.
     pub released_configs: Vec<ContentHash>,
     /// Latest state of each changed agent (its history is written from `history`, not here).
     pub agents: Vec<std::sync::Arc<AgentRecord>>,
     /// New status changes, oldest first.
     pub history: Vec<(InstanceUid, HistoryEntry)>,
     /// Effective configurations by hash, written once each.
-    pub effective_configs: Vec<(ContentHash, ConfigMap)>,
+    pub effective_configs: Vec<(ContentHash, KeptConfig)>,
     /// Component sets agents reported, by hash, written once each.
     pub component_sets: Vec<(ContentHash, ComponentSet)>,
 }
@@ -92,7 +93,7 @@ pub trait Store: Send + Sync + 'static {
     /// may come in the next). Then agents are upserted; history beyond the limit is pruned.
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError>;
 
-    async fn effective_config(&self, hash: &ContentHash) -> Result<Option<ConfigMap>, StoreError>;
+    async fn effective_config(&self, hash: &ContentHash) -> Result<Option<KeptConfig>, StoreError>;
 
     async fn load_component_sets(&self) -> Result<Vec<(ContentHash, ComponentSet)>, StoreError>;
 

@@ -12,8 +12,8 @@ use sqlx::{Row, Sqlite, SqlitePool};
 use super::{Store, StoreError, WriteBatch};
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::core::domain::{
-    AgentCapabilities, AgentRecord, ConfigMap, ContentHash, HISTORY_LIMIT, HistoryEntry,
-    InstanceUid, RemoteConfigState, RemoteConfigStatus, Transport,
+    AgentCapabilities, AgentRecord, ContentHash, HISTORY_LIMIT, HistoryEntry, InstanceUid,
+    KeptConfig, RemoteConfigState, RemoteConfigStatus, Transport,
 };
 use crate::core::lifecycle::{AdminState, Expected, IgnoreRule};
 use crate::core::packages::Package;
@@ -395,11 +395,21 @@ impl Store for SqliteStore {
             query.build().persistent(false).execute(&mut *tx).await?;
         }
         for (hash, config) in &batch.effective_configs {
-            sqlx::query("INSERT OR IGNORE INTO effective_configs (hash, body) VALUES (?, ?)")
-                .bind(hash.0.as_slice())
-                .bind(protocol::config_map_to_proto(config).encode_to_vec())
-                .execute(&mut *tx)
-                .await?;
+            let (body, withheld) = match config {
+                KeptConfig::Whole(map) => {
+                    (protocol::config_map_to_proto(map).encode_to_vec(), None)
+                }
+                KeptConfig::TooLarge { bytes } => (Vec::new(), Some(*bytes as i64)),
+            };
+            sqlx::query(
+                "INSERT OR IGNORE INTO effective_configs (hash, body, withheld_bytes)
+                 VALUES (?, ?, ?)",
+            )
+            .bind(hash.0.as_slice())
+            .bind(body)
+            .bind(withheld)
+            .execute(&mut *tx)
+            .await?;
         }
         for (hash, set) in &batch.component_sets {
             sqlx::query("INSERT OR IGNORE INTO component_sets (hash, body) VALUES (?, ?)")
@@ -437,16 +447,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn effective_config(&self, hash: &ContentHash) -> Result<Option<ConfigMap>, StoreError> {
-        let row = sqlx::query("SELECT body FROM effective_configs WHERE hash = ?")
+    async fn effective_config(&self, hash: &ContentHash) -> Result<Option<KeptConfig>, StoreError> {
+        let row = sqlx::query("SELECT body, withheld_bytes FROM effective_configs WHERE hash = ?")
             .bind(hash.0.as_slice())
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
+        if let Some(bytes) = row.try_get::<Option<i64>, _>("withheld_bytes")? {
+            return Ok(Some(KeptConfig::TooLarge {
+                bytes: bytes.max(0) as u64,
+            }));
+        }
         let body: Vec<u8> = row.try_get("body")?;
         let map =
             proto::AgentConfigMap::decode(body.as_slice()).map_err(|e| corrupt(&hash.0, e))?;
-        Ok(Some(protocol::config_map_from_proto(map)))
+        Ok(Some(KeptConfig::Whole(protocol::config_map_from_proto(
+            map,
+        ))))
     }
 
     async fn load_component_sets(&self) -> Result<Vec<(ContentHash, ComponentSet)>, StoreError> {

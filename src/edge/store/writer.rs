@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, WriteBatch};
 use crate::core::config::ComponentSet;
-use crate::core::domain::{AgentRecord, ConfigMap, ContentHash, HistoryEntry, InstanceUid};
+use crate::core::domain::{AgentRecord, ContentHash, HistoryEntry, InstanceUid, KeptConfig};
 use crate::telemetry::Metrics;
 
 /// How often buffered changes are written. A heartbeat never causes a write by itself.
@@ -24,12 +24,17 @@ struct Pending {
     agents: HashMap<InstanceUid, Arc<AgentRecord>>,
     /// Per agent so a delete drops an agent's entries without walking everyone's.
     history: HashMap<InstanceUid, Vec<HistoryEntry>>,
-    configs: HashMap<ContentHash, ConfigMap>,
+    configs: HashMap<ContentHash, KeptConfig>,
     component_sets: HashMap<ContentHash, ComponentSet>,
 }
 
 struct Queue {
     pending: Pending,
+    /// Configs released before the last batch was taken, for the next one. A release waits
+    /// one flush: the record of an agent that just reported a config is buffered after the
+    /// config, so it may land one flush later, and until then only the config says the
+    /// agent uses it.
+    releasing: HashSet<ContentHash>,
     /// Flushes that have taken their batch. Counted under the same lock as the writes, so a
     /// [`WriteBuffer::sync`] knows which flush is the first to include everything before it.
     begun: u64,
@@ -49,7 +54,7 @@ struct Flushed {
 pub struct WriteBuffer {
     queue: Mutex<Queue>,
     /// Configs taken for the write in progress, readable until it lands.
-    in_flight: Mutex<HashMap<ContentHash, ConfigMap>>,
+    in_flight: Mutex<HashMap<ContentHash, KeptConfig>>,
     flushed: watch::Sender<Flushed>,
 }
 
@@ -58,6 +63,7 @@ impl Default for WriteBuffer {
         Self {
             queue: Mutex::new(Queue {
                 pending: Pending::default(),
+                releasing: HashSet::new(),
                 begun: 0,
             }),
             in_flight: Mutex::default(),
@@ -81,13 +87,19 @@ impl WriteBuffer {
             .push(entry);
     }
 
-    pub fn effective_config(&self, hash: ContentHash, config: ConfigMap) {
+    pub fn effective_config(&self, hash: ContentHash, config: KeptConfig) {
         self.queue
             .lock()
             .pending
             .configs
             .entry(hash)
             .or_insert(config);
+    }
+
+    /// An effective config an agent no longer reports: removed at the next flush unless some
+    /// agent still refers to it.
+    pub fn release_config(&self, hash: ContentHash) {
+        self.queue.lock().pending.released_configs.insert(hash);
     }
 
     pub fn component_set(&self, hash: ContentHash, set: ComponentSet) {
@@ -147,7 +159,7 @@ impl WriteBuffer {
     }
 
     /// An effective config not written yet, so readers need not wait for the flush.
-    pub fn unwritten_config(&self, hash: &ContentHash) -> Option<ConfigMap> {
+    pub fn unwritten_config(&self, hash: &ContentHash) -> Option<KeptConfig> {
         if let Some(config) = self.queue.lock().pending.configs.get(hash) {
             return Some(config.clone());
         }
@@ -158,7 +170,9 @@ impl WriteBuffer {
         let mut queue = self.queue.lock();
         queue.begun += 1;
         let seq = queue.begun;
-        let pending = std::mem::take(&mut queue.pending);
+        let mut pending = std::mem::take(&mut queue.pending);
+        let releasing = std::mem::take(&mut pending.released_configs);
+        let released = std::mem::replace(&mut queue.releasing, releasing);
         if !pending.configs.is_empty() {
             // Still under the queue lock, so a reader always finds the config somewhere.
             self.in_flight.lock().clone_from(&pending.configs);
@@ -167,7 +181,7 @@ impl WriteBuffer {
         let batch = WriteBatch {
             deleted_agents: pending.deleted.into_iter().collect(),
             used_expected: pending.used_expected,
-            released_configs: pending.released_configs.into_iter().collect(),
+            released_configs: released.into_iter().collect(),
             agents: pending.agents.into_values().collect(),
             history: pending
                 .history
@@ -312,10 +326,12 @@ mod tests {
         buffer.history(uid, entry("after"));
         let (_, batch) = buffer.take();
         assert_eq!(batch.deleted_agents, vec![uid]);
-        assert_eq!(batch.released_configs, vec![ContentHash(vec![1])]);
+        assert!(batch.released_configs.is_empty(), "a release waits a flush");
         assert_eq!(batch.agents.len(), 2);
         assert!(batch.agents.contains(&record(uid, 2)));
         assert_eq!(batch.history, vec![(uid, entry("after"))]);
+        let (_, next) = buffer.take();
+        assert_eq!(next.released_configs, vec![ContentHash(vec![1])]);
     }
 
     #[test]
@@ -336,9 +352,9 @@ mod tests {
         let (_, batch) = buffer.take();
         assert_eq!(batch.deleted_agents, vec![uid]);
         assert_eq!(
-            batch.released_configs,
+            buffer.take().1.released_configs,
             vec![ContentHash(vec![1])],
-            "the unwritten record's config is released"
+            "the unwritten record's config is released, a flush later"
         );
         let mut agents = batch.agents.clone();
         agents.sort_by_key(|a| a.uid);

@@ -71,7 +71,7 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
 }
 
 fn is_length_limit(error: &axum::Error) -> bool {
-    super::find_cause::<http_body_util::LengthLimitError>(error).is_some()
+    crate::edge::find_cause::<http_body_util::LengthLimitError>(error).is_some()
 }
 
 /// One plain-HTTP poll: an AgentToServer in, the agent's ServerToAgent out.

@@ -26,20 +26,6 @@ pub const OPAMP_PATH: &str = "/v1/opamp";
 /// Default bound on one inbound message (after decompression).
 pub use crate::settings::DEFAULT_MAX_MESSAGE_SIZE;
 
-/// The first error of type `T` in `error`'s chain of causes.
-fn find_cause<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        source = e.source();
-    }
-    None
-}
-
 /// A package's bytes by SHA-256, with range requests so an agent can resume a download.
 async fn download(
     axum::extract::State(state): axum::extract::State<OpampState>,
@@ -76,11 +62,21 @@ fn origin(headers: &axum::http::HeaderMap) -> Option<Arc<str>> {
     valid.then(|| Arc::from(format!("http://{host}")))
 }
 
+/// How long a WebSocket may stay quiet.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketTimers {
+    /// Until its first message.
+    pub first_message_timeout: std::time::Duration,
+    /// Between signs of life, for agents that do not report heartbeats.
+    pub ping_interval: std::time::Duration,
+}
+
 #[derive(Clone)]
 pub struct OpampState {
     pub fleet: Arc<Fleet>,
     pub blobs: crate::edge::store::BlobStore,
     pub max_message_size: usize,
+    pub limits: SocketTimers,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     next_conn: Arc<AtomicU64>,
@@ -91,6 +87,7 @@ impl OpampState {
         fleet: Arc<Fleet>,
         blobs: crate::edge::store::BlobStore,
         max_message_size: usize,
+        limits: SocketTimers,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
@@ -98,6 +95,7 @@ impl OpampState {
             fleet,
             blobs,
             max_message_size,
+            limits,
             cancel,
             tracker,
             next_conn: Arc::new(AtomicU64::new(1)),

@@ -11,9 +11,17 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::time::Sleep;
+
 use super::OpampState;
 use super::socket::{self, Socket};
+use crate::core::domain::AgentCapabilities;
 use crate::core::domain::{InstanceUid, ReplyError, ServerReply};
+use crate::edge::listener::Conn;
 use crate::edge::protocol::{
     Inbound, decode_agent_message, encode_ws_frame, reply_to_proto, unframe_ws,
 };
@@ -27,6 +35,7 @@ const GOING_AWAY: u16 = 1001;
 const PROTOCOL_ERROR: u16 = 1002;
 const UNSUPPORTED_DATA: u16 = 1003;
 const INVALID_PAYLOAD: u16 = 1007;
+const POLICY_VIOLATION: u16 = 1008;
 const MESSAGE_TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
 /// How long one write may wait on an agent that does not read.
@@ -47,6 +56,14 @@ pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Reques
         Ok(accepted) => accepted,
         Err(rejected) => return rejected.into_response(),
     };
+    let Some(conn) = request.extensions().get::<Conn>().cloned() else {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "connection state missing",
+        )
+            .into_response();
+    };
+    conn.upgraded();
     let origin = super::origin(request.headers());
     let max = state.max_message_size;
     let config = WebSocketConfig::default()
@@ -60,7 +77,7 @@ pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Reques
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = socket::open(upgraded, config).await;
-                serve_connection(socket, state, origin).await;
+                serve_connection(socket, state, (conn, origin)).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -101,8 +118,32 @@ struct Speakers {
     last: Option<(InstanceUid, AgentHandle)>,
 }
 
+/// What the connection's one timer waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// The first message, within the first-message timeout.
+    FirstMessage,
+    /// An agent that does not report heartbeats: a sign of life within every ping interval;
+    /// after a quiet interval it is pinged, and after a second one it is given up.
+    Life { heard: bool, pinged: bool },
+    /// Nothing: the agent reports heartbeats, and the fleet watches for their silence.
+    Nothing,
+}
+
+/// Waits for `timer`, or for ever without one.
+fn ring(timer: &mut Option<Pin<Box<Sleep>>>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match timer {
+        Some(timer) => timer.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+}
+
 /// Moves frames between one WebSocket and the actors of the agents speaking on it.
-async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<Arc<str>>) {
+async fn serve_connection(
+    mut socket: Socket,
+    state: OpampState,
+    (listener_conn, origin): (Conn, Option<Arc<str>>),
+) {
     let conn = state.next_conn_id();
     let metrics = state.fleet.metrics();
     let (outbound, replies) = crate::channel::bounded::<Outgoing>(OUTBOUND_CAPACITY);
@@ -114,6 +155,11 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
     // a few tries, until its next large message.
     let mut refresh_due = false;
     let mut refresh_tries = 0u8;
+    // Boxed: after its first message, a connection whose agent reports heartbeats has none.
+    let mut timer = Some(Box::pin(tokio::time::sleep(
+        state.limits.first_message_timeout,
+    )));
+    let mut watch = Watch::FirstMessage;
 
     // Made once: a fresh one per message would join and leave the server token's waiter list,
     // which every connection shares, on every heartbeat.
@@ -139,9 +185,27 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                     Err(RecvError::Closed) => break Ending::closed("websocket closed"),
                 }
             }
+            () = ring(&mut timer) => match watch_rings(&mut watch, &mut timer, &state, &speakers) {
+                Rang::Ping => {
+                    let ping = socket.send(Message::Ping(Bytes::new()));
+                    if Box::pin(tokio::time::timeout(WRITE_TIMEOUT, ping)).await.is_err() {
+                        break Ending::closed("agent stopped reading");
+                    }
+                }
+                Rang::GiveUp(reason) => {
+                    metrics.cut("opamp", reason);
+                    let message = match reason {
+                        "first_message_timeout" => "no first message in time",
+                        _ => "no answer to ping in time",
+                    };
+                    break Ending::close(POLICY_VIOLATION, message);
+                }
+                Rang::Nothing => {}
+            },
             frame = socket.next() => match frame {
                 None => break Ending::closed("websocket closed"),
                 Some(Ok(Message::Binary(bytes))) => {
+                    heard(&mut watch);
                     received += socket::min_frame_len(bytes.len());
                     refresh_due |= bytes.len() > REFRESH_ABOVE;
                     let next = match unframe_ws(bytes).and_then(decode_agent_message) {
@@ -177,6 +241,10 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                             if let Err(ending) = routed.await {
                                 break ending;
                             }
+                            if watch == Watch::FirstMessage {
+                                listener_conn.handshake_done();
+                            }
+                            watch_agent(&mut watch, &mut timer, &state, &speakers);
                         }
                     }
                 }
@@ -186,6 +254,7 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
                 }
                 Some(Ok(Message::Close(_))) => break Ending::closed("websocket closed by agent"),
                 Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
+                    heard(&mut watch);
                     received += socket::min_frame_len(payload.len());
                 }
                 Some(Ok(Message::Frame(_))) => {}
@@ -234,6 +303,88 @@ async fn serve_connection(mut socket: Socket, state: OpampState, origin: Option<
         tracing::debug!(conn, reason = %ending.reason, "websocket ended");
     }
     Box::pin(state.fleet.connection_closed(&agents, conn, &ending.reason)).await;
+}
+
+/// What a ring of the connection's timer asks for.
+enum Rang {
+    Ping,
+    /// Close the connection, counted under this reason.
+    GiveUp(&'static str),
+    Nothing,
+}
+
+/// A frame came: the agent is alive.
+fn heard(watch: &mut Watch) {
+    if let Watch::Life { heard, pinged } = watch {
+        *heard = true;
+        *pinged = false;
+    }
+}
+
+/// After a message to the agent's actor: whether the agent needs pings, now that its
+/// capabilities may have changed.
+fn watch_agent(
+    watch: &mut Watch,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    state: &OpampState,
+    speakers: &Speakers,
+) {
+    let reports_heartbeats = speakers.last.as_ref().is_some_and(|(_, agent)| {
+        agent
+            .link()
+            .capabilities()
+            .contains(AgentCapabilities::REPORTS_HEARTBEAT)
+    });
+    match (reports_heartbeats, *watch) {
+        (true, _) => {
+            *watch = Watch::Nothing;
+            *timer = None;
+        }
+        (false, Watch::Life { .. }) => {}
+        (false, Watch::FirstMessage | Watch::Nothing) => {
+            *watch = Watch::Life {
+                heard: false,
+                pinged: false,
+            };
+            let at = tokio::time::Instant::now() + state.limits.ping_interval;
+            match timer {
+                Some(timer) => timer.as_mut().reset(at),
+                None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+    }
+}
+
+/// The connection's timer rang.
+fn watch_rings(
+    watch: &mut Watch,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    state: &OpampState,
+    speakers: &Speakers,
+) -> Rang {
+    if *watch == Watch::FirstMessage {
+        return Rang::GiveUp("first_message_timeout");
+    }
+    // The agent's capabilities may have come in since its first message was routed.
+    watch_agent(watch, timer, state, speakers);
+    let Watch::Life { heard, pinged } = *watch else {
+        return Rang::Nothing;
+    };
+    let rang = match (heard, pinged) {
+        (true, _) => Rang::Nothing,
+        (false, false) => Rang::Ping,
+        (false, true) => return Rang::GiveUp("ping_timeout"),
+    };
+    *watch = Watch::Life {
+        heard: false,
+        pinged: matches!(rang, Rang::Ping),
+    };
+    if let Some(timer) = timer.as_mut() {
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + state.limits.ping_interval);
+    }
+    rang
 }
 
 /// What the connection answers a bare heartbeat with when the agent's session lets it.
@@ -391,13 +542,14 @@ fn truncate_reason(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     /// Every open WebSocket is a task that waits on this future: its size is paid per agent.
-    /// It holds the socket itself (about 400 bytes), which is not split behind a shared lock.
+    /// It holds the socket itself (about 400 bytes), which is not split behind a shared lock,
+    /// and the connection's one timer, boxed.
     #[test]
     fn an_idle_connection_stays_small() {
         fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let size = future_size(super::serve_connection);
-        assert!(size <= 1440, "connection future is {size} bytes");
+        assert!(size <= 1536, "connection future is {size} bytes");
     }
 }

@@ -175,6 +175,7 @@ impl AgentActor {
             persist,
             history,
             effective_config,
+            released_config,
             component_set,
             status_moves,
             admin_move,
@@ -214,6 +215,9 @@ impl AgentActor {
         }
         if let Some((hash, config)) = effective_config {
             ctx.writes.effective_config(hash, config);
+        }
+        if let Some(hash) = released_config {
+            ctx.writes.release_config(hash);
         }
         if let Some((hash, set)) = component_set {
             ctx.writes.component_set(hash.clone(), set.clone());

@@ -1,0 +1,287 @@
+//! One accepted connection: where it is in the request cycle, and the socket that closes it
+//! when the client takes too long at any step.
+//!
+//! hyper's own header timeout starts as soon as it waits for a request, so it would cut idle
+//! keep-alive connections at the header timeout, and it has no body or idle timeout. Here the
+//! service tells the connection when a request's headers are in and when its reply is ready;
+//! the socket knows when the next request's first byte comes, and holds the deadline of the
+//! step the connection is at.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::gate::Place;
+
+/// Where a connection is in the request cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    /// Waiting for a request's headers: since the connection opened or since the request's
+    /// first byte.
+    Headers = 0,
+    /// The headers are in; the body is read and the reply made.
+    Request = 1,
+    /// The reply is made; it is written, then the connection waits for another request.
+    Idle = 2,
+    /// A WebSocket now: the socket has its own timers.
+    Upgraded = 3,
+}
+
+impl Step {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Step::Headers,
+            1 => Step::Request,
+            2 => Step::Idle,
+            _ => Step::Upgraded,
+        }
+    }
+
+    /// What a timeout at this step is counted as.
+    pub fn timeout_reason(self) -> &'static str {
+        match self {
+            Step::Headers => "header_timeout",
+            Step::Request => "body_timeout",
+            Step::Idle | Step::Upgraded => "idle_timeout",
+        }
+    }
+}
+
+/// How long a client may take at each step.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub headers: Duration,
+    /// `None`: as long as the request takes (the admin API's package uploads).
+    pub request: Option<Duration>,
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    fn of(&self, step: Step) -> Option<Duration> {
+        match step {
+            Step::Headers => Some(self.headers),
+            Step::Request => self.request,
+            Step::Idle => Some(self.idle),
+            Step::Upgraded => None,
+        }
+    }
+}
+
+/// What the connection's service and its socket share. Handlers find it in the request's
+/// extensions as a [`Conn`]. It lives as long as the socket, WebSocket included.
+#[derive(Debug)]
+struct Shared {
+    step: AtomicU8,
+    /// Bumped whenever the service moves the step, for the socket to set its deadline anew.
+    moves: AtomicU32,
+    /// Held until the connection's first message is answered.
+    handshake: Mutex<Option<Place>>,
+    /// The connection's place under the listener's connection limit.
+    _open: Place,
+    /// The step the socket timed out at, if it did ([`NOT_TIMED_OUT`] if not).
+    timed_out: AtomicU8,
+}
+
+const NOT_TIMED_OUT: u8 = u8::MAX;
+
+/// A connection as its handlers see it.
+#[derive(Clone, Debug)]
+pub struct Conn(Arc<Shared>);
+
+impl Conn {
+    pub fn new(open: Place, handshake: Option<Place>) -> Self {
+        Conn(Arc::new(Shared {
+            step: AtomicU8::new(Step::Headers as u8),
+            moves: AtomicU32::new(0),
+            handshake: Mutex::new(handshake),
+            _open: open,
+            timed_out: AtomicU8::new(NOT_TIMED_OUT),
+        }))
+    }
+
+    pub fn step(&self) -> Step {
+        Step::from_u8(self.0.step.load(Ordering::Acquire))
+    }
+
+    fn move_to(&self, step: Step) {
+        self.0.step.store(step as u8, Ordering::Release);
+        self.0.moves.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A request's headers are in.
+    pub fn request_started(&self) {
+        if self.step() != Step::Upgraded {
+            self.move_to(Step::Request);
+        }
+    }
+
+    /// A request's reply is made. Unless the connection became a WebSocket, its first
+    /// message has been answered.
+    pub fn replied(&self) {
+        if self.step() != Step::Upgraded {
+            self.move_to(Step::Idle);
+            self.handshake_done();
+        }
+    }
+
+    /// The connection is a WebSocket from now on.
+    pub fn upgraded(&self) {
+        self.move_to(Step::Upgraded);
+    }
+
+    /// The step at which the client took too long, if it did.
+    pub fn timed_out(&self) -> Option<Step> {
+        match self.0.timed_out.load(Ordering::Acquire) {
+            NOT_TIMED_OUT => None,
+            step => Some(Step::from_u8(step)),
+        }
+    }
+
+    /// The connection's first message is answered: it no longer counts as a handshake.
+    pub fn handshake_done(&self) {
+        self.0.handshake.lock().take();
+    }
+}
+
+/// A TCP stream that fails with `TimedOut` when the client overstays the step its connection
+/// is at.
+pub struct Timed {
+    inner: TcpStream,
+    conn: Conn,
+    timeouts: Timeouts,
+    /// The step the deadline was set for, and the service's moves seen so far.
+    step: Step,
+    moves: u32,
+    /// Made only when a step has a timeout; dropped once the connection is a WebSocket.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timed {
+    pub fn new(inner: TcpStream, conn: Conn, timeouts: Timeouts) -> Self {
+        let mut timed = Self {
+            inner,
+            conn,
+            timeouts,
+            step: Step::Headers,
+            moves: 0,
+            deadline: None,
+        };
+        timed.start(Step::Headers);
+        timed
+    }
+
+    fn start(&mut self, step: Step) {
+        self.step = step;
+        match self.timeouts.of(step) {
+            Some(limit) => {
+                let at = Instant::now() + limit;
+                match &mut self.deadline {
+                    Some(deadline) => deadline.as_mut().reset(at),
+                    None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+            }
+            None => self.deadline = None,
+        }
+    }
+
+    /// Follows the service's moves.
+    fn follow(&mut self) {
+        let moves = self.conn.0.moves.load(Ordering::Acquire);
+        if moves != self.moves {
+            self.moves = moves;
+            self.start(self.conn.step());
+        }
+    }
+
+    fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
+    }
+
+    fn timed_out(&self) -> io::Error {
+        self.conn
+            .0
+            .timed_out
+            .store(self.step as u8, Ordering::Release);
+        io::Error::new(io::ErrorKind::TimedOut, self.step.timeout_reason())
+    }
+}
+
+impl AsyncRead for Timed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.follow();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                // The first byte of the next request: its headers are due.
+                if this.step == Step::Idle && buf.filled().len() > before {
+                    this.conn
+                        .0
+                        .step
+                        .store(Step::Headers as u8, Ordering::Release);
+                    this.start(Step::Headers);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.overdue(cx) => Poll::Ready(Err(this.timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Timed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.follow();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending if this.overdue(cx) => Poll::Ready(Err(this.timed_out())),
+            poll => poll,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.follow();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending if this.overdue(cx) => Poll::Ready(Err(this.timed_out())),
+            poll => poll,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

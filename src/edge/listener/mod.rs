@@ -1,0 +1,147 @@
+//! The accept loop under both listeners: HTTP/1.1 (with upgrades) on every accepted
+//! connection, within bounds no client can stretch: a number of open connections, a pace of
+//! new ones, and a deadline on every step of a request (see [`conn`]).
+
+mod conn;
+pub mod gate;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+pub use conn::{Conn, Step, Timeouts};
+use gate::{Ceiling, Gate, Refusal};
+
+use crate::telemetry::Metrics;
+
+/// How long accepting pauses after an error that is not the client's (out of files).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One listener's bounds.
+pub struct Bounds {
+    /// Its name in metrics: `opamp` or `api`.
+    pub name: &'static str,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+    /// Paces new connections (the OpAMP listener); `None` serves every one.
+    pub gate: Option<Gate>,
+}
+
+/// Serves `router` on `listener` until `shutdown`; then asks every connection to finish its
+/// request and close, and waits for them.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut bounds: Bounds,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let open = Ceiling::new(bounds.max_connections);
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true);
+    let name = bounds.name;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        tracing::warn!(listener = name, error = %e, "cannot accept connections");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Some(place) = open.enter() else {
+            metrics.cut(name, "max_connections");
+            continue;
+        };
+        // Replies are small and answer a request: never hold them back.
+        let _ = stream.set_nodelay(true);
+        let (handshake, refusal) = match &mut bounds.gate {
+            Some(gate) => match gate.admit(std::time::Instant::now()) {
+                Ok(handshake) => (Some(handshake), None),
+                Err(refusal) => {
+                    metrics.cut(name, refusal.as_str());
+                    (None, Some(refusal))
+                }
+            },
+            None => (None, None),
+        };
+        let conn = Conn::new(place, handshake);
+        let service = {
+            let (conn, router) = (conn.clone(), router.clone());
+            hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                conn.request_started();
+                request.extensions_mut().insert(conn.clone());
+                let (conn, router) = (conn.clone(), router.clone());
+                async move {
+                    let response = match refusal {
+                        Some(refusal) => come_back_later(refusal),
+                        None => router.oneshot(request).await.into_response(),
+                    };
+                    conn.replied();
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let io = TokioIo::new(conn::Timed::new(stream, conn.clone(), bounds.timeouts));
+        let connection = http.serve_connection(io, service).with_upgrades();
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            // Its errors are the client's (gone, or breaking HTTP); hyper answers what it can.
+            let _ = tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Some(step) = conn.timed_out() {
+                metrics.cut(name, step.timeout_reason());
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// A 503 with a retry delay drawn at random, so that the excess of a storm comes back spread
+/// out. The connection is closed after it.
+fn come_back_later(refusal: Refusal) -> Response {
+    let after = gate::retry_after().as_secs();
+    let message = match refusal {
+        Refusal::Rate => "too many new connections; retry later",
+        Refusal::Handshakes => "too many connections starting at once; retry later",
+    };
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Errors of one connection that is gone already: nothing to wait for.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
