@@ -104,7 +104,12 @@ pub async fn serve(
             .context("cannot load ignore rules")?,
     };
     let fleet = Arc::new(Fleet::new(ctx, tracker.clone(), rules, settings.max_agents));
-    let known = store.load_agents().await.context("cannot load agents")?;
+    let loaded = store.load_agents().await.context("cannot load agents")?;
+    for error in &loaded.set_aside {
+        tracing::error!(%error, "agent row set aside: it could not be read (see the agents_set_aside table)");
+        metrics.store_rows_set_aside.inc();
+    }
+    let known = loaded.agents;
     tracing::info!(agents = known.len(), "restored fleet");
     fleet.restore(known);
     fleet.spawn_silence_watch();

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub connections_cut: Family<CutLabel, Counter>,
     pub store_flushes: Counter,
     pub store_errors: Counter,
+    pub store_rows_set_aside: Counter,
     /// The message counters of each transport (by `Transport as usize`), looked up once:
     /// they are counted on every heartbeat, and a family lookup hashes its labels under a lock.
     counted_in: [Counter; 2],
@@ -72,6 +73,7 @@ impl Default for Metrics {
             connections_cut: Family::default(),
             store_flushes: Counter::default(),
             store_errors: Counter::default(),
+            store_rows_set_aside: Counter::default(),
             counted_in: Default::default(),
             counted_out: Default::default(),
         };
@@ -118,6 +120,11 @@ impl Default for Metrics {
             "store_flushes",
             "Batches written to the store",
             m.store_flushes.clone(),
+        );
+        m.registry.register(
+            "store_rows_set_aside",
+            "Agent rows that could not be read at start, moved to agents_set_aside",
+            m.store_rows_set_aside.clone(),
         );
         m.registry.register(
             "store_errors",

@@ -130,3 +130,33 @@ async fn an_empty_or_foreign_database_file_is_an_error_at_start() {
         .expect("refused");
     assert!(err.to_string().contains("not a Corral store"), "{err}");
 }
+
+/// Regression: one corrupt agent row refused the whole start.
+#[tokio::test]
+async fn a_corrupt_agent_row_is_set_aside_and_the_server_starts() {
+    let server = TestServer::start().await;
+    let (broken, fine) = (new_uid(), new_uid());
+    for uid in [&broken, &fine] {
+        server.poll(&full_report(uid, 1, "svc")).await;
+    }
+    server.wait_status(&fine, "connected").await;
+    let (opamp, api) = (server.opamp, server.api);
+    let dir = server.stop().await;
+
+    let url = format!("sqlite://{}", dir.path().join("corral.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE agents SET status = 'melted' WHERE instance_uid = ?")
+        .bind(broken.to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let server = TestServer::restart_at(dir, Options::default(), opamp, api).await;
+    assert!(server.agent(&fine).await.is_some(), "the other agents load");
+    assert!(server.agent(&broken).await.is_none());
+    assert_eq!(server.metric("corral_store_rows_set_aside_total").await, 1.0);
+    // It comes back as a new agent; the old row stays aside for inspection.
+    server.poll(&full_report(&broken, 1, "svc")).await;
+    server.wait_status(&broken, "connected").await;
+}

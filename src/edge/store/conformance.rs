@@ -134,7 +134,9 @@ fn sample_agent(uid: InstanceUid) -> AgentRecord {
 }
 
 async fn load(store: &dyn Store) -> Vec<AgentRecord> {
-    store.load_agents().await.expect("load_agents")
+    let loaded = store.load_agents().await.expect("load_agents");
+    assert!(loaded.set_aside.is_empty(), "{:?}", loaded.set_aside);
+    loaded.agents
 }
 
 async fn write(store: &dyn Store, batch: WriteBatch) {

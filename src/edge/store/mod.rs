@@ -47,6 +47,14 @@ pub enum StoreError {
     Closed,
 }
 
+/// The agents read back at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub agents: Vec<AgentRecord>,
+    /// Rows that could not be read, moved aside: each one's error.
+    pub set_aside: Vec<StoreError>,
+}
+
 /// Changes to write together, in one transaction. Deletes apply first, so an agent deleted and
 /// then heard from again in the same batch keeps its new record.
 #[derive(Clone, Debug, Default)]
@@ -84,8 +92,9 @@ impl WriteBatch {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Every known agent, each with its most recent history (oldest first, at most
-    /// [`crate::core::domain::HISTORY_LIMIT`] entries).
-    async fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// [`crate::core::domain::HISTORY_LIMIT`] entries). A row that cannot be read is set
+    /// aside where an admin can inspect it, and named in [`Loaded::set_aside`]; the rest load.
+    async fn load_agents(&self) -> Result<Loaded, StoreError>;
 
     /// Writes a batch atomically. Deleted agents go first, with everything stored for them
     /// alone (history, rollout progress, effective configs no other agent refers to; an

@@ -9,7 +9,7 @@ use prost::Message;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool};
 
-use super::{Store, StoreError, WriteBatch};
+use super::{Loaded, Store, StoreError, WriteBatch};
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration, Selector};
 use crate::core::domain::{
     AgentCapabilities, AgentRecord, ContentHash, HISTORY_LIMIT, HistoryEntry, InstanceUid,
@@ -156,6 +156,40 @@ fn parse_status(uid: &[u8], s: &str) -> Result<Status, StoreError> {
     Status::parse(s).ok_or_else(|| corrupt(uid, format!("unknown status {s:?}")))
 }
 
+impl SqliteStore {
+    /// Moves an agent row that cannot be read to `agents_set_aside`, every column as an SQL
+    /// literal, with why: the agent starts afresh if it comes back, and the row stays for an
+    /// admin to inspect.
+    async fn set_aside(&self, uid: &[u8], error: &StoreError) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO agents_set_aside (instance_uid, set_aside_ms, problem, row_json)
+             SELECT instance_uid, ?, ?, json_object(
+                 'status', quote(status), 'status_reason', quote(status_reason), 'transport',
+                 quote(transport), 'labels', quote(labels), 'description', quote(description),
+                 'capabilities', quote(capabilities), 'health', quote(health),
+                 'effective_config_hash', quote(effective_config_hash), 'remote_config_hash',
+                 quote(remote_config_hash), 'remote_config_status', quote(remote_config_status),
+                 'remote_config_error', quote(remote_config_error), 'last_seen_ms',
+                 quote(last_seen_ms), 'connected_at_ms', quote(connected_at_ms),
+                 'applied_config_hash', quote(applied_config_hash), 'admin_state',
+                 quote(admin_state), 'pre_registered', quote(pre_registered))
+             FROM agents WHERE instance_uid = ?",
+        )
+        .bind(Utc::now().timestamp_millis())
+        .bind(error.to_string())
+        .bind(uid)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM agents WHERE instance_uid = ?")
+            .bind(uid)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreError> {
     let uid_bytes: Vec<u8> = row.try_get("instance_uid")?;
     let uid = InstanceUid::from_bytes(&uid_bytes).map_err(|e| corrupt(&uid_bytes, e))?;
@@ -235,14 +269,23 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgentRecord, StoreEr
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn load_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+    async fn load_agents(&self) -> Result<Loaded, StoreError> {
         let rows = sqlx::query("SELECT * FROM agents ORDER BY instance_uid")
             .fetch_all(&self.pool)
             .await?;
-        let mut agents = rows
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut agents = Vec::with_capacity(rows.len());
+        let mut set_aside = Vec::new();
+        for row in &rows {
+            match record_from_row(row) {
+                Ok(record) => agents.push(record),
+                Err(error) => {
+                    let uid: Vec<u8> = row.try_get("instance_uid")?;
+                    self.set_aside(&uid, &error).await?;
+                    set_aside.push(error);
+                }
+            }
+        }
+        drop(rows);
 
         let rows = sqlx::query(
             "SELECT instance_uid, at_ms, from_status, to_status, reason
@@ -253,14 +296,20 @@ impl Store for SqliteStore {
         let mut history: HashMap<Vec<u8>, Vec<HistoryEntry>> = HashMap::new();
         for row in rows {
             let uid: Vec<u8> = row.try_get("instance_uid")?;
-            let from: Option<String> = row.try_get("from_status")?;
-            let entry = HistoryEntry {
-                at: from_millis(row.try_get("at_ms")?),
-                from: from.map(|s| parse_status(&uid, &s)).transpose()?,
-                to: parse_status(&uid, row.try_get("to_status")?)?,
-                reason: row.try_get("reason")?,
-            };
-            history.entry(uid).or_default().push(entry);
+            // History is for display: an entry that cannot be read is left out.
+            let entry = (|| {
+                let from: Option<String> = row.try_get("from_status")?;
+                Ok::<_, StoreError>(HistoryEntry {
+                    at: from_millis(row.try_get("at_ms")?),
+                    from: from.map(|s| parse_status(&uid, &s)).transpose()?,
+                    to: parse_status(&uid, row.try_get("to_status")?)?,
+                    reason: row.try_get("reason")?,
+                })
+            })();
+            match entry {
+                Ok(entry) => history.entry(uid).or_default().push(entry),
+                Err(error) => tracing::warn!(%error, "history entry left out"),
+            }
         }
         for agent in &mut agents {
             if let Some(mut entries) = history.remove(agent.uid.as_bytes().as_slice()) {
@@ -269,7 +318,7 @@ impl Store for SqliteStore {
                 agent.history = Arc::from(entries);
             }
         }
-        Ok(agents)
+        Ok(Loaded { agents, set_aside })
     }
 
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -958,6 +1007,7 @@ mod tests {
             .load_agents()
             .await
             .expect("load")
+            .agents
             .iter()
             .map(|a| a.uid)
             .collect();
@@ -982,11 +1032,32 @@ mod tests {
             .execute(&store.pool)
             .await
             .expect("update");
-        let err = store.load_agents().await.expect_err("a corrupt row");
+        let other = InstanceUid::new_v7();
+        let fine = WriteBatch {
+            agents: vec![Arc::new(AgentRecord::new(other, Utc::now()))],
+            ..WriteBatch::default()
+        };
+        store.write(&fine).await.expect("write");
+        let loaded = store.load_agents().await.expect("the other rows load");
+        assert_eq!(loaded.agents.len(), 1);
+        assert_eq!(loaded.agents[0].uid, other);
+        let [err] = loaded.set_aside.as_slice() else {
+            panic!("one row set aside: {:?}", loaded.set_aside)
+        };
         assert!(
-            matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains("retired")),
+            matches!(err, StoreError::Corrupt { detail, .. } if detail.contains("retired")),
             "{err}"
         );
+        let (problem, row): (String, String) =
+            sqlx::query_as("SELECT problem, row_json FROM agents_set_aside WHERE instance_uid = ?")
+                .bind(uid.as_bytes().to_vec())
+                .fetch_one(&store.pool)
+                .await
+                .expect("the row is kept for inspection");
+        assert!(problem.contains("retired"), "{problem}");
+        assert!(row.contains("'retired'"), "{row}");
+        let again = store.load_agents().await.expect("load again");
+        assert!(again.set_aside.is_empty(), "set aside once");
     }
 
     #[tokio::test]
@@ -1003,7 +1074,7 @@ mod tests {
         .execute(&store.pool)
         .await
         .expect("insert");
-        let agents = store.load_agents().await.expect("load");
+        let agents = store.load_agents().await.expect("load").agents;
         assert_eq!(
             agents[0].admin_state,
             crate::core::lifecycle::AdminState::Managed
@@ -1023,7 +1094,7 @@ mod tests {
             store.write(&batch).await.expect("write");
         }
         let store = SqliteStore::open(dir.path()).await.expect("reopen");
-        let agents = store.load_agents().await.expect("load");
+        let agents = store.load_agents().await.expect("load").agents;
         assert_eq!(agents.len(), 1);
         assert_eq!(agents[0].uid, uid);
     }
