@@ -122,7 +122,7 @@ pub fn router(state: ApiState) -> Router {
             post(control::act_on_rollout),
         )
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
@@ -347,6 +347,18 @@ async fn effective_config(
             })
             .collect(),
     }))
+}
+
+/// `ok`, or 503 with why while the store is not taking writes (they are kept and retried).
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.writes.failing() {
+        None => "ok".into_response(),
+        Some(error) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("store writes failing (kept and retried): {error}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn fleet_summary(State(state): State<ApiState>) -> Json<FleetDto> {

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// The data directory is another server's, or its database is not a Corral store.
     #[error("{0}")]
     Foreign(String),
+    /// The database can be read but not written (a read-only file or file system).
+    #[error("cannot write to {path}: {source}")]
+    ReadOnly {
+        path: String,
+        source: std::io::Error,
+    },
     /// The buffer is dropped or its flusher has stopped: nothing buffered will be written.
     #[error("the store's write buffer is closed")]
     Closed,

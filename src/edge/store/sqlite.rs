@@ -74,7 +74,18 @@ impl SqliteStore {
                     file.display()
                 )));
             }
-            Ok(_) => true,
+            Ok(_) => {
+                // SQLite opens a file it may not write read-only without a word, and a store
+                // that cannot write loses every change: find out now.
+                std::fs::File::options()
+                    .write(true)
+                    .open(&file)
+                    .map_err(|source| StoreError::ReadOnly {
+                        path: file.display().to_string(),
+                        source,
+                    })?;
+                true
+            }
             Err(_) => false,
         };
         let options = SqliteConnectOptions::from_str("sqlite://")?
@@ -990,12 +1001,25 @@ mod tests {
         let synced = buffer.sync();
         let broken = SqliteStore::open(dir.path()).await.expect("open");
         broken.pool.close().await;
+        assert!(buffer.failing().is_none());
         assert!(!buffer.flush(&broken, &metrics).await, "the flush fails");
         assert!(
             matches!(synced.await, Err(StoreError::Flush(_))),
             "sync reports the failed flush"
         );
         assert_eq!(metrics.store_errors.get(), 1);
+        assert!(buffer.failing().is_some(), "health shows the failure");
+        // While the store fails, an agent's waiting history is bounded.
+        for n in 0..HISTORY_LIMIT + 50 {
+            let entry = HistoryEntry {
+                at: Utc::now(),
+                from: None,
+                to: Status::Connected,
+                reason: format!("flip {n}"),
+            };
+            buffer.history(kept, entry);
+        }
+        assert!(!buffer.flush(&broken, &metrics).await, "the flush fails again");
 
         buffer.delete_agent(deleted);
         drop(broken);
@@ -1016,6 +1040,41 @@ mod tests {
             vec![kept],
             "the failed batch is kept, minus the delete"
         );
+        assert!(buffer.failing().is_none(), "healthy again");
+        let history = &store.load_agents().await.expect("load").agents[0].history;
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(history.last().expect("entries").reason, "flip 149");
+    }
+
+    /// A database file the server may not write is refused at start, not discovered at the
+    /// first lost write. Root writes any file whatever its mode; `chattr +i` stops it.
+    #[tokio::test]
+    async fn a_database_that_cannot_be_written_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(SqliteStore::open(dir.path()).await.expect("create"));
+        let file = dir.path().join(DB_FILE);
+        let mut perms = std::fs::metadata(&file).expect("stat").permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&file, perms).expect("chmod");
+        let immutable = std::fs::File::options().write(true).open(&file).is_ok()
+            && std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(&file)
+                .status()
+                .is_ok_and(|s| s.success());
+        if std::fs::File::options().write(true).open(&file).is_ok() {
+            eprintln!("SKIPPED: cannot make {} read-only here", file.display());
+            return;
+        }
+        let result = SqliteStore::open(dir.path()).await;
+        if immutable {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&file).status();
+        }
+        match result {
+            Err(StoreError::ReadOnly { .. }) => {}
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a read-only database was opened"),
+        }
     }
 
     #[tokio::test]

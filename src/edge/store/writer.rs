@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, WriteBatch};
 use crate::core::config::ComponentSet;
-use crate::core::domain::{AgentRecord, ContentHash, HistoryEntry, InstanceUid, KeptConfig};
+use crate::core::domain::{
+    AgentRecord, ContentHash, HISTORY_LIMIT, HistoryEntry, InstanceUid, KeptConfig,
+};
 use crate::telemetry::Metrics;
 
 /// How often buffered changes are written. A heartbeat never causes a write by itself.
@@ -77,14 +79,20 @@ impl WriteBuffer {
         self.queue.lock().pending.agents.insert(record.uid, record);
     }
 
+    /// A status change to append to the agent's stored history. While the store fails, no
+    /// more than the history keeps waits per agent: the oldest go first.
     pub fn history(&self, uid: InstanceUid, entry: HistoryEntry) {
-        self.queue
-            .lock()
-            .pending
-            .history
-            .entry(uid)
-            .or_default()
-            .push(entry);
+        let mut queue = self.queue.lock();
+        let entries = queue.pending.history.entry(uid).or_default();
+        if entries.len() >= HISTORY_LIMIT {
+            entries.remove(0);
+        }
+        entries.push(entry);
+    }
+
+    /// The error of the latest flush, if it failed: the store is not taking writes.
+    pub fn failing(&self) -> Option<Arc<StoreError>> {
+        self.flushed.borrow().error.clone()
     }
 
     pub fn effective_config(&self, hash: ContentHash, config: KeptConfig) {
@@ -217,6 +225,8 @@ impl WriteBuffer {
         for (uid, mut entries) in older {
             let newer = pending.history.remove(&uid).unwrap_or_default();
             entries.extend(newer);
+            let excess = entries.len().saturating_sub(HISTORY_LIMIT);
+            entries.drain(..excess);
             pending.history.insert(uid, entries);
         }
         // The batch's deletes came before anything pending now, which is what a flush assumes.
