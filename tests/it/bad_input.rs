@@ -463,3 +463,90 @@ async fn an_agent_cycling_through_effective_configs_leaves_only_the_latest_store
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Adds what `add` makes, numbered, for as long as the message stays within every bound.
+fn fill_to_bound(msg: &mut proto::AgentToServer, add: impl Fn(&mut proto::AgentToServer, usize)) {
+    for n in 0.. {
+        let mut next = msg.clone();
+        add(&mut next, n);
+        if corral::edge::protocol::bounds::check(&next).is_err() {
+            return;
+        }
+        *msg = next;
+    }
+}
+
+fn string_value(s: String) -> Option<proto::AnyValue> {
+    Some(proto::AnyValue {
+        value: Some(proto::any_value::Value::StringValue(s)),
+    })
+}
+
+/// Regression: one agent's JSON was 156 MB. The largest report every bound lets through,
+/// its text made of what JSON escapes longest, with a full history of long reasons.
+#[tokio::test]
+async fn an_agent_json_stays_under_256_kib_whatever_it_sends() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let garbled = |n: usize| "\u{1}\"".repeat(n);
+    let mut msg = full_report(&uid, 1, "huge");
+    fill_to_bound(&mut msg, |m, n| {
+        let d = m.agent_description.as_mut().unwrap();
+        d.non_identifying_attributes.push(proto::KeyValue {
+            key: format!("k{n}{}", garbled(8)),
+            value: string_value(garbled(40)),
+        });
+    });
+    fill_to_bound(&mut msg, |m, n| {
+        let h = m.health.as_mut().unwrap();
+        h.healthy = false;
+        h.component_health_map.insert(
+            format!("c{n}{}", garbled(400)),
+            proto::ComponentHealth {
+                healthy: false,
+                status: garbled(2000),
+                last_error: garbled(2000),
+                start_time_unix_nano: u64::MAX,
+                status_time_unix_nano: u64::MAX,
+                ..Default::default()
+            },
+        );
+    });
+    fill_to_bound(&mut msg, |m, n| {
+        let p = m.package_statuses.get_or_insert_with(Default::default);
+        p.packages.insert(
+            format!("p{n}{}", garbled(4)),
+            proto::PackageStatus {
+                name: format!("p{n}"),
+                agent_has_version: garbled(4),
+                agent_has_hash: vec![0xab; 32].into(),
+                error_message: garbled(2000),
+                ..Default::default()
+            },
+        );
+    });
+    server.poll(&msg).await;
+    // A history full of long reasons: the agent's own error, flipping.
+    for seq in 2..120u64 {
+        let mut flip = heartbeat(&uid, seq);
+        flip.health = Some(proto::ComponentHealth {
+            healthy: seq % 2 == 0,
+            last_error: format!("{seq} {}", garbled(2000)),
+            ..Default::default()
+        });
+        server.poll(&flip).await;
+    }
+    let response = reqwest::get(server.api_url(&format!("/api/v1/agents/{}", uuid_str(&uid))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let json = response.bytes().await.unwrap();
+    let detail: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(detail["history"].as_array().unwrap().len(), 100);
+    eprintln!("the largest agent JSON: {} bytes", json.len());
+    assert!(
+        json.len() < 256 * 1024,
+        "the agent's JSON is {} bytes",
+        json.len()
+    );
+}

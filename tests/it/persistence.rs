@@ -155,7 +155,10 @@ async fn a_corrupt_agent_row_is_set_aside_and_the_server_starts() {
     let server = TestServer::restart_at(dir, Options::default(), opamp, api).await;
     assert!(server.agent(&fine).await.is_some(), "the other agents load");
     assert!(server.agent(&broken).await.is_none());
-    assert_eq!(server.metric("corral_store_rows_set_aside_total").await, 1.0);
+    assert_eq!(
+        server.metric("corral_store_rows_set_aside_total").await,
+        1.0
+    );
     // It comes back as a new agent; the old row stays aside for inspection.
     server.poll(&full_report(&broken, 1, "svc")).await;
     server.wait_status(&broken, "connected").await;

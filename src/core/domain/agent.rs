@@ -29,10 +29,17 @@ impl HistoryEntry {
             at,
             from: t.from,
             to: t.to,
-            reason: t.reason,
+            reason: if t.reason.len() > HISTORY_REASON {
+                super::cut_text(&t.reason, HISTORY_REASON)
+            } else {
+                t.reason
+            },
         }
     }
 }
+
+/// A status reason as the history keeps it: the agent's JSON shows a hundred of them.
+pub const HISTORY_REASON: usize = 256;
 
 /// Everything Corral knows about one agent: what the API shows and what the store keeps.
 /// The agent's actor is its only writer; readers get `Arc` snapshots.

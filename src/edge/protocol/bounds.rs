@@ -15,6 +15,18 @@ pub const MAX_VALUE_DEPTH: usize = 8;
 pub const MAX_CONFIG_FILES: usize = 64;
 pub const MAX_PACKAGES: usize = 256;
 pub const MAX_CUSTOM_CAPABILITIES: usize = 64;
+/// What the parts of a report the API shows may take there, in bytes of JSON (text after its
+/// cuts, escapes and structure counted at their largest): with the history and the rest, an
+/// agent's JSON stays under 256 KiB whatever it sends.
+pub const MAX_SHOWN_DESCRIPTION: usize = 24 * 1024;
+pub const MAX_SHOWN_HEALTH: usize = 96 * 1024;
+pub const MAX_SHOWN_PACKAGES: usize = 48 * 1024;
+/// JSON around one health component at most: its fields' names, booleans and times.
+const HEALTH_NODE_JSON: usize = 180;
+/// JSON around one package status at most, its hashes included.
+const PACKAGE_JSON: usize = 140;
+/// JSON around one attribute or value.
+const VALUE_JSON: usize = 8;
 
 /// Why a message is refused, or nothing.
 pub fn check(msg: &proto::AgentToServer) -> Result<(), String> {
@@ -33,8 +45,32 @@ pub fn check(msg: &proto::AgentToServer) -> Result<(), String> {
             check_value(kv, 1)?;
         }
     }
+    if let Some(d) = &msg.agent_description {
+        let shown: usize = d
+            .identifying_attributes
+            .iter()
+            .chain(&d.non_identifying_attributes)
+            .map(shown_kv)
+            .sum();
+        within("description", shown, MAX_SHOWN_DESCRIPTION)?;
+    }
     if let Some(health) = &msg.health {
         check_health(health)?;
+        within("health", shown_health(health), MAX_SHOWN_HEALTH)?;
+    }
+    if let Some(packages) = &msg.package_statuses {
+        let shown: usize = packages
+            .packages
+            .iter()
+            .map(|(name, p)| {
+                PACKAGE_JSON
+                    + shown_str(name)
+                    + shown_str(&p.agent_has_version)
+                    + shown_str(&p.server_offered_version)
+                    + shown_cut(&p.error_message)
+            })
+            .sum();
+        within("package statuses", shown, MAX_SHOWN_PACKAGES)?;
     }
     if let Some(files) = msg
         .effective_config
@@ -65,6 +101,66 @@ pub fn check(msg: &proto::AgentToServer) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn within(what: &str, shown: usize, max: usize) -> Result<(), String> {
+    if shown > max {
+        return Err(format!(
+            "{what} would take {shown} bytes to show; at most {max}"
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of a JSON string holding `text`: quotes, and escapes at their longest.
+fn shown_str(text: &str) -> usize {
+    2 + text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
+/// [`shown_str`] of a text Corral cuts to [`MAX_TEXT`] and cleans of control characters.
+fn shown_cut(text: &str) -> usize {
+    2 + text.len().min(MAX_TEXT) * 2
+}
+
+fn shown_kv(kv: &proto::KeyValue) -> usize {
+    VALUE_JSON + shown_str(&kv.key) + kv.value.as_ref().map_or(4, shown_any)
+}
+
+fn shown_any(value: &proto::AnyValue) -> usize {
+    use proto::any_value::Value;
+    VALUE_JSON
+        + match &value.value {
+            Some(Value::StringValue(s)) => shown_str(s),
+            Some(Value::BytesValue(b)) => 2 + 2 * b.len(),
+            Some(Value::ArrayValue(array)) => array.values.iter().map(shown_any).sum(),
+            Some(Value::KvlistValue(list)) => list.values.iter().map(shown_kv).sum(),
+            Some(Value::BoolValue(_) | Value::IntValue(_) | Value::DoubleValue(_)) | None => 24,
+        }
+}
+
+/// The health tree's JSON at its largest, walked without recursion (its depth and size are
+/// checked first).
+fn shown_health(root: &proto::ComponentHealth) -> usize {
+    let mut shown = 0;
+    let mut stack = vec![root];
+    while let Some(node) = stack.pop() {
+        shown += HEALTH_NODE_JSON + shown_cut(&node.last_error) + shown_cut(&node.status);
+        shown += node.attributes.iter().map(shown_kv).sum::<usize>();
+        shown += node
+            .component_health_map
+            .keys()
+            .map(|name| shown_cut(name))
+            .sum::<usize>();
+        stack.extend(node.component_health_map.values());
+    }
+    shown
 }
 
 /// Depth and node count of the health tree, walked without recursion.
@@ -127,11 +223,26 @@ fn check_any(value: &proto::AnyValue, depth: usize, key: &str) -> Result<(), Str
     Ok(())
 }
 
-/// Cuts a text in place to [`MAX_TEXT`].
+/// Cuts a text in place to [`MAX_TEXT`] and replaces its control characters (but line
+/// breaks and tabs), which would only garble logs and terminals that show it.
 pub fn bound(text: &mut String) {
     if text.len() > MAX_TEXT {
         *text = cut(text, MAX_TEXT);
     }
+    if text.chars().any(is_garbling) {
+        *text = text
+            .chars()
+            .map(|c| if is_garbling(c) { '\u{FFFD}' } else { c })
+            .collect();
+        // The replacement is longer than what it replaces.
+        if text.len() > MAX_TEXT {
+            *text = cut(text, MAX_TEXT);
+        }
+    }
+}
+
+fn is_garbling(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
 }
 
 /// Cuts the errors, statuses and component names at every level of a health tree to
@@ -144,11 +255,14 @@ pub fn bound_health(root: &mut proto::ComponentHealth) {
         if node
             .component_health_map
             .keys()
-            .any(|name| name.len() > MAX_TEXT)
+            .any(|name| name.len() > MAX_TEXT || name.chars().any(is_garbling))
         {
             node.component_health_map = std::mem::take(&mut node.component_health_map)
                 .into_iter()
-                .map(|(name, c)| (cut(&name, MAX_TEXT), c))
+                .map(|(mut name, c)| {
+                    bound(&mut name);
+                    (name, c)
+                })
                 .collect();
         }
         stack.extend(node.component_health_map.values_mut());
@@ -233,5 +347,50 @@ mod tests {
         tree.last_error = "x".repeat(3 << 20);
         bound_health(&mut tree);
         assert!(tree.last_error.len() <= MAX_TEXT);
+    }
+
+    #[test]
+    fn control_characters_are_replaced_and_the_text_stays_within_its_cut() {
+        let mut text = "red\u{1b}[31m\nline\ttab".to_string();
+        bound(&mut text);
+        assert_eq!(text, "red\u{FFFD}[31m\nline\ttab");
+        let mut long = "\u{1}".repeat(5000);
+        bound(&mut long);
+        assert!(long.len() <= MAX_TEXT, "{}", long.len());
+    }
+
+    #[test]
+    fn what_the_api_would_show_is_bounded_per_part() {
+        let attribute = |n: usize| proto::KeyValue {
+            key: format!("k{n}"),
+            value: Some(proto::AnyValue {
+                value: Some(proto::any_value::Value::StringValue("\"".repeat(200))),
+            }),
+        };
+        let description = |count: usize| proto::AgentToServer {
+            agent_description: Some(proto::AgentDescription {
+                non_identifying_attributes: (0..count).map(attribute).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check(&description(10)), Ok(()));
+        let err = check(&description(100)).unwrap_err();
+        assert!(err.contains("description would take"), "{err}");
+
+        let mut health = proto::ComponentHealth::default();
+        for n in 0..100 {
+            let node = proto::ComponentHealth {
+                last_error: "e".repeat(5000),
+                ..Default::default()
+            };
+            health.component_health_map.insert(n.to_string(), node);
+        }
+        let msg = proto::AgentToServer {
+            health: Some(health),
+            ..Default::default()
+        };
+        let err = check(&msg).unwrap_err();
+        assert!(err.contains("health would take"), "{err}");
     }
 }

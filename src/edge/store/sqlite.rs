@@ -1019,7 +1019,10 @@ mod tests {
             };
             buffer.history(kept, entry);
         }
-        assert!(!buffer.flush(&broken, &metrics).await, "the flush fails again");
+        assert!(
+            !buffer.flush(&broken, &metrics).await,
+            "the flush fails again"
+        );
 
         buffer.delete_agent(deleted);
         drop(broken);
@@ -1068,7 +1071,10 @@ mod tests {
         }
         let result = SqliteStore::open(dir.path()).await;
         if immutable {
-            let _ = std::process::Command::new("chattr").arg("-i").arg(&file).status();
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&file)
+                .status();
         }
         match result {
             Err(StoreError::ReadOnly { .. }) => {}
