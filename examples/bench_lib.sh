@@ -79,8 +79,10 @@ percentiles() {
 
 start_server() {
     local heartbeat=${1:-30}
+    # SERVER_ARGS: more flags for the server, e.g. "--max-new-connections-per-second 0".
+    # shellcheck disable=SC2086
     target/release/corral serve --data-dir "$DATA" --opamp-listen "$OPAMP" --api-listen "$API" \
-        --heartbeat-interval "$heartbeat" >> "$OUT/server.log" 2>&1 &
+        --heartbeat-interval "$heartbeat" ${SERVER_ARGS:-} >> "$OUT/server.log" 2>&1 &
     SERVER=$!
     for _ in $(seq 300); do
         curl -sf "http://$API/healthz" > /dev/null && return 0

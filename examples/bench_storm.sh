@@ -22,7 +22,11 @@
 # once all are back; then stop
 # the simulator (it reconnects by itself with 0.5 s..30 s jittered exponential backoff, the same
 # process throughout) and take from its summary the configs re-sent to agents that had already
-# applied them (configs_resent, expected 0).
+# applied them (configs_resent, expected 0). The server paces new connections
+# (--max-new-connections-per-second, default 2000, and --max-pending-handshakes): the excess is
+# answered 503 with a Retry-After of 1-30 s, which the simulator waits out (sim_told_to_wait);
+# refused_for_good counts agents never back (expected 0). SERVER_ARGS passes other flags, e.g.
+# SERVER_ARGS="--max-new-connections-per-second 0" for no pacing.
 # Prints one key=value per line; the server log, the simulator output and results stay in $OUT.
 set -euo pipefail
 
@@ -76,6 +80,9 @@ sleep "$SETTLE"
 C2=$(cpu_ticks "$SERVER")
 RSS_SETTLED=$(rss_kb "$SERVER")
 STILL_CONNECTED=$(connected)
+curl -sf "http://$API/metrics" | grep '^corral_connections_cut_total' > "$OUT/cuts.txt" || true
+CUT_RATE=$(awk -F' ' '/reason="connection_rate"/ {s += $2} END {print s + 0}' "$OUT/cuts.txt")
+CUT_HANDSHAKES=$(awk -F' ' '/reason="pending_handshakes"/ {s += $2} END {print s + 0}' "$OUT/cuts.txt")
 stop_sim
 stop_server
 
@@ -87,7 +94,8 @@ awk -v agents="$AGENTS" -v tck="$TCK" -v t0="$T0" -v tapi="$T_API" -v t1="$T1" \
     -v cat_api="$CONNECTED_AT_API" -v rstate="$ROLLOUT_STATE" -v rapplied="$APPLIED" -v cb="$CONNECTED_BEFORE" -v still="$STILL_CONNECTED" \
     -v applied="$(sim configs_applied)" -v resent="$(sim configs_resent)" -v ignored="$(sim configs_ignored)" \
     -v received="$(sim configs_received)" -v recon="$(sim reconnects)" -v cerr="$(sim connect_errors)" \
-    -v drops="$(sim connection_drops)" 'BEGIN {
+    -v drops="$(sim connection_drops)" -v waited="$(sim told_to_wait)" \
+    -v cut_rate="$CUT_RATE" -v cut_handshakes="$CUT_HANDSHAKES" 'BEGIN {
     printf "agents=%d\nrollout_state=%s\nrollout_completed=%d\nconnected_before_kill=%d\n", agents, rstate, rapplied, cb
     printf "server_down_s=%s\nserver_start_to_api_s=%.2f\nconnected_when_api_up=%d\n", down, tapi - t0, cat_api
     printf "storm_time_to_all_connected_s=%.2f\n", t1 - t0
@@ -99,4 +107,6 @@ awk -v agents="$AGENTS" -v tck="$TCK" -v t0="$T0" -v tapi="$T_API" -v t1="$T1" \
     printf "sim_configs_received=%d\nsim_configs_applied=%d\nsim_configs_ignored=%d\n", received, applied, ignored
     printf "configs_resent_after_applied=%d\n", resent
     printf "sim_reconnects=%d\nsim_connect_errors=%d\nsim_connection_drops=%d\n", recon, cerr, drops
+    printf "sim_told_to_wait=%d\nserver_refused_for_rate=%d\nserver_refused_for_handshakes=%d\n", waited, cut_rate, cut_handshakes
+    printf "refused_for_good=%d\n", agents - still
 }' | tee "$OUT/results.txt"
