@@ -11,6 +11,7 @@ mod identity;
 mod interop;
 mod lifecycle;
 mod liveness;
+mod openapi;
 mod persistence;
 mod rollout;
 mod sim;

@@ -1,10 +1,12 @@
-//! The admin API: JSON over HTTP on the API listener, plus `/metrics` and `/healthz`.
+//! The admin API: JSON over HTTP on the API listener, plus `/metrics`, `/healthz` and its
+//! OpenAPI document at `/api/v1/openapi.json`.
 
 mod control;
 pub mod dto;
 mod error;
 mod guard;
 mod lifecycle;
+mod openapi;
 mod packages;
 
 use std::collections::BTreeMap;
@@ -13,10 +15,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use utoipa::IntoParams;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use guard::AllowedHosts;
@@ -26,8 +30,10 @@ use crate::core::status::Status;
 use crate::edge::store::Store;
 use crate::tasks::fleet::{AgentFilter, Fleet};
 use dto::{
-    AgentDetailDto, AgentDto, AgentListDto, ConfigFileDto, EffectiveConfigDto, FleetDto, LabelsDto,
+    AgentDetailDto, AgentDto, AgentListDto, ConfigFileDto, EffectiveConfigDto, ErrorDto, FleetDto,
+    LabelsDto,
 };
+use openapi::AgentUid;
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -47,84 +53,59 @@ pub struct ApiState {
     pub allowed_hosts: AllowedHosts,
 }
 
+/// Every route, each taken with its handler's `#[utoipa::path]`: routes are added only this
+/// way, so none is served without being in the document. (One `routes!` per path: it routes
+/// every path it sees to all the handlers given to it.)
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(list_agents, lifecycle::pre_register))
+        .routes(routes!(show_agent, lifecycle::delete_agent))
+        .routes(routes!(lifecycle::set_admin_state))
+        .routes(routes!(lifecycle::disconnect))
+        .routes(routes!(lifecycle::bulk_admin_state))
+        .routes(routes!(lifecycle::bulk_delete))
+        .routes(routes!(lifecycle::bulk_restart))
+        .routes(routes!(lifecycle::bulk_disconnect))
+        .routes(routes!(lifecycle::list_expected))
+        .routes(routes!(lifecycle::delete_expected))
+        .routes(routes!(
+            lifecycle::list_ignore_rules,
+            lifecycle::add_ignore_rule
+        ))
+        .routes(routes!(lifecycle::delete_ignore_rule))
+        .routes(routes!(set_labels))
+        .routes(routes!(retry_config))
+        .routes(routes!(packages::restart))
+        .routes(routes!(packages::list, packages::upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(effective_config))
+        .routes(routes!(fleet_summary))
+        .routes(routes!(control::list_configurations))
+        .routes(routes!(
+            control::show_configuration,
+            control::put_configuration
+        ))
+        .routes(routes!(control::show_version))
+        .routes(routes!(control::list_rollouts, control::start_rollout))
+        .routes(routes!(control::show_rollout))
+        .routes(routes!(control::act_on_rollout))
+        .routes(routes!(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(openapi::document))
+}
+
+/// The API's OpenAPI document, as `GET /api/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(routes().split_for_parts().1)
+}
+
 pub fn router(state: ApiState) -> Router {
     let allowed = state.allowed_hosts.clone();
-    Router::new()
-        .route(
-            "/api/v1/agents",
-            get(list_agents).post(lifecycle::pre_register),
-        )
-        .route(
-            "/api/v1/agents/{uid}",
-            get(show_agent).delete(lifecycle::delete_agent),
-        )
-        .route(
-            "/api/v1/agents/{uid}/admin-state",
-            post(lifecycle::set_admin_state),
-        )
-        .route(
-            "/api/v1/agents/{uid}/disconnect",
-            post(lifecycle::disconnect),
-        )
-        .route(
-            "/api/v1/agents/admin-state",
-            post(lifecycle::bulk_admin_state),
-        )
-        .route("/api/v1/agents/delete", post(lifecycle::bulk_delete))
-        .route("/api/v1/agents/restart", post(lifecycle::bulk_restart))
-        .route(
-            "/api/v1/agents/disconnect",
-            post(lifecycle::bulk_disconnect),
-        )
-        .route("/api/v1/expected-agents", get(lifecycle::list_expected))
-        .route(
-            "/api/v1/expected-agents/{id}",
-            axum::routing::delete(lifecycle::delete_expected),
-        )
-        .route(
-            "/api/v1/ignore-rules",
-            get(lifecycle::list_ignore_rules).post(lifecycle::add_ignore_rule),
-        )
-        .route(
-            "/api/v1/ignore-rules/{id}",
-            axum::routing::delete(lifecycle::delete_ignore_rule),
-        )
-        .route("/api/v1/agents/{uid}/labels", put(set_labels))
-        .route("/api/v1/agents/{uid}/retry-config", post(retry_config))
-        .route("/api/v1/agents/{uid}/restart", post(packages::restart))
-        .route(
-            "/api/v1/packages",
-            get(packages::list)
-                .post(packages::upload)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/api/v1/agents/{uid}/effective-config",
-            get(effective_config),
-        )
-        .route("/api/v1/fleet", get(fleet_summary))
-        .route("/api/v1/configurations", get(control::list_configurations))
-        .route(
-            "/api/v1/configurations/{name}",
-            get(control::show_configuration).put(control::put_configuration),
-        )
-        .route(
-            "/api/v1/configurations/{name}/versions/{version}",
-            get(control::show_version),
-        )
-        .route(
-            "/api/v1/rollouts",
-            get(control::list_rollouts).post(control::start_rollout),
-        )
-        .route("/api/v1/rollouts/{id}", get(control::show_rollout))
-        .route(
-            "/api/v1/rollouts/{id}/{action}",
-            post(control::act_on_rollout),
-        )
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+    let (routes, doc) = routes().split_for_parts();
+    let doc = serde_json::to_vec(&openapi::finish(doc)).expect("an OpenAPI document serializes");
+    routes
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
+        .layer(Extension(openapi::Document(doc.into())))
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
 }
 
@@ -212,6 +193,40 @@ fn parse_list_query(
     Ok((filter, cursor, limit))
 }
 
+/// The query of `GET /api/v1/agents` (the handler reads it itself, for its own errors).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AgentQuery {
+    /// Only agents with this runtime status.
+    #[param(value_type = Option<dto::StatusName>)]
+    status: Option<String>,
+    /// Only agents in this admin state.
+    #[param(value_type = Option<dto::AdminStateName>)]
+    admin_state: Option<String>,
+    /// `key=value`; may repeat, and all must match (admin labels win over reported attributes).
+    #[param(style = Form, explode)]
+    label: Option<Vec<String>>,
+    /// A selector in the full selector syntax, e.g. `env=prod,os.type!=windows`.
+    selector: Option<String>,
+    /// Agents per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before (empty: the first page).
+    cursor: Option<String>,
+}
+
+/// Lists agents, a page at a time in instance-uid order
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "agents",
+    params(AgentQuery),
+    responses(
+        (status = 200, description = "a page of agents and how many match in all", body = AgentListDto),
+        (status = 400, description = "an unknown query parameter or a value it does not take", body = ErrorDto),
+    ),
+)]
 async fn list_agents(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
@@ -230,6 +245,18 @@ async fn list_agents(
     }))
 }
 
+/// One agent, with its status history
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{uid}",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "the agent", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+    ),
+)]
 async fn show_agent(
     State(state): State<ApiState>,
     Path(uid): Path<String>,
@@ -277,7 +304,23 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Replaces the agent's admin labels.
+/// Replaces the agent's admin labels
+///
+/// Keys are 1-128 characters of letters, digits, `.`, `_`, `-`, `/`; values at most 256 bytes
+/// without control characters; at most 64 labels.
+#[utoipa::path(
+    put,
+    path = "/api/v1/agents/{uid}/labels",
+    tag = "agents",
+    params(AgentUid),
+    request_body = LabelsDto,
+    responses(
+        (status = 200, description = "the agent with its new labels, stored", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid, or a body or label it does not take", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+    ),
+)]
 async fn set_labels(
     State(state): State<ApiState>,
     Path(uid): Path<String>,
@@ -291,7 +334,20 @@ async fn set_labels(
     Ok(Json(agent_detail(&state, &record)))
 }
 
-/// Sends an agent the configuration it reported FAILED once more.
+/// Sends the agent the configuration it reported failed once more
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{uid}/retry-config",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "the agent; the configuration is on its way", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 409, description = "the agent has no failed configuration to retry", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+    ),
+)]
 async fn retry_config(
     State(state): State<ApiState>,
     Path(uid): Path<String>,
@@ -302,6 +358,19 @@ async fn retry_config(
     Ok(Json(agent_detail(&state, &record)))
 }
 
+/// The configuration the agent last reported running
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{uid}/effective-config",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "its files", body = EffectiveConfigDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent, or it has reported no effective configuration", body = ErrorDto),
+        (status = 500, description = "the store could not be read", body = ErrorDto),
+    ),
+)]
 async fn effective_config(
     State(state): State<ApiState>,
     Path(uid): Path<String>,
@@ -336,10 +405,29 @@ async fn effective_config(
     }))
 }
 
+/// How many agents there are, by runtime status and by admin state
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet",
+    tag = "agents",
+    responses((status = 200, description = "the counts", body = FleetDto)),
+)]
 async fn fleet_summary(State(state): State<ApiState>) -> Json<FleetDto> {
     Json(FleetDto::from(state.fleet.summary()))
 }
 
+/// The server's metrics
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses((
+        status = 200,
+        description = "Prometheus metrics in the OpenMetrics text format",
+        body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )),
+)]
 async fn metrics(State(state): State<ApiState>) -> Response {
     let mut response = state.fleet.metrics().render().into_response();
     response.headers_mut().insert(
@@ -347,4 +435,15 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
+}
+
+/// Whether the server is up
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain; charset=utf-8")),
+)]
+async fn healthz() -> &'static str {
+    "ok"
 }
