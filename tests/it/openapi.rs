@@ -95,6 +95,8 @@ async fn every_status_an_operation_answers_is_documented_with_its_body() {
     let uid = "0191d0b5-0000-7000-8000-000000000000";
     let (status, _) = server.get(&format!("/api/v1/agents/{uid}")).await;
     assert!(responses("get", "/api/v1/agents/{uid}").contains(&status.to_string()));
+    let (status, _) = server.get("/api/v1/agents/%FF").await;
+    assert!(responses("get", "/api/v1/agents/{uid}").contains(&status.to_string()));
     let (status, body) = server
         .post_json("/api/v1/agents", &serde_json::json!({"instance_uid": uid}))
         .await;

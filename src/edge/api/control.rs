@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use bytes::Bytes;
 
 use super::dto::{
@@ -13,7 +13,7 @@ use super::dto::{
     ConfigurationsDto, ErrorDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto,
     RolloutIdDto, RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
 };
-use super::{ApiError, ApiState, json};
+use super::{ApiError, ApiPath, ApiState, json};
 use crate::core::config::{Configuration, Selector, assign, check_compatible};
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
@@ -54,7 +54,7 @@ impl From<ControlError> for ApiError {
 )]
 pub(super) async fn put_configuration(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Result<Json<ConfigurationPutDto>, JsonRejection>,
 ) -> Result<Json<ConfigurationPutResultDto>, ApiError> {
     let body = json(body)?;
@@ -212,7 +212,7 @@ fn find_configuration(view: &ControlView, name: &str) -> Result<Arc<Configuratio
 )]
 pub(super) async fn show_configuration(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ConfigurationDto>, ApiError> {
     let view = state.controller.view();
     let config = find_configuration(&view, &name)?;
@@ -236,7 +236,7 @@ pub(super) async fn show_configuration(
 )]
 pub(super) async fn show_version(
     State(state): State<ApiState>,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<VersionDto>, ApiError> {
     let view = state.controller.view();
     let config = find_configuration(&view, &name)?;
@@ -395,7 +395,7 @@ pub(super) async fn list_rollouts(State(state): State<ApiState>) -> Json<Rollout
 )]
 pub(super) async fn show_rollout(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutDto>, ApiError> {
     let view = state.controller.view();
     let rollout = view
@@ -423,7 +423,7 @@ pub(super) async fn show_rollout(
 )]
 pub(super) async fn act_on_rollout(
     State(state): State<ApiState>,
-    Path((id, action)): Path<(String, String)>,
+    ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Result<Json<RolloutDto>, ApiError> {
     let action = match action.as_str() {
         "pause" => Action::Pause,

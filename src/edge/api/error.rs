@@ -74,6 +74,18 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    /// A path that does not decode is the client's (400); a handler asking for parameters its
+    /// route does not have is ours.
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        if rejection.status().is_server_error() {
+            ApiError::Internal(rejection.body_text())
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
 impl From<crate::edge::store::StoreError> for ApiError {
     fn from(e: crate::edge::store::StoreError) -> Self {
         ApiError::Internal(e.to_string())

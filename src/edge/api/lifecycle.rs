@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 
@@ -15,7 +15,7 @@ use super::dto::{
     IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto, PreRegisteredDto,
 };
 use super::openapi::AgentUid;
-use super::{ApiError, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
+use super::{ApiError, ApiPath, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
 use crate::core::config::Selector;
 use crate::core::domain::{AgentCapabilities, AgentRecord};
 use crate::core::lifecycle::{self, AdminState, Expected, IgnoreRule, STATE_NAMES};
@@ -73,7 +73,7 @@ pub(super) async fn durable(state: &ApiState) -> Result<(), ApiError> {
 )]
 pub(super) async fn set_admin_state(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
     request: Result<Json<AdminStateDto>, JsonRejection>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
@@ -101,7 +101,7 @@ pub(super) async fn set_admin_state(
 )]
 pub(super) async fn delete_agent(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let uid = parse_uid(&uid)?;
     if !state.fleet.forget(&uid).await {
@@ -127,7 +127,7 @@ pub(super) async fn delete_agent(
 )]
 pub(super) async fn disconnect(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let record = handle.admin(Event::Disconnect).await??;
@@ -269,7 +269,7 @@ pub(super) async fn list_expected(State(state): State<ApiState>) -> Json<Expecte
 )]
 pub(super) async fn delete_expected(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_expected(&id).await? {
         return Err(ApiError::NotFound(format!("no expected agent {id}")));
@@ -359,7 +359,7 @@ pub(super) async fn add_ignore_rule(
 )]
 pub(super) async fn delete_ignore_rule(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_ignore_rule(&id).await? {
         return Err(ApiError::NotFound(format!("no ignore rule {id}")));

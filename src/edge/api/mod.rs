@@ -109,6 +109,12 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
 }
 
+/// Path parameters, with a path that does not decode (e.g. percent-encoded bytes that are not
+/// UTF-8) refused like every other bad request: a JSON 400, as the document says.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+pub(super) struct ApiPath<T>(pub T);
+
 /// A JSON body, or why it cannot be read (400; 413 over the body limit).
 pub(super) fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(t)| t).map_err(ApiError::from)
@@ -259,7 +265,7 @@ async fn list_agents(
 )]
 async fn show_agent(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     Ok(Json(agent_detail(&state, &handle.snapshot())))
@@ -323,7 +329,7 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
 )]
 async fn set_labels(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
     body: Result<Json<LabelsDto>, JsonRejection>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
@@ -350,7 +356,7 @@ async fn set_labels(
 )]
 async fn retry_config(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let record = handle.retry_config().await??;
@@ -373,7 +379,7 @@ async fn retry_config(
 )]
 async fn effective_config(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<EffectiveConfigDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let hash: ContentHash = handle

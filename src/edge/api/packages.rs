@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use chrono::Utc;
 
 use super::dto::{ErrorDto, PackageDto, PackagesDto, rfc3339};
 use super::openapi::AgentUid;
-use super::{ApiError, ApiState, agent, agent_detail};
+use super::{ApiError, ApiPath, ApiState, agent, agent_detail};
 use crate::core::packages::{Package, validate_field};
 use crate::edge::api::dto::AgentDetailDto;
 use crate::edge::store::BlobError;
@@ -172,7 +172,7 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<PackagesDto> {
 )]
 pub(super) async fn restart(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     handle.restart().await??;
