@@ -231,10 +231,26 @@ pub struct ExpectedListDto {
 #[schema(example = json!({"selector": "service.name=otelcol-contrib", "dry_run": true}))]
 pub struct BulkDto {
     pub selector: String,
-    /// For `POST /api/v1/agents/admin-state`.
+    /// Only agents in this admin state.
     #[serde(default)]
     #[schema(value_type = Option<AdminStateName>)]
-    pub state: Option<String>,
+    pub admin_state: Option<String>,
+    #[serde(default)]
+    pub expected_count: Option<usize>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /api/v1/agents/admin-state`: a bulk action that moves the agents to `state`. With
+/// `admin_state: "maintenance"` it resumes the agents in maintenance.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"selector": "service.name=otelcol-contrib", "state": "maintenance", "dry_run": true}))]
+pub struct BulkMoveDto {
+    pub selector: String,
+    /// The admin state to move the agents to.
+    #[schema(value_type = AdminStateName)]
+    pub state: String,
     /// Only agents in this admin state (e.g. `maintenance`, to resume them).
     #[serde(default)]
     #[schema(value_type = Option<AdminStateName>)]
@@ -243,6 +259,19 @@ pub struct BulkDto {
     pub expected_count: Option<usize>,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+impl BulkMoveDto {
+    /// The bulk action, and the state to move to.
+    pub fn split(self) -> (BulkDto, String) {
+        let bulk = BulkDto {
+            selector: self.selector,
+            admin_state: self.admin_state,
+            expected_count: self.expected_count,
+            dry_run: self.dry_run,
+        };
+        (bulk, self.state)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema, Default)]
@@ -536,11 +565,21 @@ pub struct RolloutStartDto {
     pub version: Option<u32>,
     pub package: Option<PackageRefDto>,
     pub selector: Option<String>,
+    /// Agents in the first wave (default 3).
+    #[schema(minimum = 1)]
     pub initial: Option<u32>,
+    /// Each wave is this many times the one before (default 5).
+    #[schema(minimum = 1)]
     pub multiplier: Option<u32>,
+    /// The largest wave, at least `initial` (default 100).
+    #[schema(minimum = 1)]
     pub maximum: Option<u32>,
+    /// Errors tolerated before the rollout stops (default 0).
     pub max_errors: Option<u32>,
+    /// Roll back to the previous version when it stops on errors (default false).
     pub rollback_on_failure: Option<bool>,
+    /// How long a wave may take (default 300).
+    #[schema(minimum = 1)]
     pub wave_timeout_seconds: Option<u64>,
 }
 

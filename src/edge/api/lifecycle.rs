@@ -11,8 +11,9 @@ use axum::http::StatusCode;
 use chrono::Utc;
 
 use super::dto::{
-    AdminStateDto, AgentDetailDto, BulkDto, BulkResultDto, ErrorDto, ExpectedDto, ExpectedListDto,
-    IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto, PreRegisteredDto,
+    AdminStateDto, AgentDetailDto, BulkDto, BulkMoveDto, BulkResultDto, ErrorDto, ExpectedDto,
+    ExpectedListDto, IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto,
+    PreRegisteredDto,
 };
 use super::openapi::AgentUid;
 use super::{ApiError, ApiPath, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
@@ -422,13 +423,13 @@ impl Bulk {
 
 /// Moves the agents a selector matches to an admin state
 ///
-/// Give `state`; `admin_state: "maintenance"` with `state` resumes the agents in maintenance.
-/// A dry run gives the count and a sample; the real one must carry `expected_count`.
+/// With `admin_state: "maintenance"` it resumes the agents in maintenance. A dry run gives the
+/// count and a sample; the real one must carry `expected_count`.
 #[utoipa::path(
     post,
     path = "/api/v1/agents/admin-state",
     tag = "lifecycle",
-    request_body = BulkDto,
+    request_body = BulkMoveDto,
     responses(
         (status = 200, description = "what matched and what was done (on a dry run: what would be)", body = BulkResultDto),
         (status = 400, description = "a body, selector or state it does not take, or neither expected_count nor dry_run", body = ErrorDto),
@@ -438,14 +439,10 @@ impl Bulk {
 )]
 pub(super) async fn bulk_admin_state(
     State(state): State<ApiState>,
-    request: Result<Json<BulkDto>, JsonRejection>,
+    request: Result<Json<BulkMoveDto>, JsonRejection>,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    let request = json(request)?;
-    let name = request
-        .state
-        .as_deref()
-        .ok_or_else(|| ApiError::BadRequest("give the \"state\" to move the agents to".into()))?;
-    let name = state_name(name)?;
+    let (request, name) = json(request)?.split();
+    let name = state_name(&name)?;
     bulk(&state, request, Bulk::Move(name)).await
 }
 
@@ -514,11 +511,6 @@ async fn bulk(
     request: BulkDto,
     action: Bulk,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    if !matches!(action, Bulk::Move(_)) && request.state.is_some() {
-        return Err(ApiError::BadRequest(
-            "\"state\" is only for admin-state".into(),
-        ));
-    }
     let selector = parse_selector(&request.selector)?;
     let only = request.admin_state.as_deref().map(state_name).transpose()?;
     let mut result = BulkResultDto::default();

@@ -6,7 +6,7 @@
 use axum::extract::Extension;
 use bytes::Bytes;
 use serde::Deserialize;
-use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
@@ -146,6 +146,28 @@ const SOURCES: &[Source] = &[
     },
 ];
 
+/// Links to operations that take what an answer names in their body: (operation, status, the
+/// operation it links to, the body, with runtime expressions in it).
+fn body_links() -> [(&'static str, &'static str, &'static str, serde_json::Value); 2] {
+    [
+        (
+            "put_configuration",
+            "200",
+            "start_rollout",
+            serde_json::json!({"configuration": "$response.body#/name"}),
+        ),
+        (
+            "upload_package",
+            "200",
+            "start_rollout",
+            serde_json::json!({"package": {
+                "name": "$response.body#/name",
+                "version": "$response.body#/version",
+            }}),
+        ),
+    ]
+}
+
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         &mut item.get,
@@ -185,20 +207,28 @@ fn link(doc: &mut OpenApi) {
                 links.push((id, link.build()));
             }
         }
-        let from = doc
-            .paths
-            .paths
-            .values_mut()
-            .flat_map(operations)
-            .find(|op| op.operation_id.as_deref() == Some(source.from));
-        let Some(RefOr::T(response)) =
-            from.and_then(|op| op.responses.responses.get_mut(source.status))
-        else {
-            continue;
-        };
         for (name, link) in links {
-            response.links.insert(name, RefOr::T(link));
+            add_link(doc, source.from, source.status, name, link);
         }
+    }
+    for (from, status, to, body) in body_links() {
+        let link = LinkBuilder::new()
+            .operation_id(to)
+            .request_body(Some(body))
+            .build();
+        add_link(doc, from, status, to.into(), link);
+    }
+}
+
+fn add_link(doc: &mut OpenApi, from: &str, status: &str, name: String, link: Link) {
+    let from = doc
+        .paths
+        .paths
+        .values_mut()
+        .flat_map(operations)
+        .find(|op| op.operation_id.as_deref() == Some(from));
+    if let Some(RefOr::T(response)) = from.and_then(|op| op.responses.responses.get_mut(status)) {
+        response.links.insert(name, RefOr::T(link));
     }
 }
 
@@ -335,6 +365,9 @@ mod tests {
                     source.to
                 );
             }
+        }
+        for (from, _, to, _) in body_links() {
+            assert!(ids.contains(from) && ids.contains(to), "{from} -> {to}");
         }
         let json = serde_json::to_value(&doc).expect("serializes");
         let links = &json["paths"]["/api/v1/agents"]["get"]["responses"]["200"]["links"];

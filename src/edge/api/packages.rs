@@ -25,20 +25,23 @@ pub(super) fn package_dto(p: &Package) -> PackageDto {
 }
 
 /// The query of `POST /api/v1/packages` (the handler reads it itself, for its own errors).
-/// Each value is at most 64 characters of letters, digits, `.`, `_`, `-`, `+`.
+/// Each value is at most 128 characters of letters, digits, `.`, `_`, `-`, `+`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct UploadQuery {
     /// The package's name; the OpenTelemetry supervisor's convention is one top-level package
     /// with an empty name.
-    #[param(default = "")]
+    #[param(default = "", pattern = "^[A-Za-z0-9._+-]{0,128}$")]
     name: Option<String>,
     /// Its version, e.g. `v0.116.0`; a version never changes once uploaded.
+    #[param(pattern = "^[A-Za-z0-9._+-]{1,128}$")]
     version: String,
     /// The platform it is for (e.g. `linux`; empty: any).
+    #[param(pattern = "^[A-Za-z0-9._+-]{0,128}$")]
     platform: Option<String>,
     /// The architecture it is for (e.g. `amd64`; empty: any).
+    #[param(pattern = "^[A-Za-z0-9._+-]{0,128}$")]
     arch: Option<String>,
 }
 
