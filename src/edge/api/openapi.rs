@@ -5,7 +5,6 @@
 
 use axum::extract::Extension;
 use bytes::Bytes;
-use serde::Deserialize;
 use utoipa::openapi::link::{Link, LinkBuilder};
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
@@ -40,7 +39,7 @@ pub(super) fn base() -> OpenApi {
 }
 
 /// An agent's instance uid in the path.
-#[derive(Deserialize, IntoParams)]
+#[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
 pub(super) struct AgentUid {
