@@ -54,43 +54,61 @@ pub struct ApiState {
 }
 
 /// Every route, each taken with its handler's `#[utoipa::path]`: routes are added only this
-/// way, so none is served without being in the document. (One `routes!` per path: it routes
-/// every path it sees to all the handlers given to it.)
+/// way, so none is served without being in the document.
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::base())
-        .routes(routes!(list_agents, lifecycle::pre_register))
-        .routes(routes!(show_agent, lifecycle::delete_agent))
-        .routes(routes!(lifecycle::set_admin_state))
-        .routes(routes!(lifecycle::disconnect))
-        .routes(routes!(lifecycle::bulk_admin_state))
-        .routes(routes!(lifecycle::bulk_delete))
-        .routes(routes!(lifecycle::bulk_restart))
-        .routes(routes!(lifecycle::bulk_disconnect))
-        .routes(routes!(lifecycle::list_expected))
-        .routes(routes!(lifecycle::delete_expected))
-        .routes(routes!(
+        .routes(one_path(routes!(list_agents, lifecycle::pre_register)))
+        .routes(one_path(routes!(show_agent, lifecycle::delete_agent)))
+        .routes(one_path(routes!(lifecycle::set_admin_state)))
+        .routes(one_path(routes!(lifecycle::disconnect)))
+        .routes(one_path(routes!(lifecycle::bulk_admin_state)))
+        .routes(one_path(routes!(lifecycle::bulk_delete)))
+        .routes(one_path(routes!(lifecycle::bulk_restart)))
+        .routes(one_path(routes!(lifecycle::bulk_disconnect)))
+        .routes(one_path(routes!(lifecycle::list_expected)))
+        .routes(one_path(routes!(lifecycle::delete_expected)))
+        .routes(one_path(routes!(
             lifecycle::list_ignore_rules,
             lifecycle::add_ignore_rule
-        ))
-        .routes(routes!(lifecycle::delete_ignore_rule))
-        .routes(routes!(set_labels))
-        .routes(routes!(retry_config))
-        .routes(routes!(packages::restart))
-        .routes(routes!(packages::list, packages::upload).layer(DefaultBodyLimit::disable()))
-        .routes(routes!(effective_config))
-        .routes(routes!(fleet_summary))
-        .routes(routes!(control::list_configurations))
-        .routes(routes!(
+        )))
+        .routes(one_path(routes!(lifecycle::delete_ignore_rule)))
+        .routes(one_path(routes!(set_labels)))
+        .routes(one_path(routes!(retry_config)))
+        .routes(one_path(routes!(packages::restart)))
+        .routes(
+            one_path(routes!(packages::list, packages::upload)).layer(DefaultBodyLimit::disable()),
+        )
+        .routes(one_path(routes!(effective_config)))
+        .routes(one_path(routes!(fleet_summary)))
+        .routes(one_path(routes!(control::list_configurations)))
+        .routes(one_path(routes!(
             control::show_configuration,
             control::put_configuration
-        ))
-        .routes(routes!(control::show_version))
-        .routes(routes!(control::list_rollouts, control::start_rollout))
-        .routes(routes!(control::show_rollout))
-        .routes(routes!(control::act_on_rollout))
-        .routes(routes!(metrics))
-        .routes(routes!(healthz))
-        .routes(routes!(openapi::document))
+        )))
+        .routes(one_path(routes!(control::show_version)))
+        .routes(one_path(routes!(
+            control::list_rollouts,
+            control::start_rollout
+        )))
+        .routes(one_path(routes!(control::show_rollout)))
+        .routes(one_path(routes!(control::act_on_rollout)))
+        .routes(one_path(routes!(metrics)))
+        .routes(one_path(routes!(healthz)))
+        .routes(one_path(routes!(openapi::document)))
+}
+
+/// One path per `routes!`: given handlers of several paths, it would route each of those paths
+/// to all of them, and serve what the document does not say.
+fn one_path(
+    routes: utoipa_axum::router::UtoipaMethodRouter<ApiState>,
+) -> utoipa_axum::router::UtoipaMethodRouter<ApiState> {
+    debug_assert_eq!(
+        routes.1.paths.len(),
+        1,
+        "one path per routes!: {:?}",
+        routes.1.paths.keys().collect::<Vec<_>>()
+    );
+    routes
 }
 
 /// The API's OpenAPI document, as `GET /api/v1/openapi.json` serves it.
