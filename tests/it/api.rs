@@ -78,6 +78,10 @@ async fn bad_requests_get_clear_json_errors() {
             "no agent",
         ),
         ("/api/v1/nothing", 404, "no such endpoint"),
+        // Path parameters that do not decode are JSON errors too (they were text/plain).
+        ("/api/v1/agents/%FF", 400, "Invalid URL"),
+        ("/api/v1/configurations/%FF/versions/1", 400, "Invalid URL"),
+        ("/api/v1/rollouts/%C3%28", 400, "Invalid URL"),
     ];
     for (path, status, message) in cases {
         let (got, body) = server.get(path).await;

@@ -12,6 +12,7 @@ mod interop;
 mod lifecycle;
 mod limits;
 mod liveness;
+mod openapi;
 mod persistence;
 mod rollout;
 mod sim;

@@ -4,16 +4,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use bytes::Bytes;
 
 use super::dto::{
     AgentConfigDto, ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto,
-    ConfigurationsDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto, RolloutIdDto,
-    RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
+    ConfigurationsDto, ErrorDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto,
+    RolloutIdDto, RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
 };
-use super::{ApiError, ApiState, json};
+use super::{ApiError, ApiPath, ApiState, json};
 use crate::core::config::{Configuration, Selector, assign, check_compatible};
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
@@ -35,9 +35,26 @@ impl From<ControlError> for ApiError {
     }
 }
 
+/// Creates or updates a configuration: its selector, priority and a new version of its files
+///
+/// Content equal to the latest version's makes no new version (`created: false`).
+#[utoipa::path(
+    put,
+    path = "/api/v1/configurations/{name}",
+    tag = "configurations",
+    params(("name" = String, Path, description = "1-64 characters of lowercase letters, digits, `-`, `_`, `.`, starting with a letter or digit")),
+    request_body = ConfigurationPutDto,
+    responses(
+        (status = 200, description = "the configuration's latest version, stored", body = ConfigurationPutResultDto),
+        (status = 400, description = "a name, body, selector or file it does not take", body = ErrorDto),
+        (status = 409, description = "the configuration has as many versions as it may", body = ErrorDto),
+        (status = 500, description = "the configuration could not be stored", body = ErrorDto),
+        (status = 503, description = "the server is shutting down", body = ErrorDto),
+    ),
+)]
 pub(super) async fn put_configuration(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Result<Json<ConfigurationPutDto>, JsonRejection>,
 ) -> Result<Json<ConfigurationPutResultDto>, ApiError> {
     let body = json(body)?;
@@ -158,6 +175,13 @@ fn version_dto(
     }
 }
 
+/// The configurations
+#[utoipa::path(
+    get,
+    path = "/api/v1/configurations",
+    tag = "configurations",
+    responses((status = 200, description = "every configuration, by name", body = ConfigurationsDto)),
+)]
 pub(super) async fn list_configurations(State(state): State<ApiState>) -> Json<ConfigurationsDto> {
     let view = state.controller.view();
     Json(ConfigurationsDto {
@@ -175,18 +199,44 @@ fn find_configuration(view: &ControlView, name: &str) -> Result<Arc<Configuratio
         .ok_or_else(|| ApiError::NotFound(format!("no configuration {name:?}")))
 }
 
+/// One configuration, with its versions and the agents assigned to it
+#[utoipa::path(
+    get,
+    path = "/api/v1/configurations/{name}",
+    tag = "configurations",
+    params(("name" = String, Path, description = "the configuration's name")),
+    responses(
+        (status = 200, description = "the configuration", body = ConfigurationDto),
+        (status = 404, description = "no such configuration", body = ErrorDto),
+    ),
+)]
 pub(super) async fn show_configuration(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ConfigurationDto>, ApiError> {
     let view = state.controller.view();
     let config = find_configuration(&view, &name)?;
     Ok(Json(configuration_dto(&state, &view, &config, true)))
 }
 
+/// One version of a configuration, with its files
+#[utoipa::path(
+    get,
+    path = "/api/v1/configurations/{name}/versions/{version}",
+    tag = "configurations",
+    params(
+        ("name" = String, Path, description = "the configuration's name"),
+        ("version" = u32, Path, description = "the version number, from 1"),
+    ),
+    responses(
+        (status = 200, description = "the version", body = VersionDto),
+        (status = 400, description = "the version is not a number", body = ErrorDto),
+        (status = 404, description = "no such configuration or version", body = ErrorDto),
+    ),
+)]
 pub(super) async fn show_version(
     State(state): State<ApiState>,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<VersionDto>, ApiError> {
     let view = state.controller.view();
     let config = find_configuration(&view, &name)?;
@@ -247,6 +297,22 @@ pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
     }
 }
 
+/// Starts a rollout of a configuration version, or of a package (an upgrade)
+///
+/// It replaces the unfinished rollouts of the same configuration, or of the same package.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts",
+    tag = "rollouts",
+    request_body = RolloutStartDto,
+    responses(
+        (status = 200, description = "the rollout, stored", body = RolloutDto),
+        (status = 400, description = "neither or both of configuration and package, or a value it does not take", body = ErrorDto),
+        (status = 404, description = "no such configuration, version or package", body = ErrorDto),
+        (status = 500, description = "the rollout could not be stored", body = ErrorDto),
+        (status = 503, description = "the server is shutting down", body = ErrorDto),
+    ),
+)]
 pub(super) async fn start_rollout(
     State(state): State<ApiState>,
     body: Result<Json<RolloutStartDto>, JsonRejection>,
@@ -297,6 +363,13 @@ pub(super) async fn start_rollout(
     Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
 }
 
+/// The rollouts, newest first
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts",
+    tag = "rollouts",
+    responses((status = 200, description = "every rollout", body = RolloutsDto)),
+)]
 pub(super) async fn list_rollouts(State(state): State<ApiState>) -> Json<RolloutsDto> {
     let view = state.controller.view();
     Json(RolloutsDto {
@@ -309,9 +382,20 @@ pub(super) async fn list_rollouts(State(state): State<ApiState>) -> Json<Rollout
     })
 }
 
+/// One rollout
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts/{id}",
+    tag = "rollouts",
+    params(("id" = String, Path, description = "the rollout's id")),
+    responses(
+        (status = 200, description = "the rollout", body = RolloutDto),
+        (status = 404, description = "no such rollout", body = ErrorDto),
+    ),
+)]
 pub(super) async fn show_rollout(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutDto>, ApiError> {
     let view = state.controller.view();
     let rollout = view
@@ -320,9 +404,26 @@ pub(super) async fn show_rollout(
     Ok(Json(rollout_dto(&view, rollout)))
 }
 
+/// Pauses, resumes or cancels a rollout
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts/{id}/{action}",
+    tag = "rollouts",
+    params(
+        ("id" = String, Path, description = "the rollout's id"),
+        ("action" = inline(RolloutAction), Path, description = "what to do"),
+    ),
+    responses(
+        (status = 200, description = "the rollout after it, stored", body = RolloutDto),
+        (status = 404, description = "no such rollout or action", body = ErrorDto),
+        (status = 409, description = "the rollout's state does not allow it", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+        (status = 503, description = "the server is shutting down", body = ErrorDto),
+    ),
+)]
 pub(super) async fn act_on_rollout(
     State(state): State<ApiState>,
-    Path((id, action)): Path<(String, String)>,
+    ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Result<Json<RolloutDto>, ApiError> {
     let action = match action.as_str() {
         "pause" => Action::Pause,
@@ -332,6 +433,16 @@ pub(super) async fn act_on_rollout(
     };
     let rollout = state.controller.act(id, action).await?;
     Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
+}
+
+/// The actions `POST /api/v1/rollouts/{id}/{action}` takes.
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum RolloutAction {
+    Pause,
+    Resume,
+    Cancel,
 }
 
 /// The agent's configuration as the API shows it: assignment, the version it runs, the one it

@@ -5,32 +5,112 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
-use crate::core::domain::{AgentRecord, AttributeValue, Health, HistoryEntry, StrMap};
+use crate::core::domain::{
+    AgentRecord, AttributeValue, Health, HistoryEntry, PackageState, RemoteConfigStatus, StrMap,
+    Transport,
+};
+use crate::core::lifecycle::STATE_NAMES;
+use crate::core::rollout::State as RolloutState;
+use crate::core::status::Status;
 use crate::tasks::fleet::FleetSummary;
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+/// A string the document lists the values of, taken from the core's own list of names, so the
+/// document cannot drift from what the server says.
+macro_rules! names {
+    ($(#[doc = $doc:literal])* $ty:ident = $names:expr) => {
+        $(#[doc = $doc])*
+        pub struct $ty;
+
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> RefOr<Schema> {
+                let description = [$($doc.trim()),*].join(" ");
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some($names))
+                    .description(Some(description))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $ty {}
+    };
+}
+
+names!(
+    /// An agent's runtime status.
+    StatusName = Status::ALL.map(Status::as_str)
+);
+names!(
+    /// An agent's admin state (`maintenance` whatever it resumes to).
+    AdminStateName = STATE_NAMES
+);
+names!(
+    /// Where a rollout is.
+    RolloutStateName = RolloutState::ALL.map(RolloutState::as_str)
+);
+names!(
+    /// How an agent speaks OpAMP.
+    TransportName = Transport::ALL.map(Transport::as_str)
+);
+names!(
+    /// What the agent reports of the last remote configuration it saw.
+    RemoteConfigStatusName = RemoteConfigStatus::ALL.map(RemoteConfigStatus::as_str)
+);
+names!(
+    /// Where an agent is with one package.
+    PackageStatusName = PackageState::ALL.map(PackageState::as_str)
+);
+
+/// Every error: `{"error": "message"}`; a refused lifecycle move adds the states allowed from
+/// where the agent is, a bulk action whose confirmed count is not what matches adds the count.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct ErrorDto {
+    pub error: String,
+    /// The admin states the agent may be moved to (409 on a refused move).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<AdminStateName>>)]
+    pub allowed: Option<Vec<String>>,
+    /// The agents the selector matches now (409 on a bulk count mismatch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct AgentDto {
+    #[schema(format = "uuid")]
     pub instance_uid: String,
+    #[schema(value_type = StatusName)]
     pub status: String,
     pub status_reason: String,
-    /// discovered, registered, managed, ignored, maintenance or not_found.
     #[serde(default)]
+    #[schema(value_type = AdminStateName)]
     pub admin_state: String,
     /// Where an agent in maintenance returns when it resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<AdminStateName>)]
     pub resumes_to: Option<String>,
     #[serde(default)]
     pub pre_registered: bool,
+    /// How it is connected, if it is.
+    #[schema(value_type = Option<TransportName>)]
     pub transport: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Attribute values are strings, booleans, numbers, arrays or maps (bytes as hex).
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub identifying_attributes: Map<String, Value>,
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub non_identifying_attributes: Map<String, Value>,
     pub capabilities: Vec<String>,
     pub health: Option<HealthDto>,
     pub effective_config_hash: Option<String>,
     pub remote_config: Option<RemoteConfigDto>,
+    #[schema(format = DateTime)]
     pub last_seen: String,
+    #[schema(format = DateTime)]
     pub connected_at: Option<String>,
     /// The configuration assigned to the agent, if any.
     #[serde(default)]
@@ -39,7 +119,7 @@ pub struct AgentDto {
     pub packages: Vec<AgentPackageDto>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct HealthDto {
     pub healthy: bool,
     pub status: String,
@@ -47,41 +127,48 @@ pub struct HealthDto {
     pub start_time_unix_nano: u64,
     pub status_time_unix_nano: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(no_recursion)]
     pub components: BTreeMap<String, HealthDto>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub attributes: Map<String, Value>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct RemoteConfigDto {
     pub hash: String,
+    #[schema(value_type = RemoteConfigStatusName)]
     pub status: String,
     pub error: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct HistoryDto {
+    #[schema(format = DateTime)]
     pub at: String,
+    #[schema(value_type = Option<StatusName>)]
     pub from: Option<String>,
+    #[schema(value_type = StatusName)]
     pub to: String,
     pub reason: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct AgentDetailDto {
     #[serde(flatten)]
     pub agent: AgentDto,
     pub history: Vec<HistoryDto>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct AgentListDto {
     pub agents: Vec<AgentDto>,
     pub next_cursor: Option<String>,
     pub total: usize,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+/// Agents by runtime status and by admin state: every name is present, zero or not.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct FleetDto {
     pub total: i64,
     pub by_status: BTreeMap<String, i64>,
@@ -89,17 +176,24 @@ pub struct FleetDto {
     pub by_admin_state: BTreeMap<String, i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"state": "maintenance"}))]
 pub struct AdminStateDto {
+    #[schema(value_type = AdminStateName)]
     pub state: String,
 }
 
 /// `POST /api/v1/agents`: an agent an admin expects, by uid or by identifying attributes.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Default)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "identifying_attributes": {"service.name": "otelcol-contrib", "host.name": "web-1"},
+    "labels": {"env": "prod"}
+}))]
 pub struct PreRegisterDto {
     #[serde(default)]
+    #[schema(format = "uuid")]
     pub instance_uid: Option<String>,
     #[serde(default)]
     pub identifying_attributes: Option<BTreeMap<String, String>>,
@@ -107,30 +201,39 @@ pub struct PreRegisterDto {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ExpectedDto {
     pub id: String,
     pub identifying_attributes: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+/// What `POST /api/v1/agents` created: the agent, when it names an instance uid, or the
+/// expected agent, when it names identifying attributes.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+#[serde(untagged)]
+pub enum PreRegisteredDto {
+    Agent(Box<AgentDetailDto>),
+    Expected(ExpectedDto),
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ExpectedListDto {
     pub expected: Vec<ExpectedDto>,
 }
 
 /// A bulk action over the agents a selector matches. Without `dry_run`, `expected_count`
 /// must equal the number matched, or nothing is done (409).
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Default)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"selector": "service.name=otelcol-contrib", "dry_run": true}))]
 pub struct BulkDto {
     pub selector: String,
-    /// For `POST /api/v1/agents/admin-state`.
+    /// Only agents in this admin state.
     #[serde(default)]
-    pub state: Option<String>,
-    /// Only agents in this admin state (e.g. `maintenance`, to resume them).
-    #[serde(default)]
+    #[schema(value_type = Option<AdminStateName>)]
     pub admin_state: Option<String>,
     #[serde(default)]
     pub expected_count: Option<usize>,
@@ -138,7 +241,40 @@ pub struct BulkDto {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Default)]
+/// `POST /api/v1/agents/admin-state`: a bulk action that moves the agents to `state`. With
+/// `admin_state: "maintenance"` it resumes the agents in maintenance.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"selector": "service.name=otelcol-contrib", "state": "maintenance", "dry_run": true}))]
+pub struct BulkMoveDto {
+    pub selector: String,
+    /// The admin state to move the agents to.
+    #[schema(value_type = AdminStateName)]
+    pub state: String,
+    /// Only agents in this admin state (e.g. `maintenance`, to resume them).
+    #[serde(default)]
+    #[schema(value_type = Option<AdminStateName>)]
+    pub admin_state: Option<String>,
+    #[serde(default)]
+    pub expected_count: Option<usize>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl BulkMoveDto {
+    /// The bulk action, and the state to move to.
+    pub fn split(self) -> (BulkDto, String) {
+        let bulk = BulkDto {
+            selector: self.selector,
+            admin_state: self.admin_state,
+            expected_count: self.expected_count,
+            dry_run: self.dry_run,
+        };
+        (bulk, self.state)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema, Default)]
 pub struct BulkResultDto {
     /// Agents the action applies to.
     pub matched: usize,
@@ -152,36 +288,39 @@ pub struct BulkResultDto {
     pub sample: Vec<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"selector": "env=test"}))]
 pub struct IgnoreRuleInDto {
     pub selector: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct IgnoreRuleDto {
     pub id: String,
     pub selector: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct IgnoreRulesDto {
     pub rules: Vec<IgnoreRuleDto>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+#[schema(example = json!({"labels": {"env": "prod", "team": "payments"}}))]
 pub struct LabelsDto {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ConfigFileDto {
     pub body: String,
     pub content_type: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct EffectiveConfigDto {
     pub hash: String,
     /// Its size: names, content types and bodies.
@@ -324,7 +463,7 @@ impl From<FleetSummary> for FleetDto {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct AgentConfigDto {
     pub name: String,
     pub current_version: Option<u32>,
@@ -335,15 +474,23 @@ pub struct AgentConfigDto {
     pub incompatible_reason: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct FileDto {
     pub body: String,
     #[serde(default)]
     pub content_type: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "selector": "os.type=linux",
+    "priority": 0,
+    "files": {"collector.yaml": {
+        "body": "receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n",
+        "content_type": "text/yaml"
+    }}
+}))]
 pub struct ConfigurationPutDto {
     #[serde(default)]
     pub selector: String,
@@ -352,7 +499,7 @@ pub struct ConfigurationPutDto {
     pub files: BTreeMap<String, FileDto>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ConfigurationPutResultDto {
     pub name: String,
     pub version: u32,
@@ -361,18 +508,20 @@ pub struct ConfigurationPutResultDto {
     pub created: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct RolloutIdDto {
     pub id: String,
+    #[schema(value_type = RolloutStateName)]
     pub state: String,
     pub version: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct VersionDto {
     pub name: String,
     pub version: u32,
     pub hash: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// "kind/type" of every component the version uses.
     pub components: Vec<String>,
@@ -380,7 +529,7 @@ pub struct VersionDto {
     pub files: Option<BTreeMap<String, FileDto>>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ConfigurationDto {
     pub name: String,
     pub selector: String,
@@ -389,7 +538,9 @@ pub struct ConfigurationDto {
     pub latest_hash: Option<String>,
     pub agent_count: usize,
     pub rollout: Option<RolloutIdDto>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub versions: Option<Vec<VersionDto>>,
@@ -398,12 +549,12 @@ pub struct ConfigurationDto {
     pub agents: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ConfigurationsDto {
     pub configurations: Vec<ConfigurationDto>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct PackageRefDto {
     pub name: String,
     pub version: String,
@@ -411,22 +562,33 @@ pub struct PackageRefDto {
 
 /// Either `configuration` (with an optional numeric `version`) or `package` (with an optional
 /// `selector`; default: every agent).
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"configuration": "prod", "initial": 3, "multiplier": 5, "maximum": 100}))]
 pub struct RolloutStartDto {
     pub configuration: Option<String>,
     pub version: Option<u32>,
     pub package: Option<PackageRefDto>,
     pub selector: Option<String>,
+    /// Agents in the first wave (default 3).
+    #[schema(minimum = 1)]
     pub initial: Option<u32>,
+    /// Each wave is this many times the one before (default 5).
+    #[schema(minimum = 1)]
     pub multiplier: Option<u32>,
+    /// The largest wave, at least `initial` (default 100).
+    #[schema(minimum = 1)]
     pub maximum: Option<u32>,
+    /// Errors tolerated before the rollout stops (default 0).
     pub max_errors: Option<u32>,
+    /// Roll back to the previous version when it stops on errors (default false).
     pub rollback_on_failure: Option<bool>,
+    /// How long a wave may take (default 300).
+    #[schema(minimum = 1)]
     pub wave_timeout_seconds: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct RolloutCountsDto {
     pub total: u32,
     pub completed: u32,
@@ -438,7 +600,7 @@ pub struct RolloutCountsDto {
     pub skipped: BTreeMap<String, u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct RolloutDto {
     pub id: String,
     /// Set for configuration rollouts.
@@ -451,6 +613,7 @@ pub struct RolloutDto {
     /// Matching agents the rollout passes over, with the reason.
     #[serde(default)]
     pub skipped: Vec<SkippedDto>,
+    #[schema(value_type = RolloutStateName)]
     pub state: String,
     /// Waves started so far.
     pub wave: u32,
@@ -463,22 +626,25 @@ pub struct RolloutDto {
     pub max_errors: u32,
     pub rollback_on_failure: bool,
     pub wave_timeout_seconds: u64,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct RolloutsDto {
     pub rollouts: Vec<RolloutDto>,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct SkippedDto {
+    #[schema(format = "uuid")]
     pub instance_uid: String,
     pub reason: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct PackageDto {
     pub name: String,
     pub version: String,
@@ -486,19 +652,21 @@ pub struct PackageDto {
     pub arch: String,
     pub sha256: String,
     pub size: u64,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct PackagesDto {
     pub packages: Vec<PackageDto>,
 }
 
 /// What the API shows of an agent's packages.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct AgentPackageDto {
     pub name: String,
     pub version: String,
+    #[schema(value_type = PackageStatusName)]
     pub status: String,
     pub offered_version: String,
     pub download_percent: Option<f64>,

@@ -2,8 +2,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-/// Every error the admin API returns: `{"error": "message"}` with a 4xx or 5xx status.
-/// Internal causes are logged, not shown.
+use super::dto::ErrorDto;
+
+/// Every error the admin API returns: `{"error": "message"}` ([`ErrorDto`]) with a 4xx or 5xx
+/// status. Internal causes are logged, not shown.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -12,12 +14,15 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// A conflict the client can act on: the message, and what it may do instead.
+    /// A lifecycle move that is not allowed (409): the message, and the states that are.
     #[error("{message}")]
-    ConflictWith {
+    Refused {
         message: String,
-        detail: serde_json::Value,
+        allowed: Vec<&'static str>,
     },
+    /// A bulk action whose confirmed count is not what matches now (409): nothing was done.
+    #[error("{message}")]
+    CountMismatch { message: String, matched: usize },
     #[error("{0}")]
     TooLarge(String),
     #[error("internal error")]
@@ -31,7 +36,9 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::ConflictWith { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Refused { .. } | ApiError::CountMismatch { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "api request failed");
@@ -39,11 +46,17 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut body = serde_json::json!({ "error": self.to_string() });
-        if let (ApiError::ConflictWith { detail, .. }, Some(fields)) = (self, body.as_object_mut())
-            && let Some(detail) = detail.as_object()
-        {
-            fields.extend(detail.clone());
+        let mut body = ErrorDto {
+            error: self.to_string(),
+            allowed: None,
+            matched: None,
+        };
+        match self {
+            ApiError::Refused { allowed, .. } => {
+                body.allowed = Some(allowed.into_iter().map(String::from).collect());
+            }
+            ApiError::CountMismatch { matched, .. } => body.matched = Some(matched),
+            _ => {}
         }
         (status, Json(body)).into_response()
     }
@@ -61,6 +74,18 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    /// A path that does not decode is the client's (400); a handler asking for parameters its
+    /// route does not have is ours.
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        if rejection.status().is_server_error() {
+            ApiError::Internal(rejection.body_text())
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    }
+}
+
 impl From<crate::edge::store::StoreError> for ApiError {
     fn from(e: crate::edge::store::StoreError) -> Self {
         ApiError::Internal(e.to_string())
@@ -69,9 +94,9 @@ impl From<crate::edge::store::StoreError> for ApiError {
 
 impl From<crate::core::lifecycle::MoveRefused> for ApiError {
     fn from(refused: crate::core::lifecycle::MoveRefused) -> Self {
-        ApiError::ConflictWith {
+        ApiError::Refused {
             message: refused.to_string(),
-            detail: serde_json::json!({ "allowed": refused.allowed }),
+            allowed: refused.allowed,
         }
     }
 }
@@ -87,9 +112,9 @@ impl From<crate::tasks::agent::ActorGone> for ApiError {
 impl From<crate::core::session::Refused> for ApiError {
     fn from(refused: crate::core::session::Refused) -> Self {
         match refused.allowed {
-            Some(allowed) => ApiError::ConflictWith {
+            Some(allowed) => ApiError::Refused {
                 message: refused.message,
-                detail: serde_json::json!({ "allowed": allowed }),
+                allowed,
             },
             None => ApiError::Conflict(refused.message),
         }

@@ -39,7 +39,12 @@ fn host_allowed(host: &str, allowed: &AllowedHosts) -> bool {
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    let body = super::dto::ErrorDto {
+        error: message,
+        allowed: None,
+        matched: None,
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 pub async fn guard(State(allowed): State<AllowedHosts>, request: Request, next: Next) -> Response {

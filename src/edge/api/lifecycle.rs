@@ -5,16 +5,18 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 
 use super::dto::{
-    AdminStateDto, AgentDetailDto, BulkDto, BulkResultDto, ExpectedDto, ExpectedListDto,
-    IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto,
+    AdminStateDto, AgentDetailDto, BulkDto, BulkMoveDto, BulkResultDto, ErrorDto, ExpectedDto,
+    ExpectedListDto, IgnoreRuleDto, IgnoreRuleInDto, IgnoreRulesDto, PreRegisterDto,
+    PreRegisteredDto,
 };
-use super::{ApiError, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
+use super::openapi::AgentUid;
+use super::{ApiError, ApiPath, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
 use crate::core::config::Selector;
 use crate::core::domain::{AgentCapabilities, AgentRecord};
 use crate::core::lifecycle::{self, AdminState, Expected, IgnoreRule, STATE_NAMES};
@@ -52,11 +54,27 @@ pub(super) async fn durable(state: &ApiState) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /api/v1/agents/{uid}/admin-state` `{"state": ...}`: 409 with the allowed states when
-/// the lifecycle does not allow the move.
+/// Moves the agent to another admin state
+///
+/// 409 with the states allowed from where it is when the lifecycle does not allow the move.
+/// Leaving maintenance: `managed` or `registered`, whichever it came from.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{uid}/admin-state",
+    tag = "lifecycle",
+    params(AgentUid),
+    request_body = AdminStateDto,
+    responses(
+        (status = 200, description = "the agent in its new state, stored", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid, or a body or state name it does not take", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 409, description = "the move is not allowed; `allowed` lists those that are", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn set_admin_state(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
     request: Result<Json<AdminStateDto>, JsonRejection>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
@@ -67,10 +85,24 @@ pub(super) async fn set_admin_state(
     Ok(Json(agent_detail(&state, &record)))
 }
 
-/// `DELETE /api/v1/agents/{uid}`: everything Corral keeps of the agent goes.
+/// Deletes the agent: everything Corral keeps of it goes
+///
+/// If it connects again it is discovered anew, unless an ignore rule matches it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/agents/{uid}",
+    tag = "lifecycle",
+    params(AgentUid),
+    responses(
+        (status = 204, description = "deleted, on disk"),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 500, description = "the deletion could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn delete_agent(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let uid = parse_uid(&uid)?;
     if !state.fleet.forget(&uid).await {
@@ -80,11 +112,23 @@ pub(super) async fn delete_agent(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /api/v1/agents/{uid}/disconnect`: closes its WebSocket, or ends its polling session,
-/// so that it connects again.
+/// Closes the agent's WebSocket, or ends its polling session, so that it connects again
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{uid}/disconnect",
+    tag = "lifecycle",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "the agent", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 409, description = "the agent is not connected", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn disconnect(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let record = handle.admin(Event::Disconnect).await??;
@@ -92,12 +136,26 @@ pub(super) async fn disconnect(
     Ok(Json(agent_detail(&state, &record)))
 }
 
-/// `POST /api/v1/agents`: an agent an admin expects, by instance uid (`not_found` until it
-/// speaks) or by identifying attributes (admitted when an agent reporting them first speaks).
+/// Pre-registers an agent an admin expects
+///
+/// By instance uid: the agent is `not_found` until it speaks. By identifying attributes: the
+/// first agent that reports them is admitted with the labels given.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents",
+    tag = "lifecycle",
+    request_body = PreRegisterDto,
+    responses(
+        (status = 201, description = "the agent (by uid) or the expected agent (by attributes), stored", body = PreRegisteredDto),
+        (status = 400, description = "neither or both of instance_uid and identifying_attributes, or a value it does not take", body = ErrorDto),
+        (status = 409, description = "the agent is known already, the attributes are expected or reported already, or too many agents are expected", body = ErrorDto),
+        (status = 500, description = "the agent could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn pre_register(
     State(state): State<ApiState>,
     request: Result<Json<PreRegisterDto>, JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<PreRegisteredDto>), ApiError> {
     let request = json(request)?;
     validate_labels(&request.labels)?;
     match (request.instance_uid, request.identifying_attributes) {
@@ -112,7 +170,10 @@ pub(super) async fn pre_register(
             };
             durable(&state).await?;
             let detail = agent_detail(&state, &handle.record());
-            Ok((StatusCode::CREATED, Json(to_value(&detail)?)))
+            Ok((
+                StatusCode::CREATED,
+                Json(PreRegisteredDto::Agent(Box::new(detail))),
+            ))
         }
         (None, Some(attributes)) => {
             if attributes.is_empty() {
@@ -159,16 +220,12 @@ pub(super) async fn pre_register(
             state
                 .fleet
                 .update_rules(|rules| rules.expected.push(expected.clone()));
-            Ok((StatusCode::CREATED, Json(to_value(&dto)?)))
+            Ok((StatusCode::CREATED, Json(PreRegisteredDto::Expected(dto))))
         }
         _ => Err(ApiError::BadRequest(
             "give either instance_uid or identifying_attributes".into(),
         )),
     }
-}
-
-fn to_value(v: &impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn expected_dto(e: &Expected) -> ExpectedDto {
@@ -180,6 +237,13 @@ fn expected_dto(e: &Expected) -> ExpectedDto {
     }
 }
 
+/// The agents expected by identifying attributes
+#[utoipa::path(
+    get,
+    path = "/api/v1/expected-agents",
+    tag = "lifecycle",
+    responses((status = 200, description = "the expected agents", body = ExpectedListDto)),
+)]
 pub(super) async fn list_expected(State(state): State<ApiState>) -> Json<ExpectedListDto> {
     Json(ExpectedListDto {
         expected: state
@@ -192,9 +256,21 @@ pub(super) async fn list_expected(State(state): State<ApiState>) -> Json<Expecte
     })
 }
 
+/// No longer expects the agent
+#[utoipa::path(
+    delete,
+    path = "/api/v1/expected-agents/{id}",
+    tag = "lifecycle",
+    params(("id" = String, Path, description = "the expected agent's id")),
+    responses(
+        (status = 204, description = "removed, on disk"),
+        (status = 404, description = "no such expected agent", body = ErrorDto),
+        (status = 500, description = "the removal could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn delete_expected(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_expected(&id).await? {
         return Err(ApiError::NotFound(format!("no expected agent {id}")));
@@ -213,14 +289,35 @@ fn rule_dto(rule: &IgnoreRule) -> IgnoreRuleDto {
     }
 }
 
+/// The ignore rules
+#[utoipa::path(
+    get,
+    path = "/api/v1/ignore-rules",
+    tag = "lifecycle",
+    responses((status = 200, description = "the rules", body = IgnoreRulesDto)),
+)]
 pub(super) async fn list_ignore_rules(State(state): State<ApiState>) -> Json<IgnoreRulesDto> {
     Json(IgnoreRulesDto {
         rules: state.fleet.rules().ignore.iter().map(rule_dto).collect(),
     })
 }
 
-/// `POST /api/v1/ignore-rules` `{"selector": ...}`: agents heard from for the first time whose
-/// reported attributes match are ignored.
+/// Adds an ignore rule
+///
+/// Agents heard from for the first time whose reported attributes match the selector are
+/// ignored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/ignore-rules",
+    tag = "lifecycle",
+    request_body = IgnoreRuleInDto,
+    responses(
+        (status = 201, description = "the rule, stored", body = IgnoreRuleDto),
+        (status = 400, description = "a body or selector it does not take (a rule must not match everything)", body = ErrorDto),
+        (status = 409, description = "there are as many rules as there may be", body = ErrorDto),
+        (status = 500, description = "the rule could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn add_ignore_rule(
     State(state): State<ApiState>,
     request: Result<Json<IgnoreRuleInDto>, JsonRejection>,
@@ -249,9 +346,21 @@ pub(super) async fn add_ignore_rule(
     Ok((StatusCode::CREATED, Json(dto)))
 }
 
+/// Removes an ignore rule
+#[utoipa::path(
+    delete,
+    path = "/api/v1/ignore-rules/{id}",
+    tag = "lifecycle",
+    params(("id" = String, Path, description = "the rule's id")),
+    responses(
+        (status = 204, description = "removed, on disk"),
+        (status = 404, description = "no such rule", body = ErrorDto),
+        (status = 500, description = "the removal could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn delete_ignore_rule(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.store.delete_ignore_rule(&id).await? {
         return Err(ApiError::NotFound(format!("no ignore rule {id}")));
@@ -312,19 +421,44 @@ impl Bulk {
     }
 }
 
+/// Moves the agents a selector matches to an admin state
+///
+/// With `admin_state: "maintenance"` it resumes the agents in maintenance. A dry run gives the
+/// count and a sample; the real one must carry `expected_count`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/admin-state",
+    tag = "lifecycle",
+    request_body = BulkMoveDto,
+    responses(
+        (status = 200, description = "what matched and what was done (on a dry run: what would be)", body = BulkResultDto),
+        (status = 400, description = "a body, selector or state it does not take, or neither expected_count nor dry_run", body = ErrorDto),
+        (status = 409, description = "expected_count is not the number matched; `matched` says it, and nothing was done", body = ErrorDto),
+        (status = 500, description = "the changes could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn bulk_admin_state(
     State(state): State<ApiState>,
-    request: Result<Json<BulkDto>, JsonRejection>,
+    request: Result<Json<BulkMoveDto>, JsonRejection>,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    let request = json(request)?;
-    let name = request
-        .state
-        .as_deref()
-        .ok_or_else(|| ApiError::BadRequest("give the \"state\" to move the agents to".into()))?;
-    let name = state_name(name)?;
+    let (request, name) = json(request)?.split();
+    let name = state_name(&name)?;
     bulk(&state, request, Bulk::Move(name)).await
 }
 
+/// Deletes the agents a selector matches
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/delete",
+    tag = "lifecycle",
+    request_body = BulkDto,
+    responses(
+        (status = 200, description = "what matched and what was done (on a dry run: what would be)", body = BulkResultDto),
+        (status = 400, description = "a body, selector or state it does not take, or neither expected_count nor dry_run", body = ErrorDto),
+        (status = 409, description = "expected_count is not the number matched; `matched` says it, and nothing was done", body = ErrorDto),
+        (status = 500, description = "the changes could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn bulk_delete(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
@@ -332,6 +466,19 @@ pub(super) async fn bulk_delete(
     bulk(&state, json(request)?, Bulk::Delete).await
 }
 
+/// Disconnects the agents a selector matches
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/disconnect",
+    tag = "lifecycle",
+    request_body = BulkDto,
+    responses(
+        (status = 200, description = "what matched and what was done (on a dry run: what would be)", body = BulkResultDto),
+        (status = 400, description = "a body, selector or state it does not take, or neither expected_count nor dry_run", body = ErrorDto),
+        (status = 409, description = "expected_count is not the number matched; `matched` says it, and nothing was done", body = ErrorDto),
+        (status = 500, description = "the changes could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn bulk_disconnect(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
@@ -339,6 +486,19 @@ pub(super) async fn bulk_disconnect(
     bulk(&state, json(request)?, Bulk::Disconnect).await
 }
 
+/// Restarts the agents a selector matches
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/restart",
+    tag = "lifecycle",
+    request_body = BulkDto,
+    responses(
+        (status = 200, description = "what matched and what was done (on a dry run: what would be)", body = BulkResultDto),
+        (status = 400, description = "a body, selector or state it does not take, or neither expected_count nor dry_run", body = ErrorDto),
+        (status = 409, description = "expected_count is not the number matched; `matched` says it, and nothing was done", body = ErrorDto),
+        (status = 500, description = "the changes could not be stored", body = ErrorDto),
+    ),
+)]
 pub(super) async fn bulk_restart(
     State(state): State<ApiState>,
     request: Result<Json<BulkDto>, JsonRejection>,
@@ -351,11 +511,6 @@ async fn bulk(
     request: BulkDto,
     action: Bulk,
 ) -> Result<Json<BulkResultDto>, ApiError> {
-    if !matches!(action, Bulk::Move(_)) && request.state.is_some() {
-        return Err(ApiError::BadRequest(
-            "\"state\" is only for admin-state".into(),
-        ));
-    }
     let selector = parse_selector(&request.selector)?;
     let only = request.admin_state.as_deref().map(state_name).transpose()?;
     let mut result = BulkResultDto::default();
@@ -393,12 +548,12 @@ async fn bulk(
         ));
     };
     if expected != result.matched {
-        return Err(ApiError::ConflictWith {
+        return Err(ApiError::CountMismatch {
             message: format!(
                 "the selector matches {} agents, not the {expected} expected; nothing was done",
                 result.matched
             ),
-            detail: serde_json::json!({ "matched": result.matched }),
+            matched: result.matched,
         });
     }
     let mut failed = BTreeMap::new();

@@ -1,10 +1,12 @@
-//! The admin API: JSON over HTTP on the API listener, plus `/metrics` and `/healthz`.
+//! The admin API: JSON over HTTP on the API listener, plus `/metrics`, `/healthz` and its
+//! OpenAPI document at `/api/v1/openapi.json`.
 
 mod control;
 pub mod dto;
 mod error;
 mod guard;
 mod lifecycle;
+mod openapi;
 mod packages;
 
 use std::collections::BTreeMap;
@@ -13,10 +15,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use utoipa::IntoParams;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use guard::AllowedHosts;
@@ -26,8 +30,10 @@ use crate::core::status::Status;
 use crate::edge::store::Store;
 use crate::tasks::fleet::{AgentFilter, Fleet};
 use dto::{
-    AgentDetailDto, AgentDto, AgentListDto, ConfigFileDto, EffectiveConfigDto, FleetDto, LabelsDto,
+    AgentDetailDto, AgentDto, AgentListDto, ConfigFileDto, EffectiveConfigDto, ErrorDto, FleetDto,
+    LabelsDto,
 };
+use openapi::AgentUid;
 
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -47,86 +53,85 @@ pub struct ApiState {
     pub allowed_hosts: AllowedHosts,
 }
 
+/// Every route, each taken with its handler's `#[utoipa::path]`: routes are added only this
+/// way, so none is served without being in the document.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(one_path(routes!(list_agents, lifecycle::pre_register)))
+        .routes(one_path(routes!(show_agent, lifecycle::delete_agent)))
+        .routes(one_path(routes!(lifecycle::set_admin_state)))
+        .routes(one_path(routes!(lifecycle::disconnect)))
+        .routes(one_path(routes!(lifecycle::bulk_admin_state)))
+        .routes(one_path(routes!(lifecycle::bulk_delete)))
+        .routes(one_path(routes!(lifecycle::bulk_restart)))
+        .routes(one_path(routes!(lifecycle::bulk_disconnect)))
+        .routes(one_path(routes!(lifecycle::list_expected)))
+        .routes(one_path(routes!(lifecycle::delete_expected)))
+        .routes(one_path(routes!(
+            lifecycle::list_ignore_rules,
+            lifecycle::add_ignore_rule
+        )))
+        .routes(one_path(routes!(lifecycle::delete_ignore_rule)))
+        .routes(one_path(routes!(set_labels)))
+        .routes(one_path(routes!(retry_config)))
+        .routes(one_path(routes!(packages::restart)))
+        .routes(
+            one_path(routes!(packages::list, packages::upload)).layer(DefaultBodyLimit::disable()),
+        )
+        .routes(one_path(routes!(effective_config)))
+        .routes(one_path(routes!(fleet_summary)))
+        .routes(one_path(routes!(control::list_configurations)))
+        .routes(one_path(routes!(
+            control::show_configuration,
+            control::put_configuration
+        )))
+        .routes(one_path(routes!(control::show_version)))
+        .routes(one_path(routes!(
+            control::list_rollouts,
+            control::start_rollout
+        )))
+        .routes(one_path(routes!(control::show_rollout)))
+        .routes(one_path(routes!(control::act_on_rollout)))
+        .routes(one_path(routes!(metrics)))
+        .routes(one_path(routes!(healthz)))
+        .routes(one_path(routes!(openapi::document)))
+}
+
+/// One path per `routes!`: given handlers of several paths, it would route each of those paths
+/// to all of them, and serve what the document does not say.
+fn one_path(
+    routes: utoipa_axum::router::UtoipaMethodRouter<ApiState>,
+) -> utoipa_axum::router::UtoipaMethodRouter<ApiState> {
+    debug_assert_eq!(
+        routes.1.paths.len(),
+        1,
+        "one path per routes!: {:?}",
+        routes.1.paths.keys().collect::<Vec<_>>()
+    );
+    routes
+}
+
+/// The API's OpenAPI document, as `GET /api/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(routes().split_for_parts().1)
+}
+
 pub fn router(state: ApiState) -> Router {
     let allowed = state.allowed_hosts.clone();
-    Router::new()
-        .route(
-            "/api/v1/agents",
-            get(list_agents).post(lifecycle::pre_register),
-        )
-        .route(
-            "/api/v1/agents/{uid}",
-            get(show_agent).delete(lifecycle::delete_agent),
-        )
-        .route(
-            "/api/v1/agents/{uid}/admin-state",
-            post(lifecycle::set_admin_state),
-        )
-        .route(
-            "/api/v1/agents/{uid}/disconnect",
-            post(lifecycle::disconnect),
-        )
-        .route(
-            "/api/v1/agents/admin-state",
-            post(lifecycle::bulk_admin_state),
-        )
-        .route("/api/v1/agents/delete", post(lifecycle::bulk_delete))
-        .route("/api/v1/agents/restart", post(lifecycle::bulk_restart))
-        .route(
-            "/api/v1/agents/disconnect",
-            post(lifecycle::bulk_disconnect),
-        )
-        .route("/api/v1/expected-agents", get(lifecycle::list_expected))
-        .route(
-            "/api/v1/expected-agents/{id}",
-            axum::routing::delete(lifecycle::delete_expected),
-        )
-        .route(
-            "/api/v1/ignore-rules",
-            get(lifecycle::list_ignore_rules).post(lifecycle::add_ignore_rule),
-        )
-        .route(
-            "/api/v1/ignore-rules/{id}",
-            axum::routing::delete(lifecycle::delete_ignore_rule),
-        )
-        .route("/api/v1/agents/{uid}/labels", put(set_labels))
-        .route("/api/v1/agents/{uid}/retry-config", post(retry_config))
-        .route("/api/v1/agents/{uid}/restart", post(packages::restart))
-        .route(
-            "/api/v1/packages",
-            get(packages::list)
-                .post(packages::upload)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/api/v1/agents/{uid}/effective-config",
-            get(effective_config),
-        )
-        .route("/api/v1/fleet", get(fleet_summary))
-        .route("/api/v1/configurations", get(control::list_configurations))
-        .route(
-            "/api/v1/configurations/{name}",
-            get(control::show_configuration).put(control::put_configuration),
-        )
-        .route(
-            "/api/v1/configurations/{name}/versions/{version}",
-            get(control::show_version),
-        )
-        .route(
-            "/api/v1/rollouts",
-            get(control::list_rollouts).post(control::start_rollout),
-        )
-        .route("/api/v1/rollouts/{id}", get(control::show_rollout))
-        .route(
-            "/api/v1/rollouts/{id}/{action}",
-            post(control::act_on_rollout),
-        )
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+    let (routes, doc) = routes().split_for_parts();
+    let doc = serde_json::to_vec(&openapi::finish(doc)).expect("an OpenAPI document serializes");
+    routes
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
+        .layer(Extension(openapi::Document(doc.into())))
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
 }
+
+/// Path parameters, with a path that does not decode (e.g. percent-encoded bytes that are not
+/// UTF-8) refused like every other bad request: a JSON 400, as the document says.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(Path), rejection(ApiError))]
+pub(super) struct ApiPath<T>(pub T);
 
 /// A JSON body, or why it cannot be read (400; 413 over the body limit).
 pub(super) fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -212,6 +217,40 @@ fn parse_list_query(
     Ok((filter, cursor, limit))
 }
 
+/// The query of `GET /api/v1/agents` (the handler reads it itself, for its own errors).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AgentQuery {
+    /// Only agents with this runtime status.
+    #[param(value_type = Option<dto::StatusName>)]
+    status: Option<String>,
+    /// Only agents in this admin state.
+    #[param(value_type = Option<dto::AdminStateName>)]
+    admin_state: Option<String>,
+    /// `key=value`; may repeat, and all must match (admin labels win over reported attributes).
+    #[param(style = Form, explode)]
+    label: Option<Vec<String>>,
+    /// A selector in the full selector syntax, e.g. `env=prod,os.type!=windows`.
+    selector: Option<String>,
+    /// Agents per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before (empty: the first page).
+    cursor: Option<String>,
+}
+
+/// Lists agents, a page at a time in instance-uid order
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents",
+    tag = "agents",
+    params(AgentQuery),
+    responses(
+        (status = 200, description = "a page of agents and how many match in all", body = AgentListDto),
+        (status = 400, description = "an unknown query parameter or a value it does not take", body = ErrorDto),
+    ),
+)]
 async fn list_agents(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
@@ -230,9 +269,21 @@ async fn list_agents(
     }))
 }
 
+/// One agent, with its status history
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{uid}",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "the agent", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+    ),
+)]
 async fn show_agent(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     Ok(Json(agent_detail(&state, &handle.snapshot())))
@@ -277,10 +328,26 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Replaces the agent's admin labels.
+/// Replaces the agent's admin labels
+///
+/// Keys are 1-128 characters of letters, digits, `.`, `_`, `-`, `/`; values at most 256 bytes
+/// without control characters; at most 64 labels.
+#[utoipa::path(
+    put,
+    path = "/api/v1/agents/{uid}/labels",
+    tag = "agents",
+    params(AgentUid),
+    request_body = LabelsDto,
+    responses(
+        (status = 200, description = "the agent with its new labels, stored", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid, or a body or label it does not take", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+    ),
+)]
 async fn set_labels(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
     body: Result<Json<LabelsDto>, JsonRejection>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
@@ -291,10 +358,23 @@ async fn set_labels(
     Ok(Json(agent_detail(&state, &record)))
 }
 
-/// Sends an agent the configuration it reported FAILED once more.
+/// Sends the agent the configuration it reported failed once more
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{uid}/retry-config",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "the agent; the configuration is on its way", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 409, description = "the agent has no failed configuration to retry", body = ErrorDto),
+        (status = 500, description = "the change could not be stored", body = ErrorDto),
+    ),
+)]
 async fn retry_config(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let record = handle.retry_config().await??;
@@ -302,9 +382,22 @@ async fn retry_config(
     Ok(Json(agent_detail(&state, &record)))
 }
 
+/// The configuration the agent last reported running
+#[utoipa::path(
+    get,
+    path = "/api/v1/agents/{uid}/effective-config",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "its files", body = EffectiveConfigDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent, or it has reported no effective configuration", body = ErrorDto),
+        (status = 500, description = "the store could not be read", body = ErrorDto),
+    ),
+)]
 async fn effective_config(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<EffectiveConfigDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     let hash: ContentHash = handle
@@ -349,7 +442,48 @@ async fn effective_config(
     }))
 }
 
-/// `ok`, or 503 with why while the store is not taking writes (they are kept and retried).
+/// How many agents there are, by runtime status and by admin state
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet",
+    tag = "agents",
+    responses((status = 200, description = "the counts", body = FleetDto)),
+)]
+async fn fleet_summary(State(state): State<ApiState>) -> Json<FleetDto> {
+    Json(FleetDto::from(state.fleet.summary()))
+}
+
+/// The server's metrics
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses((
+        status = 200,
+        description = "Prometheus metrics in the OpenMetrics text format",
+        body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )),
+)]
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut response = state.fleet.metrics().render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Whether the server is up and its store takes writes
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    responses(
+        (status = 200, description = "`ok`", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 503, description = "the store is not taking writes (they are kept and retried), with why", body = String, content_type = "text/plain; charset=utf-8"),
+    ),
+)]
 async fn healthz(State(state): State<ApiState>) -> Response {
     match state.writes.failing() {
         None => "ok".into_response(),
@@ -359,17 +493,4 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         )
             .into_response(),
     }
-}
-
-async fn fleet_summary(State(state): State<ApiState>) -> Json<FleetDto> {
-    Json(FleetDto::from(state.fleet.summary()))
-}
-
-async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut response = state.fleet.metrics().render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    response
 }

@@ -2,11 +2,12 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use chrono::Utc;
 
-use super::dto::{PackageDto, PackagesDto, rfc3339};
-use super::{ApiError, ApiState, agent, agent_detail};
+use super::dto::{ErrorDto, PackageDto, PackagesDto, rfc3339};
+use super::openapi::AgentUid;
+use super::{ApiError, ApiPath, ApiState, agent, agent_detail};
 use crate::core::packages::{Package, validate_field};
 use crate::edge::api::dto::AgentDetailDto;
 use crate::edge::store::BlobError;
@@ -23,9 +24,62 @@ pub(super) fn package_dto(p: &Package) -> PackageDto {
     }
 }
 
-/// `POST /api/v1/packages?name=&version=v0.116.0&platform=linux&arch=amd64` with the artifact
-/// as the body. The OpenTelemetry supervisor's convention is one top-level package with an
-/// empty name.
+/// The query of `POST /api/v1/packages` (the handler reads it itself, for its own errors).
+/// Each value is at most 128 characters of letters, digits, `.`, `_`, `-`, `+`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct UploadQuery {
+    /// The package's name; the OpenTelemetry supervisor's convention is one top-level package
+    /// with an empty name.
+    #[param(default = "", pattern = "^[A-Za-z0-9._+-]{0,128}$")]
+    name: Option<String>,
+    /// Its version, e.g. `v0.116.0`; a version never changes once uploaded.
+    #[param(pattern = "^[A-Za-z0-9._+-]{1,128}$")]
+    version: String,
+    /// The platform it is for (e.g. `linux`; empty: any).
+    #[param(pattern = "^[A-Za-z0-9._+-]{0,128}$")]
+    platform: Option<String>,
+    /// The architecture it is for (e.g. `amd64`; empty: any).
+    #[param(pattern = "^[A-Za-z0-9._+-]{0,128}$")]
+    arch: Option<String>,
+}
+
+/// The bytes of a package, as the upload's body.
+struct Artifact;
+
+impl utoipa::PartialSchema for Artifact {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Artifact {}
+
+/// Uploads a package: the body is the artifact
+///
+/// The same bytes again under the same name, version, platform and arch answer the package as
+/// it is; other bytes are refused.
+#[utoipa::path(
+    post,
+    path = "/api/v1/packages",
+    operation_id = "upload_package",
+    tag = "packages",
+    params(UploadQuery),
+    request_body(content = inline(Artifact), content_type = "application/octet-stream", description = "the artifact, at most --max-package-size bytes"),
+    responses(
+        (status = 200, description = "the package, stored", body = PackageDto),
+        (status = 400, description = "an empty body, a missing version, or a query it does not take", body = ErrorDto),
+        (status = 409, description = "this version exists with other bytes", body = ErrorDto),
+        (status = 413, description = "the artifact is larger than --max-package-size", body = ErrorDto),
+        (status = 500, description = "the package could not be stored", body = ErrorDto),
+        (status = 503, description = "the server is shutting down", body = ErrorDto),
+    ),
+)]
 pub(super) async fn upload(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
@@ -85,6 +139,14 @@ pub(super) async fn upload(
     Ok(Json(package_dto(&package)))
 }
 
+/// The packages uploaded
+#[utoipa::path(
+    get,
+    path = "/api/v1/packages",
+    operation_id = "list_packages",
+    tag = "packages",
+    responses((status = 200, description = "every package", body = PackagesDto)),
+)]
 pub(super) async fn list(State(state): State<ApiState>) -> Json<PackagesDto> {
     Json(PackagesDto {
         packages: state
@@ -97,10 +159,23 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<PackagesDto> {
     })
 }
 
-/// Sends the agent the Restart command; 409 when it cannot take it.
+/// Sends the agent the Restart command
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{uid}/restart",
+    operation_id = "restart_agent",
+    tag = "agents",
+    params(AgentUid),
+    responses(
+        (status = 200, description = "the agent; the command is on its way", body = AgentDetailDto),
+        (status = 400, description = "not an instance uid", body = ErrorDto),
+        (status = 404, description = "no such agent", body = ErrorDto),
+        (status = 409, description = "the agent cannot take it (not managed, not connected, or it does not accept restarts)", body = ErrorDto),
+    ),
+)]
 pub(super) async fn restart(
     State(state): State<ApiState>,
-    Path(uid): Path<String>,
+    ApiPath(uid): ApiPath<String>,
 ) -> Result<Json<AgentDetailDto>, ApiError> {
     let handle = agent(&state, &uid)?;
     handle.restart().await??;
