@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// process stops within 10 s whatever clients do.
 const LISTENER_GRACE: Duration = Duration::from_secs(3);
 /// Admin API connections open at once: admins and their scripts, not agents.
-const API_CONNECTIONS: usize = 512;
+const API_CONNECTIONS: usize = 128;
 
 pub struct Listeners {
     pub opamp: TcpListener,
@@ -170,9 +170,7 @@ pub async fn serve(
             request: Some(limits.body_timeout),
             idle: limits.idle_timeout,
         },
-        max_connections: limits
-            .max_connections
-            .unwrap_or_else(connections_for_open_files),
+        max_connections: opamp_connections(limits.max_connections),
         gate: Some(listener::gate::Gate::new(
             limits.new_connections_per_second,
             limits.max_pending_handshakes,
@@ -229,14 +227,27 @@ pub async fn serve(
     served
 }
 
-/// The OpAMP listener's connection limit when none is given: the open-file limit (raised to
-/// its hard limit first) less what the admin API, the store and packages need.
-fn connections_for_open_files() -> usize {
+/// The OpAMP listener's connection limit: the open-file limit (raised to its hard limit
+/// first) less what the admin API, downloads and the store need, or the one given if lower.
+fn opamp_connections(given: Option<usize>) -> usize {
     let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let connections = usize::try_from(files)
+    let possible = usize::try_from(files)
         .unwrap_or(usize::MAX)
         .saturating_sub(crate::settings::FILES_KEPT)
         .max(1);
+    let connections = match given {
+        Some(given) if given > possible => {
+            tracing::warn!(
+                given,
+                open_files = files,
+                max_connections = possible,
+                "max-connections is more than the open-file limit allows; lowered"
+            );
+            possible
+        }
+        Some(given) => given,
+        None => possible,
+    };
     tracing::info!(
         open_files = files,
         max_connections = connections,

@@ -68,9 +68,11 @@ pub struct Limits {
     pub ping_interval: Duration,
 }
 
-/// Open files left for the admin API, the store and packages when the OpAMP listener's
-/// connection limit comes from the open-file limit.
-pub const FILES_KEPT: usize = 256;
+/// Open files kept from the OpAMP listener's connections: the admin API's connections (128),
+/// package downloads (64, each a file besides its connection), the store and the rest.
+pub const FILES_KEPT: usize = 512;
+/// The longest any timeout may be set to.
+const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 pub const DEFAULT_MAX_NEW_CONNECTIONS_PER_SECOND: u32 = 2_000;
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_000;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
@@ -203,6 +205,8 @@ pub enum SettingsError {
     IgnoredAgents(String),
     #[error("{0} must be at least 1")]
     AtLeastOne(&'static str),
+    #[error("{0} must be at most {MAX_TIMEOUT_SECS} seconds")]
+    TooLong(&'static str),
 }
 
 impl Partial {
@@ -351,6 +355,17 @@ impl Partial {
                 return Err(SettingsError::AtLeastOne(name));
             }
         }
+        for (name, timeout) in [
+            ("header-timeout", limits.header_timeout),
+            ("body-timeout", limits.body_timeout),
+            ("idle-timeout", limits.idle_timeout),
+            ("first-message-timeout", limits.first_message_timeout),
+            ("ping-interval", limits.ping_interval),
+        ] {
+            if timeout.as_secs() > MAX_TIMEOUT_SECS {
+                return Err(SettingsError::TooLong(name));
+            }
+        }
         let secs = settings.heartbeat_interval.as_secs();
         if !(1..=MAX_HEARTBEAT_SECS).contains(&secs) {
             return Err(SettingsError::Heartbeat(secs));
@@ -400,6 +415,12 @@ mod tests {
         };
         let err = zero.resolve(Partial::default()).unwrap_err().to_string();
         assert!(err.contains("idle-timeout"), "{err}");
+        let huge = Partial {
+            header_timeout: Some(u64::MAX),
+            ..Partial::default()
+        };
+        let err = huge.resolve(Partial::default()).unwrap_err().to_string();
+        assert!(err.contains("header-timeout"), "{err}");
     }
 
     #[test]

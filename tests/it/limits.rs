@@ -322,6 +322,10 @@ async fn connections_beyond_the_maximum_are_closed_and_the_api_stays_reachable()
         held.push(TcpStream::connect(server.opamp).await.unwrap());
     }
     let mut fourth = TcpStream::connect(server.opamp).await.unwrap();
+    let mut told = [0u8; 64];
+    let n = fourth.read(&mut told).await.unwrap();
+    let told = String::from_utf8_lossy(&told[..n]);
+    assert!(told.starts_with("HTTP/1.1 503"), "{told}");
     assert!(
         closed_after(&mut fourth, Duration::from_secs(2))
             .await
@@ -334,4 +338,79 @@ async fn connections_beyond_the_maximum_are_closed_and_the_api_stays_reachable()
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reply = server.poll(&full_report(&new_uid(), 1, "after")).await;
     assert!(reply.error_response.is_none());
+}
+
+/// Regression: the idle timeout ran from the moment a reply's headers were ready, so a
+/// download that took longer than it was cut off while the client was still reading.
+#[tokio::test]
+async fn a_download_slower_than_the_idle_timeout_completes_while_it_moves() {
+    let server = impatient().await;
+    let size = 32 << 20;
+    let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let uploaded: serde_json::Value = reqwest::Client::new()
+        .post(server.api_url("/api/v1/packages?name=big&version=v1.0.0"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha = uploaded["sha256"].as_str().unwrap().to_string();
+    let mut stream = TcpStream::connect(server.opamp).await.unwrap();
+    let request = format!("GET /v1/packages/{sha} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // About 4 MiB a second: 8 s for the whole, four times the idle timeout.
+    let start = Instant::now();
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received += n,
+        }
+        if received >= size {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert!(
+        start.elapsed() > Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        received > size,
+        "got {received} of {size} bytes and headers"
+    );
+    assert_eq!(server.metric(&cut("opamp", "reply_stalled")).await, 0.0);
+    // A client that stops reading is still cut off.
+    let mut stalled = TcpStream::connect(server.opamp).await.unwrap();
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        closed_after(&mut stalled, Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    assert_eq!(server.metric(&cut("opamp", "reply_stalled")).await, 1.0);
+}
+
+/// Regression: an admin API connection kept alive after a request its handler answered at
+/// once was never closed.
+#[tokio::test]
+async fn an_idle_admin_api_connection_is_closed_after_a_quick_answer() {
+    let server = impatient().await;
+    let mut stream = TcpStream::connect(server.api).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let closed = closed_after(&mut stream, Duration::from_secs(6)).await;
+    assert!(closed.is_some(), "still open");
+    assert_eq!(server.metric(&cut("api", "idle_timeout")).await, 1.0);
 }

@@ -3,9 +3,9 @@
 //!
 //! hyper's own header timeout starts as soon as it waits for a request, so it would cut idle
 //! keep-alive connections at the header timeout, and it has no body or idle timeout. Here the
-//! service tells the connection when a request's headers are in and when its reply is ready;
-//! the socket knows when the next request's first byte comes, and holds the deadline of the
-//! step the connection is at.
+//! service tells the connection when a request's headers are in, when its reply is made and
+//! when the reply's body is all out; the socket knows when the next request's first byte comes
+//! and when a write moves a reply on, and holds the deadline of the step the connection is at.
 
 use std::future::Future;
 use std::io;
@@ -31,10 +31,12 @@ pub enum Step {
     Headers = 0,
     /// The headers are in; the body is read and the reply made.
     Request = 1,
-    /// The reply is made; it is written, then the connection waits for another request.
-    Idle = 2,
-    /// A WebSocket now: the socket has its own timers.
-    Upgraded = 3,
+    /// The reply is being written (a package download may take long): it must keep moving.
+    Replying = 2,
+    /// The reply is written; the connection waits for another request.
+    Idle = 3,
+    /// A WebSocket now: its task keeps its own time.
+    Upgraded = 4,
 }
 
 impl Step {
@@ -42,7 +44,8 @@ impl Step {
         match v {
             0 => Step::Headers,
             1 => Step::Request,
-            2 => Step::Idle,
+            2 => Step::Replying,
+            3 => Step::Idle,
             _ => Step::Upgraded,
         }
     }
@@ -52,6 +55,7 @@ impl Step {
         match self {
             Step::Headers => "header_timeout",
             Step::Request => "body_timeout",
+            Step::Replying => "reply_stalled",
             Step::Idle | Step::Upgraded => "idle_timeout",
         }
     }
@@ -71,7 +75,8 @@ impl Timeouts {
         match step {
             Step::Headers => Some(self.headers),
             Step::Request => self.request,
-            Step::Idle => Some(self.idle),
+            // Put back whenever the client takes more of the reply.
+            Step::Replying | Step::Idle => Some(self.idle),
             Step::Upgraded => None,
         }
     }
@@ -125,13 +130,19 @@ impl Conn {
         }
     }
 
-    /// A request's reply is made. Unless the connection became a WebSocket, its first
-    /// message has been answered.
-    pub fn replied(&self) {
+    /// A request's reply is made; it is being written.
+    pub fn replying(&self) {
         if self.step() != Step::Upgraded {
-            self.move_to(Step::Idle);
-            self.handshake_done();
+            self.move_to(Step::Replying);
         }
+    }
+
+    /// A request's reply is all written: the connection's first message has been answered.
+    pub fn replied(&self) {
+        if self.step() == Step::Replying {
+            self.move_to(Step::Idle);
+        }
+        self.handshake_done();
     }
 
     /// The connection is a WebSocket from now on.
@@ -194,19 +205,41 @@ impl Timed {
         }
     }
 
-    /// Follows the service's moves.
-    fn follow(&mut self) {
+    /// Follows the service's moves; true if the new step's deadline has passed already. A
+    /// deadline set anew is polled at once, so that it wakes the connection's task even if
+    /// nothing polls this socket before it passes: the task may be waiting on the socket's
+    /// readiness, registered under an earlier step.
+    fn follow(&mut self, cx: &mut Context<'_>) -> bool {
         let moves = self.conn.0.moves.load(Ordering::Acquire);
-        if moves != self.moves {
-            self.moves = moves;
-            self.start(self.conn.step());
+        if moves == self.moves {
+            return false;
         }
+        self.moves = moves;
+        self.start(self.conn.step());
+        self.overdue(cx)
     }
 
     fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
         self.deadline
             .as_mut()
             .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
+    }
+
+    /// A write that moved a reply on puts its deadline back; one that waits may time out.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match poll {
+            Poll::Ready(Ok(written)) if written > 0 && self.step == Step::Replying => {
+                self.start(Step::Replying);
+                let _ = self.overdue(cx);
+                Poll::Ready(Ok(written))
+            }
+            Poll::Pending if self.overdue(cx) => Poll::Ready(Err(self.timed_out())),
+            poll => poll,
+        }
     }
 
     fn timed_out(&self) -> io::Error {
@@ -225,7 +258,9 @@ impl AsyncRead for Timed {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        this.follow();
+        if this.follow(cx) {
+            return Poll::Ready(Err(this.timed_out()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -236,6 +271,7 @@ impl AsyncRead for Timed {
                         .step
                         .store(Step::Headers as u8, Ordering::Release);
                     this.start(Step::Headers);
+                    let _ = this.overdue(cx);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -253,11 +289,11 @@ impl AsyncWrite for Timed {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.follow();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Pending if this.overdue(cx) => Poll::Ready(Err(this.timed_out())),
-            poll => poll,
+        if this.follow(cx) {
+            return Poll::Ready(Err(this.timed_out()));
         }
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -266,11 +302,11 @@ impl AsyncWrite for Timed {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.follow();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending if this.overdue(cx) => Poll::Ready(Err(this.timed_out())),
-            poll => poll,
+        if this.follow(cx) {
+            return Poll::Ready(Err(this.timed_out()));
         }
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -283,5 +319,55 @@ impl AsyncWrite for Timed {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A reply's body that holds `guard` until its last frame is out (or the body is dropped):
+/// the connection's step, a place under a limit.
+pub struct Guarded<G> {
+    body: axum::body::Body,
+    guard: Option<G>,
+}
+
+impl<G> Guarded<G> {
+    pub fn new(body: axum::body::Body, guard: G) -> Self {
+        Self {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.guard.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Tells its connection, when dropped, that the reply is all written.
+pub struct Replied(pub Conn);
+
+impl Drop for Replied {
+    fn drop(&mut self) {
+        self.0.replied();
     }
 }

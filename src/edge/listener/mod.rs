@@ -19,10 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-pub use conn::{Conn, Step, Timeouts};
+pub use conn::{Conn, Guarded, Step, Timeouts};
 use gate::{Ceiling, Gate, Refusal};
 
 use crate::telemetry::Metrics;
+
+/// What a connection past the limit is told before it is closed.
+const FULL: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\n\
+                    Connection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// How long accepting pauses after an error that is not the client's (out of files).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -67,6 +71,8 @@ pub async fn serve(
         };
         let Some(place) = open.enter() else {
             metrics.cut(name, "max_connections");
+            // Best effort, without waiting: a client that reads learns when to come back.
+            let _ = stream.try_write(FULL.as_bytes());
             continue;
         };
         // Replies are small and answer a request: never hold them back.
@@ -93,8 +99,13 @@ pub async fn serve(
                         Some(refusal) => come_back_later(refusal),
                         None => router.oneshot(request).await.into_response(),
                     };
-                    conn.replied();
-                    Ok::<_, Infallible>(response)
+                    conn.replying();
+                    // A WebSocket's task takes the connection over once the 101 is out.
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        return Ok::<_, Infallible>(response);
+                    }
+                    let replied = conn::Replied(conn);
+                    Ok(response.map(|body| axum::body::Body::new(Guarded::new(body, replied))))
                 }
             })
         };

@@ -43,11 +43,31 @@ async fn download(
     if !path.is_file() {
         return (StatusCode::NOT_FOUND, "no such package").into_response();
     }
+    // A download holds a file as well as its connection: their number is bounded apart.
+    let Ok(place) = state.downloads.clone().try_acquire_owned() else {
+        state.fleet.metrics().rejected("downloads_busy");
+        let after = crate::edge::listener::gate::retry_after().as_secs();
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many downloads at once; retry later",
+        )
+            .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(after),
+        );
+        return response;
+    };
     match tower_http::services::ServeFile::new(path)
         .oneshot(request)
         .await
     {
-        Ok(response) => response.into_response(),
+        Ok(response) => response.map(|body| {
+            axum::body::Body::new(crate::edge::listener::Guarded::new(
+                axum::body::Body::new(body),
+                place,
+            ))
+        }),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -80,7 +100,12 @@ pub struct OpampState {
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
     next_conn: Arc<AtomicU64>,
+    /// Places for package downloads at once.
+    downloads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Package downloads served at once; more are told to retry later.
+pub const MAX_DOWNLOADS: usize = 64;
 
 impl OpampState {
     pub fn new(
@@ -99,6 +124,7 @@ impl OpampState {
             cancel,
             tracker,
             next_conn: Arc::new(AtomicU64::new(1)),
+            downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
         }
     }
 

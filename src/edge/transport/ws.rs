@@ -63,7 +63,6 @@ pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Reques
         )
             .into_response();
     };
-    conn.upgraded();
     let origin = super::origin(request.headers());
     let max = state.max_message_size;
     let config = WebSocketConfig::default()
@@ -76,6 +75,7 @@ pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Reques
     tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                conn.upgraded();
                 let socket = socket::open(upgraded, config).await;
                 serve_connection(socket, state, (conn, origin)).await;
             }
