@@ -140,7 +140,7 @@ pub struct Partial {
     #[arg(long, env = "CORRAL_FORGET_DISCONNECTED_AFTER")]
     pub forget_disconnected_after: Option<u64>,
     /// Most connections open at once on the OpAMP listener; more are closed at once
-    /// [default: the open-file limit less 256, kept for the API and the store]
+    /// [default: the open-file limit less 512, kept for the API, downloads and the store]
     #[arg(long, env = "CORRAL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// New OpAMP connections admitted per second (bursts of up to one second's worth); the
