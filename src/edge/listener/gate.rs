@@ -1,15 +1,20 @@
 //! Which new connections are served and which are told to come back later: a rate of new
 //! connections, and a cap on those not yet past their first message. A reconnect storm is
 //! smoothed instead of refused: the excess is told to retry after a random delay, so it does
-//! not come back as one wave.
+//! not come back as one wave. The delay is spread over the time the refused backlog needs at
+//! the admitted rate (1 s at least, 30 s at most), so a storm comes back about as fast as it
+//! can be let in, and no faster.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where the retry delay told to refused connections is drawn from, uniformly, in seconds.
+/// Where the retry delay told to refused connections is drawn from, uniformly, in seconds, at
+/// its widest.
 pub const RETRY_WINDOW_SECS: RangeInclusive<u64> = 1..=30;
+/// The pace the backlog is reckoned at when new connections are not paced.
+const UNPACED_RATE: f64 = 2_000.0;
 
 /// A token bucket: `rate` new connections a second, bursts of up to one second's worth.
 #[derive(Debug)]
@@ -101,11 +106,20 @@ impl Refusal {
     }
 }
 
+/// Connections told to come back and not yet due: each refusal adds one, and the admitted
+/// rate takes them away as time passes.
+#[derive(Debug)]
+struct Backlog {
+    waiting: f64,
+    last: Instant,
+}
+
 /// Decides, at accept, whether a new connection is served.
 #[derive(Debug)]
 pub struct Gate {
     rate: Option<Rate>,
     handshakes: Ceiling,
+    backlog: Backlog,
 }
 
 impl Gate {
@@ -113,22 +127,44 @@ impl Gate {
         Self {
             rate: per_second.map(|rate| Rate::new(rate, now)),
             handshakes: Ceiling::new(max_handshakes),
+            backlog: Backlog {
+                waiting: 0.0,
+                last: now,
+            },
         }
     }
 
     /// The place a served connection holds until its first message is answered, or why it
-    /// is refused. A connection refused for the rate takes no handshake place.
-    pub fn admit(&mut self, now: Instant) -> Result<Place, Refusal> {
-        if let Some(rate) = &mut self.rate
-            && !rate.take(now)
-        {
-            return Err(Refusal::Rate);
-        }
-        self.handshakes.enter().ok_or(Refusal::Handshakes)
+    /// is refused and when it should come back. A connection refused for the rate takes no
+    /// handshake place.
+    pub fn admit(&mut self, now: Instant) -> Result<Place, (Refusal, Duration)> {
+        let paced = self.rate.as_mut().is_none_or(|rate| rate.take(now));
+        let refusal = if !paced {
+            Refusal::Rate
+        } else {
+            match self.handshakes.enter() {
+                Some(place) => return Ok(place),
+                None => Refusal::Handshakes,
+            }
+        };
+        Err((refusal, self.come_back(now)))
+    }
+
+    /// A delay for one more refused connection: at random within the time the backlog needs
+    /// at the admitted rate.
+    fn come_back(&mut self, now: Instant) -> Duration {
+        let pace = self.rate.as_ref().map_or(UNPACED_RATE, |r| r.per_second);
+        let backlog = &mut self.backlog;
+        let elapsed = now.saturating_duration_since(backlog.last).as_secs_f64();
+        backlog.last = now;
+        backlog.waiting = (backlog.waiting - elapsed * pace).max(0.0) + 1.0;
+        let widest = (backlog.waiting / pace).ceil() as u64;
+        let window = widest.clamp(*RETRY_WINDOW_SECS.start(), *RETRY_WINDOW_SECS.end());
+        Duration::from_secs(fastrand::u64(*RETRY_WINDOW_SECS.start()..=window))
     }
 }
 
-/// A retry delay drawn from [`RETRY_WINDOW_SECS`].
+/// A retry delay drawn from the widest window, for refusals with no backlog to go by.
 pub fn retry_after() -> Duration {
     Duration::from_secs(fastrand::u64(RETRY_WINDOW_SECS))
 }
@@ -160,7 +196,7 @@ mod tests {
         let mut gate = Gate::new(None, 2, now);
         let first = gate.admit(now).unwrap();
         let _second = gate.admit(now).unwrap();
-        assert_eq!(gate.admit(now).unwrap_err(), Refusal::Handshakes);
+        assert_eq!(gate.admit(now).unwrap_err().0, Refusal::Handshakes);
         drop(first);
         assert!(gate.admit(now).is_ok());
     }
@@ -170,8 +206,37 @@ mod tests {
         let now = Instant::now();
         let mut gate = Gate::new(Some(1), 10, now);
         let _held = gate.admit(now).unwrap();
-        assert_eq!(gate.admit(now).unwrap_err(), Refusal::Rate);
+        assert_eq!(gate.admit(now).unwrap_err().0, Refusal::Rate);
         assert_eq!(gate.handshakes.held(), 1);
+    }
+
+    /// A storm of 19,000 at 2,000 a second: the refused are told to come back within the
+    /// ten seconds their backlog needs, not all of them within one second nor over thirty.
+    #[test]
+    fn retry_delays_spread_over_what_the_backlog_needs() {
+        let now = Instant::now();
+        let mut gate = Gate::new(Some(2_000), 100_000, now);
+        let mut delays = Vec::new();
+        let mut places = Vec::new();
+        for _ in 0..19_000 {
+            match gate.admit(now) {
+                Ok(place) => places.push(place),
+                Err((_, after)) => delays.push(after.as_secs()),
+            }
+        }
+        assert_eq!(places.len(), 2_000);
+        let latest = delays.iter().copied().max().unwrap();
+        assert!((8..=10).contains(&latest), "latest {latest} s");
+        let early = delays[..1_000].iter().copied().max().unwrap();
+        assert!(
+            early <= 2,
+            "the first refused have a short backlog ahead: {early} s"
+        );
+        // A lone refusal long after the storm is told to come back soon.
+        let later = now + Duration::from_secs(60);
+        let mut small = Gate::new(Some(1), 10, later);
+        let _held = small.admit(later).unwrap();
+        assert_eq!(small.admit(later).unwrap_err().1, Duration::from_secs(1));
     }
 
     #[test]

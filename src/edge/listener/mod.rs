@@ -80,9 +80,9 @@ pub async fn serve(
         let (handshake, refusal) = match &mut bounds.gate {
             Some(gate) => match gate.admit(std::time::Instant::now()) {
                 Ok(handshake) => (Some(handshake), None),
-                Err(refusal) => {
+                Err((refusal, after)) => {
                     metrics.cut(name, refusal.as_str());
-                    (None, Some(refusal))
+                    (None, Some((refusal, after)))
                 }
             },
             None => (None, None),
@@ -96,7 +96,7 @@ pub async fn serve(
                 let (conn, router) = (conn.clone(), router.clone());
                 async move {
                     let response = match refusal {
-                        Some(refusal) => come_back_later(refusal),
+                        Some((refusal, after)) => come_back_later(refusal, after),
                         None => router.oneshot(request).await.into_response(),
                     };
                     conn.replying();
@@ -134,8 +134,8 @@ pub async fn serve(
 
 /// A 503 with a retry delay drawn at random, so that the excess of a storm comes back spread
 /// out. The connection is closed after it.
-fn come_back_later(refusal: Refusal) -> Response {
-    let after = gate::retry_after().as_secs();
+fn come_back_later(refusal: Refusal, after: Duration) -> Response {
+    let after = after.as_secs();
     let message = match refusal {
         Refusal::Rate => "too many new connections; retry later",
         Refusal::Handshakes => "too many connections starting at once; retry later",
