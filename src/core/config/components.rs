@@ -21,8 +21,9 @@ pub const KINDS: [&str; 5] = [
 ];
 
 // yaml-rust2 loads recursively and copies a subtree for every alias, so a small hostile file
-// could overflow the stack or expand exponentially ("billion laughs"): both are bounded before
-// loading. Real collector configurations stay far below these.
+// could overflow the stack (deep nesting, or aliases nesting copies of deep nodes inside each
+// other) or expand exponentially ("billion laughs"): all are bounded before loading. Real
+// collector configurations stay far below these.
 const MAX_DEPTH: usize = 100;
 const MAX_ALIAS_NODES: usize = 100_000;
 
@@ -269,18 +270,20 @@ impl File<'_> {
     }
 }
 
-/// Walks the event stream once, iteratively, and fails where nesting gets too deep, aliases
-/// expand to too many nodes or a mapping repeats a key (as go-yaml does; yaml-rust2 would report
-/// it too, but at the end of the value and with a debug-formatted key).
+/// Walks the event stream once, iteratively, and fails where nesting gets too deep (aliases
+/// expanded), aliases expand to too many nodes or a mapping repeats a key (as go-yaml does;
+/// yaml-rust2 would report it too, but at the end of the value and with a debug-formatted key).
 fn prescan(text: &str) -> Result<(), ScanError> {
     let mut open: Vec<Open> = Vec::new();
-    // The node count of each anchored node, aliases expanded.
-    let mut anchors: BTreeMap<usize, usize> = BTreeMap::new();
+    // The node count and the height (collections nested in it, itself included) of each
+    // anchored node, aliases expanded: an alias puts a copy of its anchor where it stands, as
+    // deep as it stands.
+    let mut anchors: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     let mut alias_nodes = 0usize;
     let mut parser = Parser::new_from_str(text);
     loop {
         let (event, mark) = parser.next_token()?;
-        let (anchor, size, scalar) = match event {
+        let (anchor, size, height, scalar) = match event {
             Event::StreamEnd => return Ok(()),
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 if open.len() >= MAX_DEPTH {
@@ -291,34 +294,40 @@ fn prescan(text: &str) -> Result<(), ScanError> {
                 open.push(Open {
                     anchor,
                     size: 1,
+                    height: 1,
                     keys,
                     at_key: true,
                 });
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => match open.pop() {
-                Some(node) => (node.anchor, node.size, None),
+                Some(node) => (node.anchor, node.size, node.height, None),
                 None => continue,
             },
-            Event::Scalar(value, style, anchor, _) => (anchor, 1, Some((value, style))),
+            Event::Scalar(value, style, anchor, _) => (anchor, 1, 0, Some((value, style))),
             Event::Alias(id) => {
-                let size = anchors.get(&id).copied().unwrap_or(1);
+                let (size, height) = anchors.get(&id).copied().unwrap_or((1, 0));
                 alias_nodes = alias_nodes.saturating_add(size);
                 if alias_nodes > MAX_ALIAS_NODES {
                     let message = format!("aliases expand to more than {MAX_ALIAS_NODES} nodes");
                     return Err(ScanError::new_string(mark, message));
                 }
-                (0, size, None)
+                if open.len() + height > MAX_DEPTH {
+                    let message = format!("aliases nest deeper than {MAX_DEPTH} levels");
+                    return Err(ScanError::new_string(mark, message));
+                }
+                (0, size, height, None)
             }
             _ => continue,
         };
         if anchor > 0 {
-            anchors.insert(anchor, size);
+            anchors.insert(anchor, (size, height));
         }
         let Some(parent) = open.last_mut() else {
             continue;
         };
         parent.size = parent.size.saturating_add(size);
+        parent.height = parent.height.max(height + 1);
         if let Some(keys) = &mut parent.keys {
             if let (true, Some((text, style))) = (parent.at_key, scalar) {
                 // Typed as the loader types keys, so `1` and `'1'` stay different keys.
@@ -341,6 +350,8 @@ struct Open {
     anchor: usize,
     /// Nodes so far, aliases expanded.
     size: usize,
+    /// Collections nested in it so far, itself included, aliases expanded.
+    height: usize,
     /// A mapping's keys so far; `None` for a sequence.
     keys: Option<HashSet<Yaml>>,
     /// Whether the next node in a mapping is a key.
@@ -608,6 +619,44 @@ mod tests {
             "x: &x {a: [1, 2, 3]}\nreceivers: {otlp: *x, zipkin: *x}\n",
             &["receivers/otlp", "receivers/zipkin"],
         );
+    }
+
+    /// Regression: aliases nest an anchored node as deep as the alias sits, so a chain of
+    /// anchors, each under the previous one's nesting, made a 9 KB file over 4,000 levels deep
+    /// once loaded; yaml-rust2 copies and drops that tree recursively, which overflowed a tokio
+    /// worker's 2 MiB stack and aborted the server.
+    #[test]
+    fn aliases_do_not_nest_deeper_than_the_bound() {
+        let nest = |levels: usize, inner: &str| {
+            format!("{}{inner}{}", "[".repeat(levels), "]".repeat(levels))
+        };
+        let mut chain = format!("a0: &a0 {}\n", nest(97, "x"));
+        for i in 1..44 {
+            let link = nest(97, &format!("*a{}", i - 1));
+            chain.push_str(&format!("a{i}: &a{i} {link}\n"));
+        }
+        chain.push_str("receivers: {otlp: *a43}\n");
+        assert!(chain.len() < 10_000);
+        // On a stack the size of a tokio worker's.
+        let read = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || err(&chain))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(
+            read.contains("aliases nest deeper than 100 levels"),
+            "{read}"
+        );
+
+        // The top level and `receivers` hold the alias two levels deep: 98 more are allowed.
+        let anchored = format!("a: &a {}\n", nest(MAX_DEPTH - 2, "x"));
+        check(
+            &format!("{anchored}receivers: {{otlp: *a}}\n"),
+            &["receivers/otlp"],
+        );
+        let past = format!("{anchored}receivers: {{otlp: [*a]}}\n");
+        assert!(err(&past).contains("aliases nest deeper than 100 levels"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::OpampState;
 use crate::core::domain::{ReplyError, ServerReply};
-use crate::edge::protocol::{Inbound, decode_agent_message, proto, reply_to_proto};
+use crate::edge::protocol::{DecodeError, Inbound, decode_agent_message, proto, reply_to_proto};
 use crate::tasks::agent::{Reply, Source};
 use crate::tasks::fleet::DispatchError;
 
@@ -74,6 +74,30 @@ fn is_length_limit(error: &axum::Error) -> bool {
     crate::edge::find_cause::<http_body_util::LengthLimitError>(error).is_some()
 }
 
+/// Why a poll's body is not an agent message.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("message exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The body could not be read, or its gzip stream is broken.
+    #[error("cannot read request body: {0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// A poll's body as the decompression layer ([`super::request_decompression`]) hands it over:
+/// read up to `max_message_size` bytes after decompression (so a gzip bomb stops there), then
+/// decoded, checked against the bounds and converted.
+pub async fn read_message(body: Body, max_message_size: usize) -> Result<Inbound, BodyError> {
+    let bytes = match axum::body::to_bytes(body, max_message_size).await {
+        Ok(bytes) => bytes,
+        Err(e) if is_length_limit(&e) => return Err(BodyError::TooLarge(max_message_size)),
+        Err(e) => return Err(BodyError::Unreadable(e.to_string())),
+    };
+    Ok(Inbound::from(decode_agent_message(bytes)?))
+}
+
 /// One plain-HTTP poll: an AgentToServer in, the agent's ServerToAgent out.
 pub(super) async fn poll(
     State(state): State<OpampState>,
@@ -89,25 +113,22 @@ pub(super) async fn poll(
         )
             .into_response();
     }
-    let bytes = match axum::body::to_bytes(body, state.max_message_size).await {
-        Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => {
+    let inbound = match read_message(body, state.max_message_size).await {
+        Ok(inbound) => inbound,
+        Err(BodyError::TooLarge(max)) => {
             metrics.rejected("too_large");
             return (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("message exceeds {} bytes", state.max_message_size),
+                format!("message exceeds {max} bytes"),
             )
                 .into_response();
         }
-        Err(e) => {
+        Err(e @ BodyError::Unreadable(_)) => {
             metrics.decode_error("bad_body");
-            let reason = ReplyError::BadRequest(format!("cannot read request body: {e}"));
+            let reason = ReplyError::BadRequest(e.to_string());
             return error_response(StatusCode::BAD_REQUEST, Bytes::new(), reason);
         }
-    };
-    let inbound = match decode_agent_message(bytes) {
-        Ok(msg) => Inbound::from(msg),
-        Err(e) => {
+        Err(BodyError::Decode(e)) => {
             metrics.decode_error(e.kind());
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -147,5 +168,80 @@ pub(super) async fn poll(
             reply_response(status, raw_uid, &reply)
         }
         Ok(Err(_)) | Err(_) => unavailable(raw_uid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use axum::http::Request;
+    use flate2::write::GzEncoder;
+    use parking_lot::Mutex;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::*;
+
+    /// `body` through the listener's decompression layer into `read_message`.
+    async fn read(body: Vec<u8>, gzip: bool, max: usize) -> Result<Inbound, BodyError> {
+        let out = Arc::new(Mutex::new(None));
+        let seen = out.clone();
+        let service =
+            super::super::request_decompression().layer(service_fn(move |request: Request<_>| {
+                let seen = seen.clone();
+                async move {
+                    let read = read_message(Body::new(request.into_body()), max).await;
+                    *seen.lock() = Some(read);
+                    Ok::<_, Infallible>(Response::new(Body::empty()))
+                }
+            }));
+        let mut request = Request::post("/").body(Body::from(body)).unwrap();
+        if gzip {
+            request
+                .headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        service.oneshot(request).await.unwrap();
+        out.lock().take().expect("the body was read")
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_after_decompression_within_its_bound() {
+        let msg = proto::AgentToServer {
+            instance_uid: Bytes::from_static(&[7; 16]),
+            sequence_num: 3,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let plain = read(msg.clone(), false, 1024).await.unwrap();
+        let gzipped = read(gzip(&msg), true, 1024).await.unwrap();
+        assert_eq!(plain.report.sequence_num, 3);
+        assert_eq!(gzipped.report.sequence_num, 3);
+
+        // The bound counts the bytes after decompression: a small bomb is too large.
+        let bomb = gzip(&vec![0; 4096]);
+        assert!(bomb.len() < 1024);
+        assert!(matches!(
+            read(bomb, true, 1024).await,
+            Err(BodyError::TooLarge(1024))
+        ));
+        let mut broken = gzip(&msg);
+        broken.truncate(broken.len() - 4);
+        assert!(matches!(
+            read(broken, true, 1024).await,
+            Err(BodyError::Unreadable(_))
+        ));
+        assert!(matches!(
+            read(vec![0x0a, 0xff, 0x01], false, 1024).await,
+            Err(BodyError::Decode(DecodeError::Malformed(_)))
+        ));
     }
 }

@@ -5,6 +5,8 @@ mod http;
 mod socket;
 mod ws;
 
+pub use http::{BodyError, read_message};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -133,6 +135,16 @@ impl OpampState {
     }
 }
 
+/// How request bodies are decompressed: gzip only. The size bound applies after it, in
+/// [`read_message`].
+pub fn request_decompression() -> RequestDecompressionLayer {
+    RequestDecompressionLayer::new()
+        .gzip(true)
+        .no_br()
+        .no_deflate()
+        .no_zstd()
+}
+
 /// The OpAMP listener's routes: `GET` (WebSocket upgrade) and `POST` (plain HTTP) on
 /// [`OPAMP_PATH`]. Request bodies may be gzipped; responses are gzipped for clients that
 /// accept it.
@@ -160,13 +172,7 @@ pub fn router(state: OpampState) -> Router {
                 .no_zstd()
                 .compress_when(|status: StatusCode, _, _: &_, _: &_| status.is_success()),
         )
-        .layer(
-            RequestDecompressionLayer::new()
-                .gzip(true)
-                .no_br()
-                .no_deflate()
-                .no_zstd(),
-        );
+        .layer(request_decompression());
     // Packages go out as stored: their length and ranges are what lets agents show progress
     // and resume, and they are compressed archives already.
     let downloads = Router::new().route(&format!("{DOWNLOAD_PATH}{{sha256}}"), get(download));
