@@ -11,7 +11,9 @@
 # BUILD [1: cargo build --release first], TRANSPORT [ws; or http for polling agents, where
 # "heartbeats" are idle polls], CONFIG_SIZE [5120: bytes of each agent's effective config; 0
 # gives the built-in 941-byte YAML of the runs before this knob], SIM_ARGS [none: more simulator
-# options, e.g. "--label k8s.cluster.name=prod" for larger descriptions].
+# options, e.g. "--label k8s.cluster.name=prod" for larger descriptions], SOURCE_IPS [8: agents
+# bind 127.0.0.1..127.0.0.N, so that the connections the server paces away, each a new one, do
+# not run one address out of ports].
 #
 # Measures: wall time from simulator start until the admin API reports every agent connected;
 # server RSS before the agents and after all are connected and reported; server and simulator
@@ -23,6 +25,7 @@ set -euo pipefail
 AGENTS=${AGENTS:-10000}
 HEARTBEAT=${HEARTBEAT:-30}
 CONNECT_RATE=${CONNECT_RATE:-1000}
+SOURCE_IPS=${SOURCE_IPS:-8}
 SETTLE=${SETTLE:-15}
 WINDOW=${WINDOW:-60}
 DATA=${DATA:-/tmp/bench-data}
@@ -47,7 +50,8 @@ CPU_START=$(cpu_ticks "$SERVER")
 T0=$(now)
 # shellcheck disable=SC2086 # SIM_ARGS holds several options
 start_sim --server "$SCHEME://$OPAMP/v1/opamp" --agents "$AGENTS" \
-    --connect-rate "$CONNECT_RATE" --config-size "$CONFIG_SIZE" ${SIM_ARGS:-}
+    --connect-rate "$CONNECT_RATE" --config-size "$CONFIG_SIZE" --source-ips "$SOURCE_IPS" \
+    ${SIM_ARGS:-}
 wait_connected "$AGENTS" 3600
 T1=$(now)
 CPU_CONNECTED=$(cpu_ticks "$SERVER")
