@@ -15,6 +15,10 @@ pub const MAX_VALUE_DEPTH: usize = 8;
 pub const MAX_CONFIG_FILES: usize = 64;
 pub const MAX_PACKAGES: usize = 256;
 pub const MAX_CUSTOM_CAPABILITIES: usize = 64;
+/// Available components, sub-components included (a real collector reports a few hundred),
+/// and how deep sub-components nest.
+pub const MAX_COMPONENTS: usize = 10_000;
+pub const MAX_COMPONENT_DEPTH: usize = 8;
 /// What the parts of a report the API shows may take there, in bytes of JSON (text after its
 /// cuts, escapes and structure counted at their largest): with the history and the rest, an
 /// agent's JSON stays under 256 KiB whatever it sends.
@@ -90,6 +94,9 @@ pub fn check(msg: &proto::AgentToServer) -> Result<(), String> {
             "{packages} package statuses; at most {MAX_PACKAGES}"
         ));
     }
+    if let Some(available) = &msg.available_components {
+        check_components(available)?;
+    }
     if let Some(custom) = msg
         .custom_capabilities
         .as_ref()
@@ -161,6 +168,38 @@ fn shown_health(root: &proto::ComponentHealth) -> usize {
         stack.extend(node.component_health_map.values());
     }
     shown
+}
+
+/// How many available components a report names and how deep they nest, walked without
+/// recursion; each one's metadata is bounded like attributes.
+fn check_components(available: &proto::AvailableComponents) -> Result<(), String> {
+    let mut stack: Vec<(&proto::ComponentDetails, usize)> =
+        available.components.values().map(|c| (c, 1)).collect();
+    let mut count = stack.len();
+    while let Some((component, depth)) = stack.pop() {
+        if count > MAX_COMPONENTS {
+            return Err(format!("more than {MAX_COMPONENTS} available components"));
+        }
+        if depth > MAX_COMPONENT_DEPTH {
+            return Err(format!(
+                "available components nested more than {MAX_COMPONENT_DEPTH} deep"
+            ));
+        }
+        if component.metadata.len() > MAX_ATTRIBUTES {
+            return Err(format!(
+                "a component has more than {MAX_ATTRIBUTES} metadata attributes"
+            ));
+        }
+        for kv in &component.metadata {
+            check_value(kv, 1)?;
+        }
+        count += component.sub_component_map.len();
+        stack.extend(component.sub_component_map.values().map(|c| (c, depth + 1)));
+    }
+    if count > MAX_COMPONENTS {
+        return Err(format!("more than {MAX_COMPONENTS} available components"));
+    }
+    Ok(())
 }
 
 /// Depth and node count of the health tree, walked without recursion.
@@ -392,5 +431,42 @@ mod tests {
         };
         let err = check(&msg).unwrap_err();
         assert!(err.contains("health would take"), "{err}");
+    }
+
+    #[test]
+    fn available_components_are_bounded_in_number_and_depth() {
+        let many = proto::AvailableComponents {
+            components: (0..MAX_COMPONENTS + 1)
+                .map(|n| (format!("receiver/{n}"), proto::ComponentDetails::default()))
+                .collect(),
+            ..Default::default()
+        };
+        let msg = |available| proto::AgentToServer {
+            available_components: Some(available),
+            ..Default::default()
+        };
+        assert!(
+            check(&msg(many))
+                .unwrap_err()
+                .contains("available components")
+        );
+        let mut deep = proto::ComponentDetails::default();
+        for _ in 0..MAX_COMPONENT_DEPTH {
+            let mut parent = proto::ComponentDetails::default();
+            parent.sub_component_map.insert("c".into(), deep);
+            deep = parent;
+        }
+        let nested = proto::AvailableComponents {
+            components: [("receivers".to_string(), deep)].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(check(&msg(nested)).unwrap_err().contains("nested"));
+        let fine = proto::AvailableComponents {
+            components: (0..300)
+                .map(|n| (format!("receiver/{n}"), proto::ComponentDetails::default()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(check(&msg(fine)), Ok(()));
     }
 }
