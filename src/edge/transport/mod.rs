@@ -24,7 +24,6 @@ use crate::tasks::agent::ConnId;
 use crate::tasks::fleet::Fleet;
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
-/// Where package artifacts are downloaded from, by SHA-256 (hex), on the OpAMP listener.
 /// Default bound on one inbound message (after decompression).
 pub use crate::settings::DEFAULT_MAX_MESSAGE_SIZE;
 
