@@ -172,7 +172,7 @@ impl SqliteStore {
     /// literal, with why: the agent starts afresh if it comes back, and the row stays for an
     /// admin to inspect.
     async fn set_aside(&self, uid: &[u8], error: &StoreError) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO agents_set_aside (instance_uid, set_aside_ms, problem, row_json)
              SELECT instance_uid, ?, ?, json_object(
@@ -333,7 +333,11 @@ impl Store for SqliteStore {
     }
 
     async fn write(&self, batch: &WriteBatch) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // Every write transaction takes the write lock as it begins. A deferred one that read
+        // first fails at once with "database is locked" when another connection wrote since
+        // its snapshot (the busy timeout does not apply then): schemathesis found an admin
+        // write answered 500 that way.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // Deletes first: the buffer drops what was queued for an agent before its delete, so a
         // record for it in this batch came after (the agent is back) and must survive.
         for id in &batch.used_expected {
@@ -585,7 +589,7 @@ impl Store for SqliteStore {
         config: &Configuration,
         new_version: Option<&ConfigVersion>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO configurations (name, selector, priority, created_at_ms, updated_at_ms)
              VALUES (?, ?, ?, ?, ?)
@@ -741,7 +745,7 @@ impl Store for SqliteStore {
         rollout: &Rollout,
         agents: &[(InstanceUid, Option<Phase>)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let p = &rollout.params;
         let (configuration, version, previous) = match rollout.config() {
             Some(c) => (c.configuration.as_str(), c.version, c.previous_version),
