@@ -135,15 +135,23 @@ pub async fn serve(
 /// A 503 with a retry delay drawn at random, so that the excess of a storm comes back spread
 /// out. The connection is closed after it.
 fn come_back_later(refusal: Refusal, after: Duration) -> Response {
-    let after = after.as_secs();
     let message = match refusal {
         Refusal::Rate => "too many new connections; retry later",
         Refusal::Handshakes => "too many connections starting at once; retry later",
     };
+    let mut response = retry_later(message, after);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// 503 Service Unavailable, saying why and when to come back.
+pub fn retry_later(message: &'static str, after: Duration) -> Response {
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(after));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
     response
 }
 

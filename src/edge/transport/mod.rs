@@ -47,17 +47,10 @@ async fn download(
     // A download holds a file as well as its connection: their number is bounded apart.
     let Ok(place) = state.downloads.clone().try_acquire_owned() else {
         state.fleet.metrics().rejected("downloads_busy");
-        let after = crate::edge::listener::gate::retry_after().as_secs();
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
+        return crate::edge::listener::retry_later(
             "too many downloads at once; retry later",
-        )
-            .into_response();
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from(after),
+            crate::edge::listener::gate::retry_after(),
         );
-        return response;
     };
     match tower_http::services::ServeFile::new(path)
         .oneshot(request)
