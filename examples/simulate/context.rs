@@ -9,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use corral::edge::protocol::proto;
 use rand::Rng;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::components::{self, Reported};
@@ -26,14 +27,25 @@ const MAX_SHARED_CONFIGS: usize = 64;
 const CHURN_PAUSE: Duration = Duration::from_secs(1);
 
 pub enum Target {
-    WebSocket {
-        url: String,
-        addr: SocketAddr,
-        /// Source addresses to spread connections over (empty: let the kernel choose).
-        sources: Vec<IpAddr>,
+    WebSocket { url: String, endpoint: Endpoint },
+    Http { url: String, mode: HttpMode },
+}
+
+/// How plain-HTTP agents reach the server.
+pub enum HttpMode {
+    /// Each agent holds its own keep-alive connection, as opamp-go's client does (the
+    /// collector's opamp extension and the supervisor), and asks for gzip replies as Go's
+    /// transport does.
+    PerAgent {
+        endpoint: Endpoint,
+        uri: hyper::Uri,
+        /// How long an agent keeps its connection unused before closing it (Go: 90 s).
+        idle: Duration,
     },
-    Http {
-        url: String,
+    /// All agents share one client with a bounded pool of connections: what agents behind
+    /// a forward proxy or a load balancer that pools its backend connections look like to the
+    /// server.
+    Pooled {
         client: reqwest::Client,
         slots: Semaphore,
     },
@@ -69,12 +81,20 @@ impl Ctx {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("download client: {e}"))?;
-        if let Target::WebSocket { sources, .. } = &target
-            && sources.len() > 1
+        let endpoint = match &target {
+            Target::WebSocket { endpoint, .. }
+            | Target::Http {
+                mode: HttpMode::PerAgent { endpoint, .. },
+                ..
+            } => Some(endpoint),
+            Target::Http { .. } => None,
+        };
+        if let Some(endpoint) = endpoint
+            && endpoint.sources.len() > 1
         {
             eprintln!(
                 "spreading connections over source addresses 127.0.0.1..127.0.0.{}",
-                sources.len()
+                endpoint.sources.len()
             );
         }
         Ok(Self {
@@ -180,66 +200,115 @@ async fn build_target(args: &Args) -> Result<Target, String> {
         )
     })?;
     match scheme {
-        "ws" => {
-            let uri: tokio_tungstenite::tungstenite::http::Uri = args
-                .server
-                .parse()
-                .map_err(|e| format!("--server {:?}: {e}", args.server))?;
-            let host = uri
-                .host()
-                .ok_or_else(|| format!("--server {:?} has no host", args.server))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = uri.port_u16().unwrap_or(80);
-            let host_port = format!("{host}:{port}");
-            let addr = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|e| format!("cannot resolve {host_port}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("{host_port} resolves to nothing"))?;
-            let default_ips = args.agents.div_ceil(20_000).max(1);
-            let count = args
-                .source_ips
-                .map_or(default_ips, usize::from)
-                .clamp(1, 254);
-            let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
-                (1..=count)
-                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
-                    .collect()
-            } else {
-                if args.source_ips.is_some_and(|n| n > 1) {
-                    eprintln!("--source-ips applies only to a loopback IPv4 server; ignored");
-                }
-                Vec::new()
-            };
-            Ok(Target::WebSocket {
+        "ws" => Ok(Target::WebSocket {
+            url: args.server.clone(),
+            endpoint: Endpoint::resolve(args).await?,
+        }),
+        "http" => match args.http_connections {
+            Some(slots) => {
+                let slots = slots.max(1);
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(slots)
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .timeout(HTTP_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .build()
+                    .map_err(|e| format!("http client: {e}"))?;
+                Ok(Target::Http {
+                    url: args.server.clone(),
+                    mode: HttpMode::Pooled {
+                        client,
+                        slots: Semaphore::new(slots),
+                    },
+                })
+            }
+            None => Ok(Target::Http {
                 url: args.server.clone(),
-                addr,
-                sources,
-            })
-        }
-        "http" => {
-            let slots = args.http_connections.max(1);
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(slots)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(HTTP_TIMEOUT)
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?;
-            Ok(Target::Http {
-                url: args.server.clone(),
-                client,
-                slots: Semaphore::new(slots),
-            })
-        }
+                mode: HttpMode::PerAgent {
+                    endpoint: Endpoint::resolve(args).await?,
+                    uri: args
+                        .server
+                        .parse()
+                        .map_err(|e| format!("--server {:?}: {e}", args.server))?,
+                    idle: Duration::from_secs(args.http_idle_seconds),
+                },
+            }),
+        },
         "wss" | "https" => {
             Err("TLS is not supported by the simulator (no TLS crate); use ws:// or http://".into())
         }
         other => Err(format!(
             "unsupported scheme {other:?}; use ws:// or http://"
         )),
+    }
+}
+
+/// Where agents connect, and the source addresses they spread their connections over.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Empty: let the kernel choose.
+    pub sources: Vec<IpAddr>,
+}
+
+impl Endpoint {
+    async fn resolve(args: &Args) -> Result<Self, String> {
+        let uri: hyper::Uri = args
+            .server
+            .parse()
+            .map_err(|e| format!("--server {:?}: {e}", args.server))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("--server {:?} has no host", args.server))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let host_port = format!("{host}:{port}");
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot resolve {host_port}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host_port} resolves to nothing"))?;
+        let default_ips = args.agents.div_ceil(20_000).max(1);
+        let count = args
+            .source_ips
+            .map_or(default_ips, usize::from)
+            .clamp(1, 254);
+        let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
+            (1..=count)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
+                .collect()
+        } else {
+            if args.source_ips.is_some_and(|n| n > 1) {
+                eprintln!("--source-ips applies only to a loopback IPv4 server; ignored");
+            }
+            Vec::new()
+        };
+        Ok(Self { addr, sources })
+    }
+
+    /// A new TCP connection for agent `index`, from its source address, with Nagle off.
+    pub async fn connect(&self, index: usize) -> Result<TcpStream, String> {
+        let addr = self.addr;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if !self.sources.is_empty() {
+            let source = self.sources[index % self.sources.len()];
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| format!("bind {source}: {e}"))?;
+        }
+        let stream = match timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connect {addr}: {e}")),
+            Err(_) => return Err(format!("connect {addr}: timed out")),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 }

@@ -1,5 +1,6 @@
-//! The plain-HTTP driver: one POST per message over a shared, bounded connection pool, polls
-//! on a timer, backoff after errors, and a last poll carrying the goodbye.
+//! The plain-HTTP driver: one POST per message, over the agent's own keep-alive connection
+//! (`own_conn`) or a shared, bounded pool (`--http-connections`); polls on a timer, backoff
+//! after errors, and a last poll carrying the goodbye.
 
 use std::fmt;
 use std::io::Write as _;
@@ -7,12 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use corral::edge::protocol::proto;
+use hyper::HeaderMap;
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use prost::Message as _;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::agent::{Agent, uid_string};
-use crate::context::{Ctx, Target};
+use crate::context::{Ctx, HttpMode, Target};
+use crate::own_conn::{Answer, OwnConnection, Route};
 use crate::stats::inc;
 use crate::timing::{Backoff, GOODBYE_TIMEOUT, RESTART_PAUSE, far_future, pause};
 
@@ -47,51 +52,82 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 async fn http_poll(
     ctx: &Ctx,
     agent: &Agent,
+    conn: &mut OwnConnection,
     msg: &proto::AgentToServer,
 ) -> Result<proto::ServerToAgent, PollError> {
-    let Target::Http { url, client, slots } = &ctx.target else {
+    let Target::Http { url, mode } = &ctx.target else {
         return Err(PollError::Transport("not an HTTP target".into()));
     };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+    if let Ok(uid) = HeaderValue::from_str(&uid_string(&agent.uid)) {
+        headers.insert("OpAMP-Instance-UID", uid);
+    }
     let mut body = msg.encode_to_vec();
-    let mut request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, PROTOBUF)
-        .header("OpAMP-Instance-UID", uid_string(&agent.uid));
     if ctx.args.gzip {
         body = gzip(&body);
-        request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     let len = body.len() as u64;
-    let _slot = slots
-        .acquire()
-        .await
-        .map_err(|_| PollError::Transport("client closed".into()))?;
-    let response = request
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| PollError::Transport(error_chain(&e)))?;
+    let body = Bytes::from(body);
+    let answer = match mode {
+        HttpMode::PerAgent {
+            endpoint,
+            uri,
+            idle,
+        } => {
+            let route = Route {
+                endpoint,
+                uri,
+                idle: *idle,
+            };
+            conn.post(ctx, agent.index, &route, &headers, body)
+                .await
+                .map_err(PollError::Transport)?
+        }
+        HttpMode::Pooled { client, slots } => {
+            let _slot = slots
+                .acquire()
+                .await
+                .map_err(|_| PollError::Transport("client closed".into()))?;
+            let response = client
+                .post(url)
+                .headers(headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| PollError::Transport(error_chain(&e)))?;
+            let (status, headers) = (response.status(), response.headers().clone());
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| PollError::Transport(error_chain(&e)))?;
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        }
+    };
     inc(&ctx.stats.sent);
     ctx.stats.bytes_sent.fetch_add(len, Relaxed);
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
+    let Answer {
+        status,
+        headers,
+        body,
+    } = answer;
+    let retry_after = headers
+        .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let content_type_ok = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
+    let content_type_ok = headers
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == PROTOBUF);
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| PollError::Transport(error_chain(&e)))?;
     ctx.stats
         .bytes_received
-        .fetch_add(bytes.len() as u64, Relaxed);
+        .fetch_add(body.len() as u64, Relaxed);
     if !status.is_success() {
         return Err(PollError::Status {
             status: status.as_u16(),
@@ -104,7 +140,7 @@ async fn http_poll(
         )));
     }
     inc(&ctx.stats.received);
-    proto::ServerToAgent::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))
+    proto::ServerToAgent::decode(body).map_err(|e| PollError::Decode(e.to_string()))
 }
 
 /// An error with its sources: reqwest's own message names the request, its sources the cause.
@@ -121,6 +157,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new();
+    let mut conn = OwnConnection::default();
     let mut connected = false;
     let mut ever = false;
     let mut failed = false;
@@ -131,7 +168,7 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         if agent.restart {
             // Goodbye with one last poll, then a new process polls with a full report.
             let msg = agent.goodbye(&ctx);
-            match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &msg)).await {
+            match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &mut conn, &msg)).await {
                 Ok(Ok(_)) => inc(&ctx.stats.disconnects_sent),
                 Ok(Err(e)) => ctx.log(agent.index, format!("goodbye before restart: {e}")),
                 Err(_) => ctx.log(agent.index, "goodbye before restart: timed out"),
@@ -175,7 +212,7 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
             // Goodbye with one poll, a pause, then polling again with a full report; the
             // uid, state and sequence numbers carry on.
             let msg = agent.goodbye(&ctx);
-            match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &msg)).await {
+            match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &mut conn, &msg)).await {
                 Ok(Ok(_)) => inc(&ctx.stats.disconnects_sent),
                 Ok(Err(e)) => ctx.log(agent.index, format!("goodbye before churn pause: {e}")),
                 Err(_) => ctx.log(agent.index, "goodbye before churn pause: timed out"),
@@ -195,7 +232,7 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         let msg = agent.next_send(timer, &ctx);
         let outcome = tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            r = http_poll(&ctx, &agent, &msg) => r,
+            r = http_poll(&ctx, &agent, &mut conn, &msg) => r,
         };
         let now = Instant::now();
         match outcome {
@@ -253,7 +290,7 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
     }
     // Stopped: say goodbye with one last poll.
     let msg = agent.goodbye(&ctx);
-    match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &msg)).await {
+    match timeout(GOODBYE_TIMEOUT, http_poll(&ctx, &agent, &mut conn, &msg)).await {
         Ok(Ok(_)) => inc(&ctx.stats.disconnects_sent),
         Ok(Err(e)) => ctx.log(agent.index, format!("goodbye: {e}")),
         Err(_) => ctx.log(agent.index, "goodbye: timed out"),

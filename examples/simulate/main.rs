@@ -28,9 +28,12 @@
 //! hashes are capped at 16 per agent.
 //!
 //! ```text
-//! # 100,000 HTTP agents polling every 30 s over 256 pooled connections, 1 in 100 labelled
+//! # 100,000 HTTP agents polling every 30 s, each on its own connection, 1 in 100 labelled
 //! cargo run --release --example simulate -- --server http://127.0.0.1:4320/v1/opamp \
-//!     --agents 100000 --connect-rate 5000 --label-every 100:team=payments
+//!     --agents 100000 --connect-rate 5000 --source-ips 8 --label-every 100:team=payments
+//! # the same agents sharing 256 pooled connections, as behind a pooling proxy
+//! cargo run --release --example simulate -- --server http://127.0.0.1:4320/v1/opamp \
+//!     --agents 100000 --connect-rate 5000 --http-connections 256
 //! # 19,000 WebSocket agents over 127.0.0.1..127.0.0.4, 2% reconnecting per minute
 //! cargo run --release --example simulate -- --agents 19000 --source-ips 4 --churn 2
 //! ```
@@ -43,7 +46,7 @@
 //!
 //! The modules: `options` (the flags), `context` (what all agents share), `agent` (one
 //! agent's state and reactions, with its remote configs and packages), `ws` and `http` (the
-//! two drivers that move an agent's messages), `download` (package transfers), `configs` and
+//! two drivers that move an agent's messages; `own_conn`, an HTTP agent's own connection), `download` (package transfers), `configs` and
 //! `components` (what the agents report), `stats`, `report` (progress and summary) and
 //! `timing` (backoff and pauses).
 
@@ -54,6 +57,7 @@ mod context;
 mod download;
 mod http;
 mod options;
+mod own_conn;
 mod report;
 mod stats;
 mod timing;

@@ -19,8 +19,9 @@ pub struct Args {
     /// Agents started per second during ramp-up.
     #[arg(long, default_value_t = 1000.0)]
     pub connect_rate: f64,
-    /// WebSocket agents connecting to a loopback server bind to 127.0.0.1 .. 127.0.0.N, so
-    /// ephemeral ports never run out [default: 1, or one per 20,000 agents].
+    /// Agents connecting to a loopback server bind to 127.0.0.1 .. 127.0.0.N, so ephemeral
+    /// ports never run out [default: 1, or one per 20,000 agents]. Not with
+    /// --http-connections.
     #[arg(long)]
     pub source_ips: Option<u8>,
     /// Heartbeat (WebSocket) or polling (HTTP) interval until the server offers one.
@@ -79,9 +80,16 @@ pub struct Args {
     /// ...), e.g. 100:team=payments (repeatable).
     #[arg(long = "label-every", value_name = "K:KEY=VALUE", value_parser = parse_label_every)]
     pub labels_every: Vec<(usize, String, String)>,
-    /// HTTP agents share one client with at most this many connections.
-    #[arg(long, default_value_t = 256)]
-    pub http_connections: usize,
+    /// Plain-HTTP agents share one client with at most this many connections, as agents
+    /// behind a proxy or load balancer that pools its connections to the server look to it
+    /// [default: each agent its own keep-alive connection, as the collector's OpAMP client
+    /// (opamp-go) keeps one, asking for gzip replies like it].
+    #[arg(long, value_name = "N")]
+    pub http_connections: Option<usize>,
+    /// An agent with its own connection closes it after this long unused (Go's
+    /// IdleConnTimeout is 90 s); a server may close it sooner.
+    #[arg(long, default_value_t = 90)]
+    pub http_idle_seconds: u64,
     /// Gzip plain-HTTP request bodies (Content-Encoding: gzip).
     #[arg(long)]
     pub gzip: bool,

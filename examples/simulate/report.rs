@@ -92,6 +92,7 @@ pub fn summary(ctx: &Ctx, connected_at_stop: i64) -> serde_json::Value {
         "poll_errors": get(&s.poll_errors),
         "decode_errors": get(&s.decode_errors),
         "reconnects": get(&s.reconnects),
+        "http_connections_opened": get(&s.http_connections_opened),
         "full_state_requests": get(&s.full_state_requests),
         "uid_reassignments": get(&s.uid_reassignments),
         "replies_with_other_uid": get(&s.foreign_uid_replies),
@@ -255,6 +256,7 @@ pub fn print_summary(s: &serde_json::Value) {
     );
     println!("  told to wait (503)    {}", n("told_to_wait"));
     println!("  reconnects            {}", n("reconnects"));
+    println!("  HTTP connections      {}", n("http_connections_opened"));
     println!(
         "  churn                 {} %/min: {} disconnects, {} reconnects",
         n("churn_percent_per_minute"),

@@ -40,6 +40,8 @@ pub struct Stats {
     pub poll_errors: AtomicU64,
     pub decode_errors: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Connections plain-HTTP agents opened (their own, not the pooled client's).
+    pub http_connections_opened: AtomicU64,
     pub full_state_requests: AtomicU64,
     pub uid_reassignments: AtomicU64,
     pub foreign_uid_replies: AtomicU64,

@@ -1,7 +1,6 @@
 //! The WebSocket driver: one connection per agent, a binary frame per message, heartbeats on
 //! a timer, reconnection with backoff, and a goodbye before a restart or the stop.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use bytes::Bytes;
 use corral::edge::protocol::{proto, unframe_ws};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, tungstenite};
 
 use crate::agent::Agent;
-use crate::context::{CONNECT_TIMEOUT, Ctx, Target};
+use crate::context::{CONNECT_TIMEOUT, Ctx, Endpoint, Target};
 use crate::stats::inc;
 use crate::timing::{Backoff, GOODBYE_TIMEOUT, RESTART_PAUSE, far_future, pause};
 
@@ -56,30 +55,8 @@ impl From<String> for ConnectError {
     }
 }
 
-async fn connect_ws(
-    index: usize,
-    url: &str,
-    addr: SocketAddr,
-    sources: &[IpAddr],
-) -> Result<Ws, ConnectError> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("socket: {e}"))?;
-    if !sources.is_empty() {
-        let source = sources[index % sources.len()];
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|e| format!("bind {source}: {e}"))?;
-    }
-    let stream = match timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect {addr}: {e}").into()),
-        Err(_) => return Err(format!("connect {addr}: timed out").into()),
-    };
-    let _ = stream.set_nodelay(true);
+async fn connect_ws(index: usize, url: &str, endpoint: &Endpoint) -> Result<Ws, ConnectError> {
+    let stream = endpoint.connect(index).await?;
     let request = url
         .into_client_request()
         .map_err(|e| format!("request: {e}"))?;
@@ -126,7 +103,7 @@ async fn ws_send(ws: &mut Ws, msg: &proto::AgentToServer, ctx: &Ctx) -> Result<(
 }
 
 pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
-    let Target::WebSocket { url, addr, sources } = &ctx.target else {
+    let Target::WebSocket { url, endpoint } = &ctx.target else {
         return;
     };
     let mut backoff = Backoff::new();
@@ -140,7 +117,7 @@ pub async fn run_agent(mut agent: Agent, ctx: Arc<Ctx>) {
         }
         let connected = tokio::select! {
             _ = ctx.stop.cancelled() => return,
-            r = connect_ws(agent.index, url, *addr, sources) => r,
+            r = connect_ws(agent.index, url, endpoint) => r,
         };
         // A restarted agent's first connection is not a reconnect.
         if !std::mem::take(&mut restarting) {

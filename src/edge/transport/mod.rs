@@ -17,6 +17,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::decompression::RequestDecompressionLayer;
 
 use crate::core::packages::DOWNLOAD_PATH;
@@ -137,9 +138,14 @@ pub fn request_decompression() -> RequestDecompressionLayer {
         .no_zstd()
 }
 
+/// Replies up to this many bytes go out as they are, whatever the client accepts: one that
+/// fits a packet gains nothing on the wire from gzip, and setting up a deflate stream (some
+/// 300 KiB of tables, zeroed) costs more than the whole rest of a bare poll's reply.
+pub const COMPRESS_ABOVE: u16 = 1400;
+
 /// The OpAMP listener's routes: `GET` (WebSocket upgrade) and `POST` (plain HTTP) on
-/// [`OPAMP_PATH`]. Request bodies may be gzipped; responses are gzipped for clients that
-/// accept it.
+/// [`OPAMP_PATH`]. Request bodies may be gzipped; replies larger than [`COMPRESS_ABOVE`] are
+/// gzipped for clients that accept it.
 pub fn router(state: OpampState) -> Router {
     let metrics = state.fleet.clone();
     let not_found_metrics = state.fleet.clone();
@@ -162,7 +168,10 @@ pub fn router(state: OpampState) -> Router {
                 .no_br()
                 .no_deflate()
                 .no_zstd()
-                .compress_when(|status: StatusCode, _, _: &_, _: &_| status.is_success()),
+                .compress_when(
+                    SizeAbove::new(COMPRESS_ABOVE)
+                        .and(|status: StatusCode, _, _: &_, _: &_| status.is_success()),
+                ),
         )
         .layer(request_decompression());
     // Packages go out as stored: their length and ranges are what lets agents show progress
