@@ -126,3 +126,82 @@ async fn heartbeats_answered_by_the_transport_count_as_heard_and_in_sequence() {
     let reason = disconnected_after(&server, &uid, Duration::from_millis(2000)).await;
     assert!(reason.starts_with("no message for"), "{reason}");
 }
+
+/// A settled polling agent's bare polls are answered without its actor, as WebSocket
+/// heartbeats are. They must count the same: the agent stays connected past many grace
+/// periods, a later report continues the numbering, an offer still goes out with the next
+/// poll, and silence still ends it.
+#[tokio::test]
+async fn polls_answered_by_the_transport_count_as_heard_and_in_sequence() {
+    let server = server_with_heartbeat(1).await;
+    let uid = new_uid();
+    let mut hello = full_report(&uid, 1, "otelcol");
+    hello.capabilities |= ACCEPTS_SETTINGS;
+    let reply = server.poll(&hello).await;
+    let settings = reply.connection_settings.and_then(|s| s.opamp);
+    assert_eq!(settings.map(|s| s.heartbeat_interval_seconds), Some(1));
+    let mut seq = 1;
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        seq += 1;
+        let reply = server.poll(&accepting_heartbeat(&uid, seq)).await;
+        assert_eq!(reply.flags & 0x1, 0, "poll {seq} asked for full state");
+        assert_eq!(reply.instance_uid.as_ref(), &uid);
+        assert_ne!(reply.capabilities, 0);
+    }
+    let a = server.agent(&uid).await.unwrap();
+    assert_eq!(a.agent.status, "connected");
+    assert_eq!(a.history.len(), 1);
+    assert_eq!(
+        server
+            .metric("corral_messages_in_total{transport=\"http\"}")
+            .await,
+        17.0
+    );
+
+    // A configuration assigned now goes out with the next poll.
+    let request = serde_json::json!({
+        "selector": "",
+        "files": {"collector.yaml": {"body": "receivers:\n  otlp:\n", "content_type": "text/yaml"}},
+    });
+    let (status, body) = server
+        .put("/api/v1/configurations/main", &request.to_string())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server
+        .start_rollout(serde_json::json!({"configuration": "main"}))
+        .await;
+    let offer = loop {
+        seq += 1;
+        let reply = server.poll(&accepting_heartbeat(&uid, seq)).await;
+        assert_eq!(reply.flags & 0x1, 0, "poll {seq} asked for full state");
+        if reply.remote_config.is_some() {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hash = offer.remote_config.unwrap().config_hash;
+
+    // A status change goes on from the last poll's number.
+    seq += 1;
+    let mut unhealthy = accepting_heartbeat(&uid, seq);
+    unhealthy.remote_config_status = Some(remote_config_status(
+        corral::edge::protocol::proto::RemoteConfigStatuses::Applied,
+        &hash,
+        "",
+    ));
+    unhealthy.health = Some(corral::edge::protocol::proto::ComponentHealth {
+        healthy: false,
+        last_error: "exporter failing".into(),
+        ..Default::default()
+    });
+    let reply = server.poll(&unhealthy).await;
+    assert_eq!(
+        reply.flags & 0x1,
+        0,
+        "the report after the polls asked for full state"
+    );
+    server.wait_status(&uid, "error").await;
+    let reason = disconnected_after(&server, &uid, Duration::from_millis(2000)).await;
+    assert!(reason.starts_with("no message for"), "{reason}");
+}

@@ -55,6 +55,12 @@ impl Liveness {
         self.seen = (self.seen + 1).min(GAPS_KEPT as u8);
     }
 
+    /// Whether the interval is known: accepted from our offer, or learned from enough gaps.
+    /// Until then only the actor may hear the agent, since only it learns the gaps at once.
+    pub fn settled(&self) -> bool {
+        self.offered.is_some() || usize::from(self.seen) >= GAPS_TRUSTED
+    }
+
     pub fn expected_interval(&self) -> Duration {
         let seen = usize::from(self.seen);
         let learned = (seen >= GAPS_TRUSTED).then(|| {

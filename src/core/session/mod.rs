@@ -28,8 +28,9 @@
 //! 9. The admin state gates what reaches the agent: only managed agents get configurations,
 //!    packages and commands; discovered agents get no connection settings either; ignored
 //!    agents are answered minimally (or refused) and nothing they send is kept.
-//! 10. While nothing but an echo is due on its WebSocket, the session lets the transport answer
-//!     the next bare heartbeats by itself ([`AgentSession::quiet_after`]).
+//! 10. While nothing but an echo is due, the session lets the transport answer the agent's next
+//!     bare heartbeats on its WebSocket, or its next bare polls over plain HTTP, by itself
+//!     ([`AgentSession::quiet_after`]), with [`quiet_reply`].
 //!
 //! The per-connection protocol state is one struct, [`PerConnection`], reset in one place.
 
@@ -74,8 +75,21 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 
-/// Identifies one WebSocket connection for as long as the process runs. Never 0.
+/// Identifies one WebSocket connection for as long as the process runs. Never 0 or
+/// [`POLLING`].
 pub type ConnId = u64;
+
+/// The link of an agent polling over plain HTTP: it has no connection of its own.
+pub const POLLING: ConnId = ConnId::MAX;
+
+/// What a quiet session answers a bare heartbeat with (rule 10): the transport sends the same
+/// when it answers one by itself.
+pub fn quiet_reply() -> ServerReply {
+    ServerReply {
+        capabilities: Some(SERVER_CAPABILITIES),
+        ..ServerReply::default()
+    }
+}
 
 /// What every session shares: the server's settings.
 #[derive(Clone, Debug, Default)]
@@ -181,6 +195,8 @@ pub enum LinkChange {
     Keep,
     /// Attach the connection the report came on.
     Attach(ConnId),
+    /// The agent polls over plain HTTP now (letting go of any WebSocket, without closing it).
+    Poll,
     /// Let go of the attached connection (without closing it).
     Detach,
 }
@@ -480,17 +496,20 @@ impl AgentSession {
         }
     }
 
-    /// While nothing but an echo is due on the agent's WebSocket: the sequence number after
-    /// which the transport may answer bare heartbeats by itself. Attached, greeted, nothing
-    /// to offer or ask, no restart or goodbye under way.
+    /// While nothing but an echo is due: the sequence number after which the transport may
+    /// answer bare heartbeats (WebSocket) or polls (plain HTTP) by itself, with
+    /// [`quiet_reply`]. Attached, greeted, the agent's interval known (accepted or learned),
+    /// nothing to offer or ask, no restart or goodbye under way.
     pub fn quiet_after(&self) -> Option<u64> {
-        let quiet = matches!(self.via, Some(Via::WebSocket(_)))
-            && self.record.transport == Some(Transport::WebSocket)
+        let quiet = self
+            .via
+            .is_some_and(|via| self.record.transport == Some(via.transport()))
             && self.record.admin_state.is_tracked()
             && (self.conn.offered_settings || !self.record.admin_state.gets_settings())
             && !self.restart_pending
             && self.said_goodbye_at.is_none()
             && self.full_state.settled()
+            && self.liveness.settled()
             && !missing_state(&self.record)
             && self.config_due(&self.record).is_none()
             && self.package_due(&self.record).is_none();
@@ -849,7 +868,7 @@ impl AgentSession {
         }
         fx.link = match via {
             Via::WebSocket(conn) => LinkChange::Attach(conn),
-            Via::Http => LinkChange::Detach,
+            Via::Http => LinkChange::Poll,
         };
         self.set_via(Some(via), fx);
         true
@@ -865,9 +884,9 @@ impl AgentSession {
         }
     }
 
-    /// Forgets the agent's connection (without closing it).
+    /// Forgets the agent's connection or polling (without closing anything).
     fn detach(&mut self, fx: &mut Effects) {
-        if matches!(self.via, Some(Via::WebSocket(_))) || fx.link != LinkChange::Keep {
+        if self.via.is_some() || fx.link != LinkChange::Keep {
             fx.link = LinkChange::Detach;
         }
         self.set_via(None, fx);

@@ -360,7 +360,7 @@ fn rule_6_a_new_websocket_takes_over_and_moving_to_http_closes_the_socket() {
         fx.close.as_ref().map(|c| c.reason.clone()),
         Some("agent moved to plain HTTP".into())
     );
-    assert_eq!(fx.link, LinkChange::Detach);
+    assert_eq!(fx.link, LinkChange::Poll);
     assert_eq!(
         fx.live_move,
         Some((Some(Transport::WebSocket), Some(Transport::Http)))
@@ -580,13 +580,74 @@ fn rule_10_the_transport_answers_heartbeats_only_while_nothing_is_due() {
     }));
     rig.heartbeat(WS);
     assert_eq!(rig.session.quiet_after(), Some(2), "the offer went out");
+
+    // Over plain HTTP the same: quiet until something is due, which waits for a poll the
+    // session sees.
+    for via in [WS, Via::Http] {
+        let mut rig = Rig::managed();
+        rig.hello(via);
+        assert_eq!(rig.session.quiet_after(), Some(1), "{via:?}");
+        // What the transport answers is what the session would have.
+        assert_eq!(Rig::reply(rig.heartbeat(via)), quiet_reply(), "{via:?}");
+        assert_eq!(rig.session.quiet_after(), Some(2), "{via:?}");
+        rig.step(Event::Direct(Directive {
+            version: Some(version(1, "receivers: {otlp: {}}")),
+            ..Directive::default()
+        }));
+        if via == Via::Http {
+            assert_eq!(
+                rig.session.quiet_after(),
+                None,
+                "an offer waits for the poll"
+            );
+            assert!(Rig::reply(rig.heartbeat(via)).remote_config.is_some());
+        }
+        assert_eq!(
+            rig.session.quiet_after(),
+            Some(rig.seq),
+            "{via:?}: the offer went out"
+        );
+        if via == Via::Http {
+            rig.step(Event::Restart);
+            assert_eq!(
+                rig.session.quiet_after(),
+                None,
+                "a restart waits for the poll"
+            );
+        }
+    }
+    // An agent that does not take our interval is heard by the session until it has learned
+    // the agent's pace from two gaps: only the session learns a gap at once.
+    let alone = caps().difference(Caps::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
     let mut rig = Rig::managed();
-    rig.hello(Via::Http);
-    assert_eq!(
-        rig.session.quiet_after(),
-        None,
-        "polls always go to the session"
+    rig.send(Via::Http, |r| {
+        r.description = Some(description());
+        r.capabilities = alone;
+    });
+    for poll in 0..3 {
+        assert_eq!(rig.session.quiet_after(), None, "after {poll} polls");
+        rig.later(5);
+        rig.send(Via::Http, |r| r.capabilities = alone);
+    }
+    assert_eq!(rig.session.quiet_after(), Some(4));
+    assert_eq!(rig.session.grace(), Duration::from_millis(12_500));
+    // A poll while the agent's WebSocket is attached is not quiet on that link.
+    let mut rig = Rig::managed();
+    rig.hello(WS);
+    let fx = rig.heartbeat(Via::Http);
+    assert!(
+        fx.close.is_some(),
+        "the session hears the move and closes the socket"
     );
+    assert!(Rig::reply(fx).heartbeat_interval_seconds.is_some());
+    assert_eq!(rig.session.quiet_after(), Some(2));
+    let fx = rig.send(Via::Http, |r| r.disconnect = true);
+    assert_eq!(
+        fx.link,
+        LinkChange::Detach,
+        "a goodbye lets go of the polling link"
+    );
+    assert_eq!(rig.session.quiet_after(), None);
 }
 
 #[derive(Clone, Debug)]

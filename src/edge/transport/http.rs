@@ -10,8 +10,9 @@ use tokio::sync::oneshot;
 
 use super::OpampState;
 use crate::core::domain::{ReplyError, ServerReply};
+use crate::core::session::quiet_reply;
 use crate::edge::protocol::{DecodeError, Inbound, decode_agent_message, proto, reply_to_proto};
-use crate::tasks::agent::{Reply, Source};
+use crate::tasks::agent::{POLLING, Reply, Source};
 use crate::tasks::fleet::DispatchError;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -137,6 +138,16 @@ pub(super) async fn poll(
             );
         }
     };
+    // A bare poll the agent's session said it has nothing to add to (rule 10) is answered
+    // here, without waking the actor.
+    if let Ok(uid) = &inbound.uid
+        && let Some(agent) = state.fleet.get(uid)
+        && state
+            .fleet
+            .answer_heartbeat(&agent, &inbound.report, POLLING)
+    {
+        return reply_response(StatusCode::OK, inbound.raw_uid, &quiet_reply());
+    }
     let raw_uid = inbound.raw_uid.clone();
     let (reply, answer) = oneshot::channel();
     let origin = super::origin(&headers);

@@ -21,13 +21,12 @@ use super::OpampState;
 use super::socket::{self, Socket};
 use crate::core::domain::AgentCapabilities;
 use crate::core::domain::{InstanceUid, ReplyError, ServerReply};
+use crate::core::session::quiet_reply;
 use crate::edge::listener::Conn;
 use crate::edge::protocol::{
     Inbound, decode_agent_message, encode_ws_frame, reply_to_proto, unframe_ws,
 };
-use crate::tasks::agent::{
-    AgentHandle, ConnId, OUTBOUND_CAPACITY, Outgoing, Reply, SERVER_CAPABILITIES, Source,
-};
+use crate::tasks::agent::{AgentHandle, ConnId, OUTBOUND_CAPACITY, Outgoing, Reply, Source};
 use crate::tasks::fleet::DispatchError;
 
 /// Close codes of RFC 6455 used here.
@@ -224,13 +223,13 @@ async fn serve_connection(
                         // Answered here; straight out unless replies are waiting, to keep
                         // their order.
                         Next::Answered(raw_uid) if replies.is_empty() => {
-                            let reply = Reply { raw_uid, reply: heartbeat_echo() };
+                            let reply = Reply { raw_uid, reply: quiet_reply() };
                             if let Err(ending) = Box::pin(write_reply(&mut socket, reply)).await {
                                 break ending;
                             }
                         }
                         Next::Answered(raw_uid) => {
-                            let reply = Reply { raw_uid, reply: heartbeat_echo() };
+                            let reply = Reply { raw_uid, reply: quiet_reply() };
                             let _ = outbound.try_send(Outgoing::Reply(Box::new(reply)));
                         }
                         // Boxed: routing awaits the actor's mailbox and is the largest part of
@@ -385,14 +384,6 @@ fn watch_rings(
             .reset(tokio::time::Instant::now() + state.limits.ping_interval);
     }
     rang
-}
-
-/// What the connection answers a bare heartbeat with when the agent's session lets it.
-fn heartbeat_echo() -> ServerReply {
-    ServerReply {
-        capabilities: Some(SERVER_CAPABILITIES),
-        ..ServerReply::default()
-    }
 }
 
 /// Encodes a reply from an actor and writes it; gives its size on the wire.

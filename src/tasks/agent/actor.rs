@@ -10,7 +10,9 @@ use chrono::Utc;
 
 use super::{AgentContext, Command, Delivery, LinkState, Outgoing, Reply, Source};
 use crate::core::domain::{ServerReply, Transport};
-use crate::core::session::{AgentSession, Close, Effects, Event, Inbound, LinkChange, Via};
+use crate::core::session::{
+    AgentSession, Close, Effects, Event, Inbound, LinkChange, POLLING, Via,
+};
 
 /// The WebSocket an agent is attached to.
 struct WsLink {
@@ -204,6 +206,10 @@ impl AgentActor {
                     });
                     self.link.attach(conn);
                 }
+            }
+            LinkChange::Poll => {
+                self.ws = None;
+                self.link.attach(POLLING);
             }
             LinkChange::Detach => {
                 self.ws = None;

@@ -25,7 +25,7 @@ use crate::core::session::{AgentSession, Event, Refused, SessionConfig};
 use crate::edge::store::WriteBuffer;
 use crate::telemetry::Metrics;
 
-pub use crate::core::session::{ConnId, SERVER_CAPABILITIES};
+pub use crate::core::session::{ConnId, POLLING, SERVER_CAPABILITIES};
 pub use silence::{SILENCE_TICK_MS, SilenceWatch};
 
 /// Commands waiting for one agent's actor.
@@ -125,7 +125,9 @@ pub struct LinkState {
     record: arc_swap::ArcSwap<AgentRecord>,
     /// The record's capabilities, for the heartbeat fast path to read without the record.
     capabilities: AtomicU64,
-    ws_conn: AtomicU64,
+    /// The WebSocket connection the agent is attached to, [`POLLING`] while it polls over
+    /// plain HTTP, 0 while it has neither.
+    link: AtomicU64,
     /// `u64::MAX` until the first message.
     last_seq: AtomicU64,
     /// When the last message came (kept here, not in the record, so a heartbeat publishes
@@ -150,7 +152,7 @@ impl LinkState {
         Self {
             capabilities: AtomicU64::new(record.capabilities.bits()),
             record: arc_swap::ArcSwap::new(record),
-            ws_conn: AtomicU64::new(0),
+            link: AtomicU64::new(0),
             last_seq: AtomicU64::new(u64::MAX),
             watched: silence::Watched::default(),
             quiet_after: AtomicU64::new(NOT_QUIET),
@@ -172,12 +174,12 @@ impl LinkState {
         self.record.store(record);
     }
 
-    /// Claims a bare heartbeat numbered `seq` on connection `conn` for the transport to answer
-    /// without the actor: only while the actor is quiet, on the connection it is attached to,
-    /// and in sequence (a gap goes to the actor, which asks for the full state). The
-    /// heartbeat counts as heard.
+    /// Claims a bare heartbeat numbered `seq` on connection `conn` ([`POLLING`]: a plain-HTTP
+    /// poll) for the transport to answer without the actor: only while the actor is quiet, on
+    /// the link it is attached to, and in sequence (a gap goes to the actor, which asks for
+    /// the full state). The heartbeat counts as heard.
     pub fn claim_heartbeat(&self, conn: ConnId, seq: u64) -> bool {
-        if seq == 0 || self.ws_conn() != Some(conn) {
+        if seq == 0 || conn == 0 || self.link.load(Ordering::Acquire) != conn {
             return false;
         }
         if self
@@ -228,9 +230,10 @@ impl LinkState {
         self.gone.load(Ordering::Acquire)
     }
 
-    /// The agent is attached to WebSocket `conn` (0: none).
+    /// The agent is attached to WebSocket `conn` ([`POLLING`]: polls over plain HTTP; 0:
+    /// neither).
     fn attach(&self, conn: ConnId) {
-        self.ws_conn.store(conn, Ordering::Release);
+        self.link.store(conn, Ordering::Release);
     }
 
     fn set_last_seq(&self, seq: u64) {
@@ -249,8 +252,8 @@ impl LinkState {
 
     /// The WebSocket connection the agent is attached to, if any.
     pub fn ws_conn(&self) -> Option<ConnId> {
-        match self.ws_conn.load(Ordering::Acquire) {
-            0 => None,
+        match self.link.load(Ordering::Acquire) {
+            0 | POLLING => None,
             conn => Some(conn),
         }
     }
@@ -427,6 +430,18 @@ mod tests {
             !link.claim_heartbeat(7, 7),
             "taken back until the actor is quiet again"
         );
+
+        // A poll is answered only while the agent polls, not while a WebSocket is attached,
+        // and a WebSocket heartbeat not while the agent polls.
+        link.set_quiet(Some(6));
+        assert!(!link.claim_heartbeat(POLLING, 7), "attached to a WebSocket");
+        link.attach(POLLING);
+        assert_eq!(link.ws_conn(), None);
+        assert!(!link.claim_heartbeat(7, 7), "the agent polls now");
+        assert!(link.claim_heartbeat(POLLING, 7));
+        link.attach(0);
+        assert!(!link.claim_heartbeat(POLLING, 8), "neither");
+        assert!(!link.claim_heartbeat(0, 8));
     }
 
     /// Every agent's actor is a task that waits on this future: its size is paid per agent.

@@ -245,8 +245,9 @@ impl Fleet {
         metrics.message_out(transport);
     }
 
-    /// Whether the transport may answer this bare heartbeat on connection `conn` by itself,
-    /// without waking the agent's actor: the actor said it has nothing to add (see
+    /// Whether the transport may answer this bare heartbeat on connection `conn` (or, with
+    /// [`POLLING`](crate::tasks::agent::POLLING), this bare poll) by itself, without waking the
+    /// agent's actor: the actor said it has nothing to add (see
     /// `LinkState::claim_heartbeat`), and the heartbeat is next in sequence and changes
     /// nothing, capabilities included. A claimed heartbeat is counted in and out.
     pub fn answer_heartbeat(
@@ -264,9 +265,14 @@ impl Fleet {
         {
             return false;
         }
+        let transport = if conn == crate::tasks::agent::POLLING {
+            Transport::Http
+        } else {
+            Transport::WebSocket
+        };
         let metrics = &self.ctx.metrics;
-        metrics.message_in(Transport::WebSocket);
-        metrics.message_out(Transport::WebSocket);
+        metrics.message_in(transport);
+        metrics.message_out(transport);
         true
     }
 
