@@ -168,7 +168,8 @@ pub async fn serve(
         timeouts: listener::Timeouts {
             headers: limits.header_timeout,
             request: Some(limits.body_timeout),
-            idle: limits.idle_timeout,
+            stall: limits.idle_timeout,
+            keep_alive: limits.keep_alive_timeout,
         },
         max_connections: opamp_connections(limits.max_connections),
         gate: Some(listener::gate::Gate::new(
@@ -177,12 +178,14 @@ pub async fn serve(
             std::time::Instant::now(),
         )),
     };
-    // The admin API: the same header and idle timeouts; a request takes as long as it takes
-    // (a package upload may be large).
+    // The admin API: the same header and stall timeouts; a request takes as long as it takes
+    // (a package upload may be large), and a connection is kept for the idle timeout (its
+    // clients are people and scripts, few and bursty).
     let api_bounds = listener::Bounds {
         name: "api",
         timeouts: listener::Timeouts {
             request: None,
+            keep_alive: limits.idle_timeout,
             ..opamp_bounds.timeouts
         },
         max_connections: API_CONNECTIONS,

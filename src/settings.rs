@@ -64,6 +64,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long an OpAMP connection waits for the agent's next request after a reply; zero:
+    /// it is closed after each reply.
+    pub keep_alive_timeout: Duration,
     pub first_message_timeout: Duration,
     pub ping_interval: Duration,
 }
@@ -78,6 +81,7 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_000;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_SECS: u64 = 2;
 pub const DEFAULT_FIRST_MESSAGE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_MAX_EFFECTIVE_CONFIG: usize = 1024 * 1024;
@@ -160,9 +164,15 @@ pub struct Partial {
     /// [default: 30]
     #[arg(long, env = "CORRAL_BODY_TIMEOUT")]
     pub body_timeout: Option<u64>,
-    /// Seconds an idle keep-alive connection stays open after a reply [default: 60]
+    /// Seconds an idle admin API connection stays open after a reply, and the longest a reply
+    /// being written (a package download) may stall, on both listeners [default: 60]
     #[arg(long, env = "CORRAL_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
+    /// Seconds an OpAMP connection stays open after a reply for the agent's next request; 0
+    /// closes it after each reply. Polling agents that come back later than this reconnect
+    /// [default: 2]
+    #[arg(long, env = "CORRAL_KEEP_ALIVE_TIMEOUT")]
+    pub keep_alive_timeout: Option<u64>,
     /// Seconds a new WebSocket has to send its first message; it is closed (1008) otherwise
     /// [default: 10]
     #[arg(long, env = "CORRAL_FIRST_MESSAGE_TIMEOUT")]
@@ -299,6 +309,10 @@ impl Partial {
                     self.body_timeout.or(file.body_timeout),
                     DEFAULT_BODY_TIMEOUT_SECS,
                 ),
+                keep_alive_timeout: secs(
+                    self.keep_alive_timeout.or(file.keep_alive_timeout),
+                    DEFAULT_KEEP_ALIVE_TIMEOUT_SECS,
+                ),
                 idle_timeout: secs(
                     self.idle_timeout.or(file.idle_timeout),
                     DEFAULT_IDLE_TIMEOUT_SECS,
@@ -359,6 +373,7 @@ impl Partial {
             ("header-timeout", limits.header_timeout),
             ("body-timeout", limits.body_timeout),
             ("idle-timeout", limits.idle_timeout),
+            ("keep-alive-timeout", limits.keep_alive_timeout),
             ("first-message-timeout", limits.first_message_timeout),
             ("ping-interval", limits.ping_interval),
         ] {
@@ -398,6 +413,7 @@ mod tests {
         assert_eq!(s.limits.new_connections_per_second, Some(2_000));
         assert_eq!(s.limits.header_timeout, Duration::from_secs(10));
         assert_eq!(s.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.limits.keep_alive_timeout, Duration::from_secs(2));
         assert_eq!(s.max_effective_config, 1024 * 1024);
     }
 

@@ -15,6 +15,7 @@ async fn impatient() -> TestServer {
         header_timeout: Some(1),
         body_timeout: Some(1),
         idle_timeout: Some(2),
+        keep_alive_timeout: Some(2),
         first_message_timeout: Some(1),
         ping_interval: Some(1),
         ..Options::default()
@@ -125,7 +126,7 @@ async fn a_body_that_stalls_or_never_ends_is_cut_off_at_the_body_timeout() {
 }
 
 #[tokio::test]
-async fn a_keep_alive_connection_waits_the_idle_timeout_not_the_header_timeout() {
+async fn a_keep_alive_connection_waits_the_keep_alive_timeout_not_the_header_timeout() {
     let server = impatient().await;
     let mut stream = TcpStream::connect(server.opamp).await.unwrap();
     let request = b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -133,7 +134,7 @@ async fn a_keep_alive_connection_waits_the_idle_timeout_not_the_header_timeout()
     stream.write_all(request).await.unwrap();
     let n = stream.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 404"));
-    // Longer than the header timeout, shorter than the idle one: still open.
+    // Longer than the header timeout, shorter than the keep-alive one: still open.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream.write_all(request).await.unwrap();
     let n = stream.read(&mut buf).await.unwrap();
@@ -145,6 +146,52 @@ async fn a_keep_alive_connection_waits_the_idle_timeout_not_the_header_timeout()
         "closed after {closed:?}"
     );
     assert_eq!(server.metric(&cut("opamp", "idle_timeout")).await, 1.0);
+}
+
+/// With no keep-alive, each reply says `Connection: close` and the connection ends after it,
+/// so a client reconnects at once instead of finding its connection gone later.
+#[tokio::test]
+async fn with_no_keep_alive_each_reply_closes_its_connection() {
+    let server = TestServer::with(Options {
+        keep_alive_timeout: Some(0),
+        ..Options::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.opamp).await.unwrap();
+    let body = full_report(&new_uid(), 1, "once").encode_to_vec();
+    let head = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .expect("the server closes the connection after its reply")
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    // The admin API keeps its connections.
+    let mut api = TcpStream::connect(server.api).await.unwrap();
+    api.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = api.read(&mut buf).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&buf[..n])
+            .to_ascii_lowercase()
+            .contains("connection: close")
+    );
+    assert!(
+        closed_after(&mut api, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "kept alive"
+    );
 }
 
 #[tokio::test]
@@ -413,4 +460,75 @@ async fn an_idle_admin_api_connection_is_closed_after_a_quick_answer() {
     let closed = closed_after(&mut stream, Duration::from_secs(6)).await;
     assert!(closed.is_some(), "still open");
     assert_eq!(server.metric(&cut("api", "idle_timeout")).await, 1.0);
+}
+
+/// Between requests a connection is parked (its HTTP state dropped, its socket kept). Bytes
+/// of the next request that were read before that, as from a client that pipelines, are kept
+/// and answered; so is a request that comes after a pause.
+#[tokio::test]
+async fn pipelined_and_later_requests_on_one_connection_are_all_answered() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let request = |msg: corral::edge::protocol::proto::AgentToServer| {
+        let body = msg.encode_to_vec();
+        let mut bytes = format!(
+            "POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    };
+    let mut stream = TcpStream::connect(server.opamp).await.unwrap();
+    let mut three = request(full_report(&uid, 1, "pipelined"));
+    three.extend(request(heartbeat(&uid, 2)));
+    three.extend(request(heartbeat(&uid, 3)));
+    stream.write_all(&three).await.unwrap();
+    let replies = read_replies(&mut stream, 3).await;
+    assert_eq!(replies.len(), 3);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream
+            .write_all(&request(heartbeat(&uid, 4)))
+            .await
+            .unwrap();
+        assert_eq!(read_replies(&mut stream, 1).await.len(), 1, "kept alive");
+    }
+    server.wait_status(&uid, "connected").await;
+    assert_eq!(
+        server
+            .metric("corral_messages_in_total{transport=\"http\"}")
+            .await,
+        6.0
+    );
+}
+
+/// Reads `n` HTTP replies with a Content-Length; their status lines.
+async fn read_replies(stream: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while replies.len() < n {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("a reply")
+            .unwrap();
+        assert!(read > 0, "closed after {} replies", replies.len());
+        buf.extend_from_slice(&chunk[..read]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() < end + 4 + length {
+                break;
+            }
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            replies.push(head.lines().next().unwrap_or_default().to_string());
+            buf.drain(..end + 4 + length);
+        }
+    }
+    replies
 }

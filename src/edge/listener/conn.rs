@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,7 +67,11 @@ pub struct Timeouts {
     pub headers: Duration,
     /// `None`: as long as the request takes (the admin API's package uploads).
     pub request: Option<Duration>,
-    pub idle: Duration,
+    /// How long a reply being written may stop moving.
+    pub stall: Duration,
+    /// How long a connection waits for its next request after a reply; zero: it is closed
+    /// after each reply.
+    pub keep_alive: Duration,
 }
 
 impl Timeouts {
@@ -76,7 +80,8 @@ impl Timeouts {
             Step::Headers => Some(self.headers),
             Step::Request => self.request,
             // Put back whenever the client takes more of the reply.
-            Step::Replying | Step::Idle => Some(self.idle),
+            Step::Replying => Some(self.stall),
+            Step::Idle => Some(self.keep_alive),
             Step::Upgraded => None,
         }
     }
@@ -95,6 +100,8 @@ struct Shared {
     _open: Place,
     /// The step the socket timed out at, if it did ([`NOT_TIMED_OUT`] if not).
     timed_out: AtomicU8,
+    /// Everything written has been flushed: hyper holds nothing unwritten.
+    written_out: AtomicBool,
 }
 
 const NOT_TIMED_OUT: u8 = u8::MAX;
@@ -111,7 +118,14 @@ impl Conn {
             handshake: Mutex::new(handshake),
             _open: open,
             timed_out: AtomicU8::new(NOT_TIMED_OUT),
+            written_out: AtomicBool::new(true),
         }))
+    }
+
+    /// Between requests: the last reply is all written and flushed, so the connection may be
+    /// parked (its HTTP state dropped, its socket kept).
+    pub fn is_idle(&self) -> bool {
+        self.step() == Step::Idle && self.0.written_out.load(Ordering::Acquire)
     }
 
     pub fn step(&self) -> Step {
@@ -175,6 +189,8 @@ pub struct Timed {
     moves: u32,
     /// Made only when a step has a timeout; dropped once the connection is a WebSocket.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes read from the socket that the last HTTP state had not used: read again first.
+    unread: bytes::Bytes,
 }
 
 impl Timed {
@@ -186,9 +202,38 @@ impl Timed {
             step: Step::Headers,
             moves: 0,
             deadline: None,
+            unread: bytes::Bytes::new(),
         };
         timed.start(Step::Headers);
         timed
+    }
+
+    /// Gives back bytes read from the socket that were not used, to be read again first.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        self.unread = bytes;
+    }
+
+    /// Waits, between requests, until the next one starts (or the client closes): true; or
+    /// until the keep-alive deadline passes: false.
+    pub async fn next_request(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if !self.unread.is_empty() {
+                return Poll::Ready(true);
+            }
+            if self.follow(cx) {
+                let _ = self.timed_out();
+                return Poll::Ready(false);
+            }
+            match self.inner.poll_read_ready(cx) {
+                Poll::Ready(_) => Poll::Ready(true),
+                Poll::Pending if self.overdue(cx) => {
+                    let _ = self.timed_out();
+                    Poll::Ready(false)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 
     fn start(&mut self, step: Step) {
@@ -231,6 +276,9 @@ impl Timed {
         cx: &mut Context<'_>,
         poll: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
+        if matches!(poll, Poll::Ready(Ok(written)) if written > 0) {
+            self.conn.0.written_out.store(false, Ordering::Release);
+        }
         match poll {
             Poll::Ready(Ok(written)) if written > 0 && self.step == Step::Replying => {
                 self.start(Step::Replying);
@@ -262,7 +310,14 @@ impl AsyncRead for Timed {
             return Poll::Ready(Err(this.timed_out()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let read = if this.unread.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            Poll::Ready(Ok(()))
+        };
+        match read {
             Poll::Ready(Ok(())) => {
                 // The first byte of the next request: its headers are due.
                 if this.step == Step::Idle && buf.filled().len() > before {
@@ -313,11 +368,21 @@ impl AsyncWrite for Timed {
         self.inner.is_write_vectored()
     }
 
+    /// hyper flushes its socket once its own buffer is all written: nothing is held back.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            self.conn.0.written_out.store(true, Ordering::Release);
+        }
+        flushed
     }
 
+    /// Between requests the socket is left as it is: the connection may be parked, and a
+    /// socket closed is shut down anyway.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.conn.step() == Step::Idle {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -88,48 +88,149 @@ pub async fn serve(
             None => (None, None),
         };
         let conn = Conn::new(place, handshake);
-        let service = {
-            let (conn, router) = (conn.clone(), router.clone());
-            hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                conn.request_started();
-                request.extensions_mut().insert(conn.clone());
-                let (conn, router) = (conn.clone(), router.clone());
-                async move {
-                    let response = match refusal {
-                        Some((refusal, after)) => come_back_later(refusal, after),
-                        None => router.oneshot(request).await.into_response(),
-                    };
-                    conn.replying();
-                    // A WebSocket's task takes the connection over once the 101 is out.
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        return Ok::<_, Infallible>(response);
-                    }
-                    let replied = conn::Replied(conn);
-                    Ok(response.map(|body| axum::body::Body::new(Guarded::new(body, replied))))
-                }
-            })
+        let io = conn::Timed::new(stream, conn.clone(), bounds.timeouts);
+        let close_after_reply = bounds.timeouts.keep_alive.is_zero();
+        let service = Service {
+            conn: conn.clone(),
+            router: router.clone(),
+            refusal,
+            close_after_reply,
         };
-        let io = TokioIo::new(conn::Timed::new(stream, conn.clone(), bounds.timeouts));
-        let connection = http.serve_connection(io, service).with_upgrades();
-        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            // Its errors are the client's (gone, or breaking HTTP); hyper answers what it can.
-            let _ = tokio::select! {
-                served = connection.as_mut() => served,
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Some(step) = conn.timed_out() {
-                metrics.cut(name, step.timeout_reason());
-            }
-        });
+        connections.spawn(run(
+            http.clone(),
+            io,
+            service,
+            (name, metrics.clone()),
+            shutdown.clone(),
+        ));
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// What serves one connection's requests.
+#[derive(Clone)]
+struct Service {
+    conn: Conn,
+    router: Router,
+    /// Told to come back later instead (its first request, after which it is closed).
+    refusal: Option<(Refusal, Duration)>,
+    /// No keep-alive: every reply says `Connection: close`.
+    close_after_reply: bool,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        let Service {
+            conn,
+            router,
+            refusal,
+            close_after_reply,
+        } = self.clone();
+        conn.request_started();
+        request.extensions_mut().insert(conn.clone());
+        Box::pin(async move {
+            let mut response = match refusal {
+                Some((refusal, after)) => come_back_later(refusal, after),
+                None => router.oneshot(request).await.into_response(),
+            };
+            conn.replying();
+            // A WebSocket's task takes the connection over once the 101 is out.
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Ok(response);
+            }
+            if close_after_reply {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            let replied = conn::Replied(conn);
+            Ok(response.map(|body| axum::body::Body::new(Guarded::new(body, replied))))
+        })
+    }
+}
+
+/// How one round of HTTP on a connection ended.
+enum Round {
+    /// The connection is done (closed, upgraded, failed or told to close).
+    Over,
+    /// It went idle and its HTTP state was dropped; the socket waits for the next request.
+    Parked,
+}
+
+/// Serves one accepted connection until it closes. Between requests the connection is parked:
+/// hyper's state (a read and a write buffer, 16 KiB) is dropped and only the socket waits, so
+/// that an agent polling every 30 s on a kept-alive connection costs its socket, not
+/// buffers; the next request starts a new round of HTTP on the same socket.
+async fn run(
+    http: hyper::server::conn::http1::Builder,
+    mut io: conn::Timed,
+    mut service: Service,
+    (name, metrics): (&'static str, Arc<Metrics>),
+    shutdown: CancellationToken,
+) {
+    let conn = service.conn.clone();
+    loop {
+        let mut connection = Box::pin(
+            http.serve_connection(TokioIo::new(io), service.clone())
+                .with_upgrades(),
+        );
+        // Only the first request can be refused.
+        service.refusal = None;
+        let mut parking = false;
+        let round = std::future::poll_fn(|cx| {
+            loop {
+                match connection.as_mut().poll(cx) {
+                    // Its errors are the client's (gone, or breaking HTTP); hyper answers what
+                    // it can.
+                    std::task::Poll::Ready(_) if parking => {
+                        return std::task::Poll::Ready(Round::Parked);
+                    }
+                    std::task::Poll::Ready(_) => return std::task::Poll::Ready(Round::Over),
+                    // Idle between requests: hyper closes its side at once and gives the
+                    // socket back.
+                    std::task::Poll::Pending if !parking && conn.is_idle() => {
+                        parking = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    std::task::Poll::Pending => return std::task::Poll::Pending,
+                }
+            }
+        });
+        let round = tokio::select! {
+            round = round => round,
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+                break;
+            }
+        };
+        let parts = match round {
+            Round::Parked => std::pin::Pin::into_inner(connection).into_parts(),
+            Round::Over => None,
+        };
+        let Some(parts) = parts else {
+            break;
+        };
+        io = parts.io.into_inner();
+        io.unread(parts.read_buf);
+        let next = tokio::select! {
+            next = io.next_request() => next,
+            () = shutdown.cancelled() => false,
+        };
+        if !next {
+            break;
+        }
+    }
+    if let Some(step) = conn.timed_out() {
+        metrics.cut(name, step.timeout_reason());
+    }
 }
 
 /// A 503 with a retry delay drawn at random, so that the excess of a storm comes back spread
