@@ -81,7 +81,7 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_000;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
-pub const DEFAULT_KEEP_ALIVE_TIMEOUT_SECS: u64 = 2;
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_FIRST_MESSAGE_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_PING_INTERVAL_SECS: u64 = 30;
 pub const DEFAULT_MAX_EFFECTIVE_CONFIG: usize = 1024 * 1024;
@@ -168,9 +168,9 @@ pub struct Partial {
     /// being written (a package download) may stall, on both listeners [default: 60]
     #[arg(long, env = "CORRAL_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
-    /// Seconds an OpAMP connection stays open after a reply for the agent's next request; 0
-    /// closes it after each reply. Polling agents that come back later than this reconnect
-    /// [default: 2]
+    /// Seconds an OpAMP connection stays open after a reply for the agent's next request, parked
+    /// (its socket only); 0 closes it after each reply. Near the connection limit, the
+    /// connections parked last are closed to make room [default: 60]
     #[arg(long, env = "CORRAL_KEEP_ALIVE_TIMEOUT")]
     pub keep_alive_timeout: Option<u64>,
     /// Seconds a new WebSocket has to send its first message; it is closed (1008) otherwise
@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(s.limits.new_connections_per_second, Some(2_000));
         assert_eq!(s.limits.header_timeout, Duration::from_secs(10));
         assert_eq!(s.limits.idle_timeout, Duration::from_secs(60));
-        assert_eq!(s.limits.keep_alive_timeout, Duration::from_secs(2));
+        assert_eq!(s.limits.keep_alive_timeout, Duration::from_secs(60));
         assert_eq!(s.max_effective_config, 1024 * 1024);
     }
 

@@ -532,3 +532,69 @@ async fn read_replies(stream: &mut TcpStream, n: usize) -> Vec<String> {
     }
     replies
 }
+
+/// A POST of `msg` on `stream`, and its reply's status line.
+async fn poll_on(
+    stream: &mut TcpStream,
+    msg: &corral::edge::protocol::proto::AgentToServer,
+) -> String {
+    let body = msg.encode_to_vec();
+    let head = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    read_replies(stream, 1).await.remove(0)
+}
+
+/// Near the connection limit, idle kept-alive connections make room for new ones instead of
+/// the new ones being refused: past 15/16 of it, each new connection closes the connection
+/// parked last, so the agents that keep their connections stay the same ones.
+#[tokio::test]
+async fn parked_connections_make_room_near_the_limit_the_last_parked_first() {
+    let server = TestServer::with(Options {
+        max_connections: Some(16),
+        ..Options::default()
+    })
+    .await;
+    // Fifteen agents poll once each on their own connection, which stays open, parked.
+    let mut kept = Vec::new();
+    for i in 0..15 {
+        let uid = new_uid();
+        let mut stream = TcpStream::connect(server.opamp).await.unwrap();
+        let status = poll_on(&mut stream, &full_report(&uid, 1, &format!("kept-{i}"))).await;
+        assert!(status.starts_with("http/1.1 200"), "{status}");
+        kept.push((uid, stream));
+    }
+    // Ten more come and go: each is served, and each closes the connection parked last.
+    for i in 0..10 {
+        let mut stream = TcpStream::connect(server.opamp).await.unwrap();
+        let status = poll_on(
+            &mut stream,
+            &full_report(&new_uid(), 1, &format!("new-{i}")),
+        )
+        .await;
+        assert!(status.starts_with("http/1.1 200"), "{status}");
+        kept.push((new_uid(), stream));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.metric(&cut("opamp", "max_connections")).await, 0.0);
+    assert!(server.metric(&cut("opamp", "reclaimed")).await >= 10.0);
+    // The first agents still hold their connections; the latest were closed.
+    let (uid, first) = &mut kept[0];
+    let status = poll_on(first, &heartbeat(uid, 2)).await;
+    assert!(
+        status.starts_with("http/1.1 200"),
+        "the first parked is kept"
+    );
+    // Each newcomer closed the one before it; the last newcomer is still parked.
+    let at = kept.len() - 2;
+    assert!(
+        closed_after(&mut kept[at].1, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the connection parked last was closed"
+    );
+}

@@ -31,6 +31,38 @@ const FULL: &str = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 10\r\n\
 /// How long accepting pauses after an error that is not the client's (out of files).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Hands places back from parked connections when the listener's connections pass 15/16 of
+/// their limit (each new connection then closes one parked connection), so that a new connection is not refused while idle ones could make room. The one
+/// parked last goes first: its agent has just been answered and is the latest to come back,
+/// so its next request is the least likely to cross the close, and the agents that keep their
+/// connections stay the same ones.
+struct Reclaim {
+    open: Ceiling,
+    crowded_at: usize,
+    parked: tokio::sync::Notify,
+}
+
+impl Reclaim {
+    fn new(open: Ceiling, max: usize) -> Self {
+        Self {
+            open,
+            crowded_at: max - max / 16,
+            parked: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn crowded(&self) -> bool {
+        self.open.held() > self.crowded_at
+    }
+
+    /// A connection came in: if places are running out, one parked connection closes.
+    fn entered(&self) {
+        if self.crowded() {
+            self.parked.notify_last();
+        }
+    }
+}
+
 /// One listener's bounds.
 pub struct Bounds {
     /// Its name in metrics: `opamp` or `api`.
@@ -51,6 +83,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let open = Ceiling::new(bounds.max_connections);
+    let reclaim = Arc::new(Reclaim::new(open.clone(), bounds.max_connections));
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
@@ -75,6 +108,7 @@ pub async fn serve(
             let _ = stream.try_write(FULL.as_bytes());
             continue;
         };
+        reclaim.entered();
         // Replies are small and answer a request: never hold them back.
         let _ = stream.set_nodelay(true);
         let (handshake, refusal) = match &mut bounds.gate {
@@ -101,7 +135,7 @@ pub async fn serve(
             io,
             service,
             (name, metrics.clone()),
-            shutdown.clone(),
+            (reclaim.clone(), shutdown.clone()),
         ));
     }
     drop(listener);
@@ -173,7 +207,7 @@ async fn run(
     mut io: conn::Timed,
     mut service: Service,
     (name, metrics): (&'static str, Arc<Metrics>),
-    shutdown: CancellationToken,
+    (reclaim, shutdown): (Arc<Reclaim>, CancellationToken),
 ) {
     let conn = service.conn.clone();
     loop {
@@ -215,14 +249,28 @@ async fn run(
             Round::Parked => std::pin::Pin::into_inner(connection).into_parts(),
             Round::Over => None,
         };
-        let Some(parts) = parts else {
+        let Some(hyper::server::conn::http1::Parts {
+            io: kept, read_buf, ..
+        }) = parts
+        else {
             break;
         };
-        io = parts.io.into_inner();
-        io.unread(parts.read_buf);
-        let next = tokio::select! {
-            next = io.next_request() => next,
-            () = shutdown.cancelled() => false,
+        io = kept.into_inner();
+        // Copied: the bytes hyper hands back share its whole read buffer, which must go
+        // before the wait.
+        if !read_buf.is_empty() {
+            io.unread(bytes::Bytes::copy_from_slice(&read_buf));
+        }
+        drop(read_buf);
+        let next = loop {
+            tokio::select! {
+                next = io.next_request() => break next,
+                () = reclaim.parked.notified() => if reclaim.crowded() {
+                    metrics.cut(name, "reclaimed");
+                    break false;
+                },
+                () = shutdown.cancelled() => break false,
+            }
         };
         if !next {
             break;
@@ -264,4 +312,42 @@ fn is_connection_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every parked connection is a task waiting on this future: its size is paid per
+    /// connection kept alive.
+    #[tokio::test]
+    async fn a_parked_connection_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let conn = Conn::new(Ceiling::new(1).enter().unwrap(), None);
+        let timeouts = Timeouts {
+            headers: Duration::from_secs(1),
+            request: None,
+            stall: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(1),
+        };
+        let service = Service {
+            conn: conn.clone(),
+            router: Router::new(),
+            refusal: None,
+            close_after_reply: false,
+        };
+        let task = run(
+            hyper::server::conn::http1::Builder::new(),
+            conn::Timed::new(stream, conn, timeouts),
+            service,
+            ("test", Arc::new(Metrics::default())),
+            CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&task);
+        eprintln!("connection task: {size} B");
+        assert!(size <= 1536, "{size} B");
+    }
 }
