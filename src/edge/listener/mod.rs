@@ -344,7 +344,10 @@ mod tests {
             conn::Timed::new(stream, conn, timeouts),
             service,
             ("test", Arc::new(Metrics::default())),
-            CancellationToken::new(),
+            (
+                Arc::new(Reclaim::new(Ceiling::new(1), 1)),
+                CancellationToken::new(),
+            ),
         );
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} B");
