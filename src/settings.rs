@@ -76,7 +76,7 @@ pub struct Limits {
 pub const FILES_KEPT: usize = 512;
 /// The longest any timeout may be set to.
 const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
-pub const DEFAULT_MAX_NEW_CONNECTIONS_PER_SECOND: u32 = 2_000;
+pub const DEFAULT_MAX_NEW_CONNECTIONS_PER_SECOND: u32 = 5_000;
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1_000;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
@@ -149,7 +149,7 @@ pub struct Partial {
     pub max_connections: Option<usize>,
     /// New OpAMP connections admitted per second (bursts of up to one second's worth); the
     /// excess is told to retry after a random 1–30 s (HTTP 503 with Retry-After); 0: no limit
-    /// [default: 2000]
+    /// [default: 5000]
     #[arg(long, env = "CORRAL_MAX_NEW_CONNECTIONS_PER_SECOND")]
     pub max_new_connections_per_second: Option<u32>,
     /// Most OpAMP connections at once that have not yet had their first message answered;
@@ -410,7 +410,7 @@ mod tests {
         assert_eq!(s.admission, Admission::Auto);
         assert!(!s.refuse_ignored);
         assert_eq!(s.forget_disconnected_after, None);
-        assert_eq!(s.limits.new_connections_per_second, Some(2_000));
+        assert_eq!(s.limits.new_connections_per_second, Some(5_000));
         assert_eq!(s.limits.header_timeout, Duration::from_secs(10));
         assert_eq!(s.limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(s.limits.keep_alive_timeout, Duration::from_secs(60));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{ACCEPT_ENCODING, CONTENT_ENCODING, HOST};
+use hyper::header::{ACCEPT_ENCODING, CONNECTION, CONTENT_ENCODING, HOST};
 use hyper::{HeaderMap, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, timeout};
@@ -113,7 +113,14 @@ impl OwnConnection {
                 crate::http::error_chain(&e)
             })?
             .to_bytes();
-        if let Some((_, used)) = &mut self.held {
+        // A server that says it closes is taken at its word, as Go's client does.
+        let closing = parts
+            .headers
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        if closing {
+            self.held = None;
+        } else if let Some((_, used)) = &mut self.held {
             *used = Instant::now();
         }
         let gzipped = parts
