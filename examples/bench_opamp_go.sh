@@ -26,7 +26,8 @@
 # the CPU everything else on the machine used (should be near 0), the server's open file
 # descriptors and the agents' established connections (sampled each second); agents still
 # connected after the window. Prints one key=value per line; the server log, the load
-# program's progress (opamp-go-load.log) and its JSON summary (opamp-go-load.json) stay in $OUT.
+# program's progress (opamp-go-load.log), its JSON summary (opamp-go-load.json) and the server's
+# /metrics after the window (metrics-after-window.txt) stay in $OUT.
 set -euo pipefail
 
 AGENTS=${AGENTS:-3000}
@@ -91,7 +92,7 @@ while awk -v t="$(now)" -v e="$END" 'BEGIN { exit !(t + 1 <= e) }'; do
     FDS="$FDS $(open_fds "$SERVER")"
     CLIENT_CONNS="$CLIENT_CONNS $(client_connections)"
 done
-sleep "$(awk -v t="$(now)" -v e="$END" 'BEGIN { d = e - t; printf "%.3f", d > 0 ? d : 0 }')"
+sleep "$(awk -v t="$(now)" -v e="$END" 'BEGIN { d = e - t; printf "%.3f", (d > 0 ? d : 0) }')"
 M1=$(messages_in http); C1=$(cpu_ticks "$SERVER"); S1=$(cpu_ticks "$SIM"); A1=$(machine_ticks); W1=$(now)
 RSS_AFTER_WINDOW=$(rss_kb "$SERVER")
 STILL_CONNECTED=$(connected)
@@ -101,6 +102,7 @@ DECODE_ERRORS=$(metric_sum corral_decode_errors_total)
 STORE_ERRORS=$(metric_sum corral_store_errors_total)
 REJECTED=$(metric_sum corral_rejected_requests_total)
 CUT=$(metric_sum corral_connections_cut_total)
+curl -s "http://$API/metrics" > "$OUT/metrics-after-window.txt"
 
 stop_sim
 stop_server

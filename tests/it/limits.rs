@@ -598,3 +598,43 @@ async fn parked_connections_make_room_near_the_limit_the_last_parked_first() {
         "the connection parked last was closed"
     );
 }
+
+/// A reply sent before the request's body was read (here a 415) ends the connection once the
+/// body cannot be drained, as before connections were parked: the rest of that body, arriving
+/// later, is never read as a request of its own (which a proxy in front would not expect).
+#[tokio::test]
+async fn the_rest_of_an_unread_body_is_never_taken_for_a_request() {
+    let server = TestServer::start().await;
+    let inner = full_report(&new_uid(), 1, "smuggled").encode_to_vec();
+    let mut hidden = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Length: {}\r\n\r\n",
+        inner.len()
+    )
+    .into_bytes();
+    hidden.extend_from_slice(&inner);
+    let padding = vec![b'x'; 64];
+    let head = format!(
+        "POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        padding.len() + hidden.len()
+    );
+    let mut stream = TcpStream::connect(server.opamp).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&padding).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("a reply")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 415"));
+    // The rest of the body, which reads like a request of its own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stream.write_all(&hidden).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"),
+        "the body was answered as a request"
+    );
+    assert_eq!(server.fleet().await.total, 0, "no agent came from the body");
+}

@@ -75,13 +75,17 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    fn of(&self, step: Step) -> Option<Duration> {
+    /// The time allowed at `step`; `written_out`: the last reply is flushed.
+    fn of(&self, step: Step, written_out: bool) -> Option<Duration> {
         match step {
             Step::Headers => Some(self.headers),
             Step::Request => self.request,
-            // Put back whenever the client takes more of the reply.
+            // Put back whenever the client takes more of the reply; an idle connection's last
+            // bytes may still be going out.
             Step::Replying => Some(self.stall),
-            Step::Idle => Some(self.keep_alive),
+            Step::Idle if !written_out => Some(self.stall),
+            // With no keep-alive the reply said `Connection: close`: hyper closes after it.
+            Step::Idle => (!self.keep_alive.is_zero()).then_some(self.keep_alive),
             Step::Upgraded => None,
         }
     }
@@ -102,6 +106,10 @@ struct Shared {
     timed_out: AtomicU8,
     /// Everything written has been flushed: hyper holds nothing unwritten.
     written_out: AtomicBool,
+    /// The last request may be followed by another on this connection: HTTP/1.1 without
+    /// `Connection: close`, and its body read to the end (the rest of a body left unread must
+    /// never be taken for a request).
+    reusable: AtomicBool,
 }
 
 const NOT_TIMED_OUT: u8 = u8::MAX;
@@ -119,13 +127,41 @@ impl Conn {
             _open: open,
             timed_out: AtomicU8::new(NOT_TIMED_OUT),
             written_out: AtomicBool::new(true),
+            reusable: AtomicBool::new(false),
         }))
     }
 
     /// Between requests: the last reply is all written and flushed, so the connection may be
     /// parked (its HTTP state dropped, its socket kept).
     pub fn is_idle(&self) -> bool {
-        self.step() == Step::Idle && self.0.written_out.load(Ordering::Acquire)
+        self.step() == Step::Idle
+            && self.0.written_out.load(Ordering::Acquire)
+            && self.0.reusable.load(Ordering::Acquire)
+    }
+
+    /// A request's head is in: whether the connection may carry another after it, once its
+    /// body has been read to the end. Gives the body to read, which tells when it has been.
+    pub fn request<B>(
+        &self,
+        request: axum::http::Request<B>,
+    ) -> axum::http::Request<axum::body::Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let closes = request.version() != axum::http::Version::HTTP_11
+            || request
+                .headers()
+                .get_all(axum::http::header::CONNECTION)
+                .iter()
+                .any(|v| {
+                    v.to_str()
+                        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                });
+        let ended = request.body().is_end_stream();
+        self.0.reusable.store(!closes && ended, Ordering::Release);
+        let conn = (!closes && !ended).then(|| self.clone());
+        request.map(|body| axum::body::Body::new(ReadOut { body, conn }))
     }
 
     pub fn step(&self) -> Step {
@@ -238,7 +274,8 @@ impl Timed {
 
     fn start(&mut self, step: Step) {
         self.step = step;
-        match self.timeouts.of(step) {
+        let written_out = self.conn.0.written_out.load(Ordering::Acquire);
+        match self.timeouts.of(step, written_out) {
             Some(limit) => {
                 let at = Instant::now() + limit;
                 match &mut self.deadline {
@@ -280,8 +317,12 @@ impl Timed {
             self.conn.0.written_out.store(false, Ordering::Release);
         }
         match poll {
-            Poll::Ready(Ok(written)) if written > 0 && self.step == Step::Replying => {
-                self.start(Step::Replying);
+            // The reply moved on (its last bytes, perhaps, after the body's end): its time is
+            // put back.
+            Poll::Ready(Ok(written))
+                if written > 0 && matches!(self.step, Step::Replying | Step::Idle) =>
+            {
+                self.start(self.step);
                 let _ = self.overdue(cx);
                 Poll::Ready(Ok(written))
             }
@@ -371,8 +412,12 @@ impl AsyncWrite for Timed {
     /// hyper flushes its socket once its own buffer is all written: nothing is held back.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
-        if flushed.is_ready() {
-            self.conn.0.written_out.store(true, Ordering::Release);
+        if flushed.is_ready() && !self.conn.0.written_out.swap(true, Ordering::AcqRel) {
+            // The keep-alive wait starts when the last reply is all out.
+            if self.step == Step::Idle {
+                self.start(Step::Idle);
+                let _ = self.overdue(cx);
+            }
         }
         flushed
     }
@@ -428,11 +473,80 @@ impl<G: Unpin> http_body::Body for Guarded<G> {
     }
 }
 
+/// A request's body that tells its connection when it has been read to the end.
+struct ReadOut<B> {
+    body: B,
+    /// Told once the body ends; `None` when there is nothing to tell.
+    conn: Option<Conn>,
+}
+
+impl<B> http_body::Body for ReadOut<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let ended = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(conn) = this.conn.take() {
+            conn.0.reusable.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Tells its connection, when dropped, that the reply is all written.
 pub struct Replied(pub Conn);
 
 impl Drop for Replied {
     fn drop(&mut self) {
         self.0.replied();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: with no keep-alive, the idle deadline (zero) started when the reply's body
+    /// ended, before its last bytes were written, and cut some replies short.
+    #[test]
+    fn an_idle_connection_waits_for_its_keep_alive_only_once_its_reply_is_out() {
+        let s = Duration::from_secs;
+        let mut timeouts = Timeouts {
+            headers: s(10),
+            request: Some(s(30)),
+            stall: s(60),
+            keep_alive: s(5),
+        };
+        assert_eq!(timeouts.of(Step::Idle, false), Some(s(60)), "still writing");
+        assert_eq!(timeouts.of(Step::Idle, true), Some(s(5)));
+        timeouts.keep_alive = Duration::ZERO;
+        assert_eq!(timeouts.of(Step::Idle, false), Some(s(60)));
+        assert_eq!(
+            timeouts.of(Step::Idle, true),
+            None,
+            "Connection: close ends it"
+        );
+        assert_eq!(timeouts.of(Step::Replying, true), Some(s(60)));
+        assert_eq!(timeouts.of(Step::Upgraded, true), None);
     }
 }

@@ -160,7 +160,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         let Service {
             conn,
             router,
@@ -168,6 +168,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             close_after_reply,
         } = self.clone();
         conn.request_started();
+        let mut request = conn.request(request);
         request.extensions_mut().insert(conn.clone());
         Box::pin(async move {
             let mut response = match refusal {
