@@ -160,8 +160,11 @@ impl Conn {
                 });
         let ended = request.body().is_end_stream();
         self.0.reusable.store(!closes && ended, Ordering::Release);
-        let conn = (!closes && !ended).then(|| self.clone());
-        request.map(|body| axum::body::Body::new(ReadOut { body, conn }))
+        if closes || ended {
+            return request.map(axum::body::Body::new);
+        }
+        let read = ReadToEnd(self.clone());
+        request.map(|body| axum::body::Body::new(Guarded::new(body, read)))
     }
 
     pub fn step(&self) -> Step {
@@ -432,15 +435,21 @@ impl AsyncWrite for Timed {
     }
 }
 
-/// A reply's body that holds `guard` until its last frame is out (or the body is dropped):
-/// the connection's step, a place under a limit.
-pub struct Guarded<G> {
-    body: axum::body::Body,
+/// What a [`Guarded`] body does once it has been read to its end. Dropping the guard is all
+/// most guards do, and they do it also when the body is dropped before its end.
+pub trait AtEnd {
+    fn at_end(self);
+}
+
+/// A body that holds `guard` until its last frame has been taken, then gives it
+/// [`AtEnd::at_end`]; a body dropped before its end drops its guard.
+pub struct Guarded<G: AtEnd, B = axum::body::Body> {
+    body: B,
     guard: Option<G>,
 }
 
-impl<G> Guarded<G> {
-    pub fn new(body: axum::body::Body, guard: G) -> Self {
+impl<G: AtEnd, B> Guarded<G, B> {
+    pub fn new(body: B, guard: G) -> Self {
         Self {
             body,
             guard: Some(guard),
@@ -448,40 +457,9 @@ impl<G> Guarded<G> {
     }
 }
 
-impl<G: Unpin> http_body::Body for Guarded<G> {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
-            this.guard.take();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A request's body that tells its connection when it has been read to the end.
-struct ReadOut<B> {
-    body: B,
-    /// Told once the body ends; `None` when there is nothing to tell.
-    conn: Option<Conn>,
-}
-
-impl<B> http_body::Body for ReadOut<B>
+impl<G, B> http_body::Body for Guarded<G, B>
 where
+    G: AtEnd + Unpin,
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     type Data = bytes::Bytes;
@@ -498,8 +476,8 @@ where
             Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
             _ => false,
         };
-        if ended && let Some(conn) = this.conn.take() {
-            conn.0.reusable.store(true, Ordering::Release);
+        if ended && let Some(guard) = this.guard.take() {
+            guard.at_end();
         }
         frame
     }
@@ -510,6 +488,25 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A place under a limit (the package downloads), held by a reply's body while it is written.
+impl AtEnd for tokio::sync::OwnedSemaphorePermit {
+    fn at_end(self) {}
+}
+
+impl AtEnd for Replied {
+    fn at_end(self) {}
+}
+
+/// Tells its connection that the request's body was read to its end (and so that another
+/// request may follow on it); dropped before that, it tells nothing.
+struct ReadToEnd(Conn);
+
+impl AtEnd for ReadToEnd {
+    fn at_end(self) {
+        self.0.0.reusable.store(true, Ordering::Release);
     }
 }
 
