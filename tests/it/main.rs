@@ -9,6 +9,7 @@ mod common;
 mod http;
 mod identity;
 mod interop;
+mod keep_alive;
 mod lifecycle;
 mod limits;
 mod liveness;

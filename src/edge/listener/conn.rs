@@ -106,6 +106,9 @@ struct Shared {
     timed_out: AtomicU8,
     /// Everything written has been flushed: hyper holds nothing unwritten.
     written_out: AtomicBool,
+    /// The socket holds bytes read ahead (pipelined) that hyper has not taken yet: the
+    /// connection is not parked until they are taken, so they are never copied twice.
+    read_ahead: AtomicBool,
     /// The last request may be followed by another on this connection: HTTP/1.1 without
     /// `Connection: close`, and its body read to the end (the rest of a body left unread must
     /// never be taken for a request).
@@ -127,6 +130,7 @@ impl Conn {
             _open: open,
             timed_out: AtomicU8::new(NOT_TIMED_OUT),
             written_out: AtomicBool::new(true),
+            read_ahead: AtomicBool::new(false),
             reusable: AtomicBool::new(false),
         }))
     }
@@ -137,6 +141,7 @@ impl Conn {
         self.step() == Step::Idle
             && self.0.written_out.load(Ordering::Acquire)
             && self.0.reusable.load(Ordering::Acquire)
+            && !self.0.read_ahead.load(Ordering::Acquire)
     }
 
     /// A request's head is in: whether the connection may carry another after it, once its
@@ -247,9 +252,18 @@ impl Timed {
         timed
     }
 
-    /// Gives back bytes read from the socket that were not used, to be read again first.
-    pub fn unread(&mut self, bytes: bytes::Bytes) {
-        self.unread = bytes;
+    /// Gives back bytes read from the socket that were not used, to be read again first
+    /// (before any given back earlier and not read yet). They are copied: hyper's come in its
+    /// whole read buffer.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
+        all.extend_from_slice(bytes);
+        all.extend_from_slice(&self.unread);
+        self.unread = all.freeze();
+        self.conn.0.read_ahead.store(true, Ordering::Release);
     }
 
     /// Waits, between requests, until the next one starts (or the client closes): true; or
@@ -359,6 +373,9 @@ impl AsyncRead for Timed {
         } else {
             let n = this.unread.len().min(buf.remaining());
             buf.put_slice(&this.unread.split_to(n));
+            if this.unread.is_empty() {
+                this.conn.0.read_ahead.store(false, Ordering::Release);
+            }
             Poll::Ready(Ok(()))
         };
         match read {

@@ -46,7 +46,7 @@ impl Reclaim {
     fn new(open: Ceiling, max: usize) -> Self {
         Self {
             open,
-            crowded_at: max - max / 16,
+            crowded_at: max - max.div_ceil(16),
             parked: tokio::sync::Notify::new(),
         }
     }
@@ -104,6 +104,8 @@ pub async fn serve(
         };
         let Some(place) = open.enter() else {
             metrics.cut(name, "max_connections");
+            // Room for the next one, if a connection is parked.
+            reclaim.entered();
             // Best effort, without waiting: a client that reads learns when to come back.
             let _ = stream.try_write(FULL.as_bytes());
             continue;
@@ -259,9 +261,7 @@ async fn run(
         io = kept.into_inner();
         // Copied: the bytes hyper hands back share its whole read buffer, which must go
         // before the wait.
-        if !read_buf.is_empty() {
-            io.unread(bytes::Bytes::copy_from_slice(&read_buf));
-        }
+        io.unread(&read_buf);
         drop(read_buf);
         let next = loop {
             tokio::select! {
