@@ -42,10 +42,7 @@ async fn statuses(stream: &mut TcpStream, n: usize, wait: Duration) -> (Vec<u16>
     let mut closed = false;
     loop {
         // Parse what is buffered.
-        loop {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                break;
-            };
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             let status: u16 = head
                 .split_whitespace()
