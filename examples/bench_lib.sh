@@ -14,6 +14,12 @@
 #   cpu_ticks PID, machine_ticks, rss_kb PID, open_fds PID, connected, messages_in LABEL,
 #   metric_sum PREFIX, now, api METHOD PATH [JSON], json_field NAME (first "NAME": value on stdin),
 #   percentiles (reads one number per line, prints "median p99" in the same unit)
+#   print_costs LOAD            the costs of a run (ramp, RSS, CPU per message over the idle
+#                               window, the load's CPU, the rest of the machine's) as key=value
+#                               lines, from AGENTS, CONNECT_RATE, T0 T1 (ramp), RSS_BEFORE
+#                               RSS_CONNECTED RSS_SETTLED RSS_AFTER_WINDOW, CPU_START
+#                               CPU_CONNECTED, and over the window W0 W1, M0 M1 (messages in),
+#                               C0 C1 (server), S0 S1 (the load, named LOAD), A0 A1 (machine)
 #
 # A trap on EXIT stops the simulator and the server the script started.
 
@@ -172,4 +178,23 @@ wait_rollout() {
         sleep 0.1
     done
     printf '%s\n' "$body"
+}
+
+print_costs() {
+    awk -v load="$1" -v agents="$AGENTS" -v tck="$TCK" -v t0="$T0" -v t1="$T1" -v w0="$W0" -v w1="$W1" \
+        -v rb="$RSS_BEFORE" -v rc="$RSS_CONNECTED" -v rs="$RSS_SETTLED" -v rw="$RSS_AFTER_WINDOW" \
+        -v cs="$CPU_START" -v cc="$CPU_CONNECTED" -v c0="$C0" -v c1="$C1" -v s0="$S0" -v s1="$S1" \
+        -v a0="$A0" -v a1="$A1" -v m0="$M0" -v m1="$M1" 'BEGIN {
+        hbs = m1 - m0; win = w1 - w0
+        printf "time_to_all_connected_s=%.2f\n", t1 - t0
+        printf "server_cpu_during_ramp_s=%.2f\n", (cc - cs) / tck
+        printf "server_cpu_per_connect_us=%.0f\n", (cc - cs) / tck * 1e6 / agents
+        printf "rss_before_kb=%d\nrss_all_connected_kb=%d\nrss_settled_kb=%d\nrss_after_window_kb=%d\n", rb, rc, rs, rw
+        printf "rss_per_agent_bytes=%.0f\n", (rs - rb) * 1024 / agents
+        printf "window_s=%.1f\nheartbeats_in_window=%d\nheartbeats_per_s=%.1f\n", win, hbs, hbs / win
+        printf "server_cpu_in_window_s=%.2f\nserver_cpu_share_of_one_core=%.1f%%\n", (c1 - c0) / tck, (c1 - c0) / tck / win * 100
+        printf "server_cpu_per_heartbeat_us=%.1f\n", (c1 - c0) / tck * 1e6 / hbs
+        printf "%s_cpu_in_window_s=%.2f\n%s_cpu_per_heartbeat_us=%.1f\n", load, (s1 - s0) / tck, load, (s1 - s0) / tck * 1e6 / hbs
+        printf "other_cpu_in_window_s=%.2f\n", ((a1 - a0) - (c1 - c0) - (s1 - s0)) / tck
+    }'
 }

@@ -112,31 +112,17 @@ stats() { tr ' ' '\n' | awk 'NF { n++; s += $1; if (n == 1 || $1 < lo) lo = $1; 
 read -r FD_MIN FD_MAX FD_MEAN <<< "$(stats <<< "$FDS")"
 read -r CC_MIN CC_MAX CC_MEAN <<< "$(stats <<< "$CLIENT_CONNS")"
 
-awk -v agents="$AGENTS" -v poll="$POLL" -v rate="$CONNECT_RATE" -v tck="$TCK" \
-    -v server_args="${SERVER_ARGS:-}" -v t0="$T0" -v t1="$T1" -v w0="$W0" -v w1="$W1" \
-    -v rb="$RSS_BEFORE" -v rc="$RSS_CONNECTED" -v rs="$RSS_SETTLED" -v rw="$RSS_AFTER_WINDOW" \
-    -v cs="$CPU_START" -v cc="$CPU_CONNECTED" -v c0="$C0" -v c1="$C1" -v s0="$S0" -v s1="$S1" -v a0="$A0" -v a1="$A1" \
-    -v m0="$M0" -v m1="$M1" -v still="$STILL_CONNECTED" -v hc="$HTTP_CONNECTIONS" \
-    -v fdmin="$FD_MIN" -v fdmax="$FD_MAX" -v fdmean="$FD_MEAN" \
-    -v ccmin="$CC_MIN" -v ccmax="$CC_MAX" -v ccmean="$CC_MEAN" \
-    -v ov="$OVERFLOWS" -v de="$DECODE_ERRORS" -v se="$STORE_ERRORS" -v rj="$REJECTED" -v cut="$CUT" 'BEGIN {
-    hbs = m1 - m0; win = w1 - w0
-    printf "transport=http\nclient=opamp-go\nserver_args=%s\n", server_args
-    printf "agents=%d\npoll_interval_s=%d\nconnect_rate_per_s=%d\n", agents, poll, rate
-    printf "time_to_all_connected_s=%.2f\n", t1 - t0
-    printf "server_cpu_during_ramp_s=%.2f\n", (cc - cs) / tck
-    printf "server_cpu_per_connect_us=%.0f\n", (cc - cs) / tck * 1e6 / agents
-    printf "rss_before_kb=%d\nrss_all_connected_kb=%d\nrss_settled_kb=%d\nrss_after_window_kb=%d\n", rb, rc, rs, rw
-    printf "rss_per_agent_bytes=%.0f\n", (rs - rb) * 1024 / agents
-    printf "window_s=%.1f\nheartbeats_in_window=%d\nheartbeats_per_s=%.1f\n", win, hbs, hbs / win
-    printf "server_cpu_in_window_s=%.2f\nserver_cpu_share_of_one_core=%.1f%%\n", (c1 - c0) / tck, (c1 - c0) / tck / win * 100
-    printf "server_cpu_per_heartbeat_us=%.1f\n", (c1 - c0) / tck * 1e6 / hbs
-    printf "client_cpu_in_window_s=%.2f\nclient_cpu_per_poll_us=%.1f\n", (s1 - s0) / tck, (s1 - s0) / tck * 1e6 / hbs
-    printf "other_cpu_in_window_s=%.2f\n", ((a1 - a0) - (c1 - c0) - (s1 - s0)) / tck
-    printf "server_open_fds_min=%d\nserver_open_fds_max=%d\nserver_open_fds_mean=%d\n", fdmin, fdmax, fdmean
-    printf "client_connections_min=%d\nclient_connections_max=%d\nclient_connections_mean=%d\n", ccmin, ccmax, ccmean
-    printf "server_http_connections_after_window=%d\n", hc
-    printf "connected_after_window=%d\nqueue_overflows=%d\ndecode_errors=%d\nstore_errors=%d\n", still, ov, de, se
-    printf "rejected_requests=%d\nconnections_cut=%d\n", rj, cut
-}' | tee "$OUT/results.txt"
+{
+    printf "transport=http\nclient=opamp-go\nserver_args=%s\n" "${SERVER_ARGS:-}"
+    printf "agents=%d\npoll_interval_s=%d\nconnect_rate_per_s=%d\n" "$AGENTS" "$POLL" "$CONNECT_RATE"
+    print_costs client
+    printf "server_open_fds_min=%d\nserver_open_fds_max=%d\nserver_open_fds_mean=%d\n" \
+        "$FD_MIN" "$FD_MAX" "$FD_MEAN"
+    printf "client_connections_min=%d\nclient_connections_max=%d\nclient_connections_mean=%d\n" \
+        "$CC_MIN" "$CC_MAX" "$CC_MEAN"
+    printf "server_http_connections_after_window=%d\n" "$HTTP_CONNECTIONS"
+    printf "connected_after_window=%d\nqueue_overflows=%d\ndecode_errors=%d\nstore_errors=%d\n" \
+        "$STILL_CONNECTED" "$OVERFLOWS" "$DECODE_ERRORS" "$STORE_ERRORS"
+    printf "rejected_requests=%d\nconnections_cut=%d\n" "$REJECTED" "$CUT"
+} | tee "$OUT/results.txt"
 echo "opamp-go-load summary: $(cat "$OUT/opamp-go-load.json")" | tee -a "$OUT/results.txt"

@@ -73,25 +73,11 @@ STORE_ERRORS=$(metric_sum corral_store_errors_total)
 stop_sim
 stop_server
 
-awk -v label="$LABEL" -v agents="$AGENTS" -v hb="$HEARTBEAT" -v rate="$CONNECT_RATE" -v tck="$TCK" \
-    -v t0="$T0" -v t1="$T1" -v w0="$W0" -v w1="$W1" \
-    -v rb="$RSS_BEFORE" -v rc="$RSS_CONNECTED" -v rs="$RSS_SETTLED" -v rw="$RSS_AFTER_WINDOW" \
-    -v cs="$CPU_START" -v cc="$CPU_CONNECTED" -v c0="$C0" -v c1="$C1" -v s0="$S0" -v s1="$S1" -v a0="$A0" -v a1="$A1" \
-    -v m0="$M0" -v m1="$M1" -v still="$STILL_CONNECTED" \
-    -v ov="$OVERFLOWS" -v de="$DECODE_ERRORS" -v se="$STORE_ERRORS" 'BEGIN {
-    hbs = m1 - m0; win = w1 - w0
-    printf "transport=%s\n", label
-    printf "agents=%d\nserver_heartbeat_interval_s=%d\nconnect_rate_per_s=%d\n", agents, hb, rate
-    printf "time_to_all_connected_s=%.2f\n", t1 - t0
-    printf "server_cpu_during_ramp_s=%.2f\n", (cc - cs) / tck
-    printf "server_cpu_per_connect_us=%.0f\n", (cc - cs) / tck * 1e6 / agents
-    printf "rss_before_kb=%d\nrss_all_connected_kb=%d\nrss_settled_kb=%d\nrss_after_window_kb=%d\n", rb, rc, rs, rw
-    printf "rss_per_agent_bytes=%.0f\n", (rs - rb) * 1024 / agents
-    printf "window_s=%.1f\nheartbeats_in_window=%d\nheartbeats_per_s=%.1f\n", win, hbs, hbs / win
-    printf "server_cpu_in_window_s=%.2f\nserver_cpu_share_of_one_core=%.1f%%\n", (c1 - c0) / tck, (c1 - c0) / tck / win * 100
-    printf "server_cpu_per_heartbeat_us=%.1f\n", (c1 - c0) / tck * 1e6 / hbs
-    printf "simulator_cpu_in_window_s=%.2f\nsimulator_cpu_per_heartbeat_us=%.1f\n", (s1 - s0) / tck, (s1 - s0) / tck * 1e6 / hbs
-    printf "other_cpu_in_window_s=%.2f\n", ((a1 - a0) - (c1 - c0) - (s1 - s0)) / tck
-    printf "connected_after_window=%d\nqueue_overflows=%d\ndecode_errors=%d\nstore_errors=%d\n", still, ov, de, se
-}' | tee "$OUT/results.txt"
+{
+    printf "transport=%s\nagents=%d\nserver_heartbeat_interval_s=%d\nconnect_rate_per_s=%d\n" \
+        "$LABEL" "$AGENTS" "$HEARTBEAT" "$CONNECT_RATE"
+    print_costs simulator
+    printf "connected_after_window=%d\nqueue_overflows=%d\ndecode_errors=%d\nstore_errors=%d\n" \
+        "$STILL_CONNECTED" "$OVERFLOWS" "$DECODE_ERRORS" "$STORE_ERRORS"
+} | tee "$OUT/results.txt"
 echo "simulator summary: $(cat "$OUT/simulate.json")" | tee -a "$OUT/results.txt"
