@@ -176,6 +176,11 @@ impl Conn {
         Step::from_u8(self.0.step.load(Ordering::Acquire))
     }
 
+    /// How many times the service has moved the step: a new request moves it.
+    pub fn moves(&self) -> u32 {
+        self.0.moves.load(Ordering::Acquire)
+    }
+
     fn move_to(&self, step: Step) {
         self.0.step.store(step as u8, Ordering::Release);
         self.0.moves.fetch_add(1, Ordering::AcqRel);

@@ -220,20 +220,23 @@ async fn run(
         );
         // Only the first request can be refused.
         service.refusal = None;
-        let mut parking = false;
+        // When parking was asked: the service's moves then.
+        let mut parking: Option<u32> = None;
         let round = std::future::poll_fn(|cx| {
             loop {
                 match connection.as_mut().poll(cx) {
-                    // Its errors are the client's (gone, or breaking HTTP); hyper answers what
-                    // it can.
-                    std::task::Poll::Ready(_) if parking => {
+                    // Parked only if hyper closed the idle connection as asked. Not if a
+                    // request slipped in meanwhile (hyper answered it with `Connection:
+                    // close`), nor after an error, which is the client's (gone, or breaking
+                    // HTTP; hyper answers what it can).
+                    std::task::Poll::Ready(Ok(())) if parking == Some(conn.moves()) => {
                         return std::task::Poll::Ready(Round::Parked);
                     }
                     std::task::Poll::Ready(_) => return std::task::Poll::Ready(Round::Over),
                     // Idle between requests: hyper closes its side at once and gives the
                     // socket back.
-                    std::task::Poll::Pending if !parking && conn.is_idle() => {
-                        parking = true;
+                    std::task::Poll::Pending if parking.is_none() && conn.is_idle() => {
+                        parking = Some(conn.moves());
                         connection.as_mut().graceful_shutdown();
                     }
                     std::task::Poll::Pending => return std::task::Poll::Pending,
