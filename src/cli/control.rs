@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,24 +9,38 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{ServerArg, get_json};
 use crate::edge::api::dto::{
-    ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto, ConfigurationsDto, FileDto,
-    PackageRefDto, RolloutDto, RolloutStartDto, RolloutsDto,
+    ConfigDiffDto, ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto,
+    ConfigurationsDto, FileDto, PackageRefDto, RolloutDto, RolloutStartDto, RolloutsDto,
+    VersionDto, VersionsDto,
 };
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Store a new version of a configuration (nothing changes if the content is the same).
+    /// Create or change a configuration: its files (a new version), selector or priority.
+    ///
+    /// What you leave out stays as it is. It shows what would change (the diff, the selector,
+    /// the priority) and which agents would move to another configuration, and asks before
+    /// moving any.
     Apply {
         name: String,
-        /// Collector config files; repeat for several. The file name is the key.
-        #[arg(short = 'f', long = "file", required = true)]
+        /// Collector config files; repeat for several. The file name is the key. Left out,
+        /// the latest version's files stay.
+        #[arg(short = 'f', long = "file")]
         files: Vec<PathBuf>,
-        /// Which agents it is for, e.g. 'env=prod,region in (eu,us),!canary'
-        #[arg(long, default_value = "")]
-        selector: String,
-        /// Wins over lower priorities when several configurations match an agent
-        #[arg(long, default_value_t = 0)]
-        priority: i32,
+        /// Which agents it is for, e.g. 'env=prod,region in (eu,us),!canary' ('' for all).
+        /// Left out, it stays as it is.
+        #[arg(long)]
+        selector: Option<String>,
+        /// Wins over lower priorities when several configurations match an agent. Left out,
+        /// it stays as it is.
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i32>,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply without asking, even when agents would move.
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -34,12 +49,53 @@ pub enum ConfigCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// One configuration with its versions and agents.
+    /// One configuration: selector, priority, versions, rollout and agents.
+    #[command(alias = "describe")]
     Show {
+        name: String,
+        /// Show this version's files instead.
+        #[arg(long)]
+        version: Option<u32>,
+        /// `json` prints the API's object.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// A configuration's versions.
+    Versions {
         name: String,
         #[command(flatten)]
         server: ServerArg,
     },
+    /// What changed between two versions, as a unified diff.
+    Diff {
+        name: String,
+        /// The older version
+        from: u32,
+        /// The newer version
+        to: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a configuration with its versions and rollouts.
+    ///
+    /// Refused while agents are assigned to it or a rollout of it is unfinished, unless
+    /// --force.
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+/// How a command prints what it shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,39 +175,41 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             files,
             selector,
             priority,
+            dry_run,
+            yes,
             server,
         } => {
-            let mut body = ConfigurationPutDto {
+            let body = ConfigurationPutDto {
                 selector,
                 priority,
-                files: Default::default(),
+                files: read_files(&files)?,
             };
-            for path in &files {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let key = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                body.files.insert(
-                    key,
-                    FileDto {
-                        body: text,
-                        content_type: content_type(path).to_string(),
-                    },
-                );
-            }
             let url = server.url(&format!("/api/v1/configurations/{name}"));
-            let result: ConfigurationPutResultDto = get_json(client.put(url).json(&body)).await?;
-            let what = if result.created {
-                "created"
-            } else {
-                "unchanged at"
-            };
-            println!(
-                "{} {what} version {} ({})",
-                result.name, result.version, result.hash
-            );
+            let preview: ConfigurationPutResultDto =
+                get_json(client.put(format!("{url}?dry_run=true")).json(&body)).await?;
+            if preview.changed.is_empty() {
+                println!(
+                    "{} unchanged at version {} ({})",
+                    preview.name, preview.version, preview.hash
+                );
+                return Ok(());
+            }
+            print_change(&preview);
+            if dry_run {
+                println!("dry run: nothing stored");
+                return Ok(());
+            }
+            if preview.reassigned_count > 0
+                && !yes
+                && !super::packages::confirm(&format!(
+                    "{} agents move to another configuration. Apply?",
+                    preview.reassigned_count
+                ))?
+            {
+                anyhow::bail!("nothing changed");
+            }
+            let done: ConfigurationPutResultDto = get_json(client.put(url).json(&body)).await?;
+            println!("{}", applied(&done));
         }
         ConfigCommand::List { server } => {
             let list: ConfigurationsDto =
@@ -174,13 +232,217 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             }
             println!("{table}");
         }
-        ConfigCommand::Show { name, server } => {
+        ConfigCommand::Show {
+            name,
+            version: Some(n),
+            output,
+            server,
+        } => {
+            let url = server.url(&format!("/api/v1/configurations/{name}/versions/{n}"));
+            let v: VersionDto = get_json(client.get(url)).await?;
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{} v{} ({}), created {}", v.name, v.version, v.hash, v.created_at);
+            println!("components: {}", v.components.join(", "));
+            for (file, f) in v.files.unwrap_or_default() {
+                println!("--- {file} ({})", f.content_type);
+                print!("{}", f.body);
+                if !f.body.ends_with('\n') {
+                    println!();
+                }
+            }
+        }
+        ConfigCommand::Show {
+            name,
+            version: None,
+            output,
+            server,
+        } => {
             let c: ConfigurationDto =
                 get_json(client.get(server.url(&format!("/api/v1/configurations/{name}")))).await?;
-            println!("{}", serde_json::to_string_pretty(&c)?);
+            if output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+                return Ok(());
+            }
+            print_configuration(&c);
+        }
+        ConfigCommand::Versions { name, server } => {
+            let url = server.url(&format!("/api/v1/configurations/{name}/versions"));
+            let list: VersionsDto = get_json(client.get(url)).await?;
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_header(["VERSION", "CREATED", "HASH", "COMPONENTS"]);
+            for v in list.versions {
+                table.add_row([
+                    v.version.to_string(),
+                    v.created_at,
+                    v.hash.chars().take(12).collect(),
+                    v.components.len().to_string(),
+                ]);
+            }
+            println!("{table}");
+        }
+        ConfigCommand::Diff {
+            name,
+            from,
+            to,
+            server,
+        } => {
+            let url = server.url(&format!(
+                "/api/v1/configurations/{name}/diff?from={from}&to={to}"
+            ));
+            let d: ConfigDiffDto = get_json(client.get(url)).await?;
+            if d.diff.is_empty() {
+                println!("{name} v{from} and v{to} have the same files");
+            } else {
+                print!("{}", d.diff);
+            }
+        }
+        ConfigCommand::Delete {
+            name,
+            force,
+            server,
+        } => {
+            let mut url = server.url(&format!("/api/v1/configurations/{name}"));
+            if force {
+                url.push_str("?force=true");
+            }
+            super::lifecycle::send(client.delete(url)).await?;
+            println!("configuration {name} deleted");
         }
     }
     Ok(())
+}
+
+/// The files given with -f, keyed by file name; none given: `None` (the latest stay).
+fn read_files(paths: &[PathBuf]) -> anyhow::Result<Option<BTreeMap<String, FileDto>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut files = BTreeMap::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let key = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = FileDto {
+            body: text,
+            content_type: content_type(path).to_string(),
+        };
+        if files.insert(key.clone(), file).is_some() {
+            anyhow::bail!("two files named {key}: each -f file name is a key");
+        }
+    }
+    Ok(Some(files))
+}
+
+/// What a change would do: the diff, selector, priority and the agents it moves.
+fn print_change(c: &ConfigurationPutResultDto) {
+    match c.previous_version {
+        None if c.previous_selector.is_none() => {
+            println!("{}: new configuration, version {}", c.name, c.version)
+        }
+        _ => println!("{}: changes {}", c.name, c.changed.join(", ")),
+    }
+    if c.previous_selector.as_ref() != Some(&c.selector) {
+        println!(
+            "  selector: {} -> {}",
+            shown(c.previous_selector.as_deref()),
+            shown(Some(&c.selector))
+        );
+    }
+    if c.previous_priority != Some(c.priority) {
+        match c.previous_priority {
+            Some(p) => println!("  priority: {p} -> {}", c.priority),
+            None => println!("  priority: {}", c.priority),
+        }
+    }
+    if !c.diff.is_empty() {
+        print!("{}", c.diff);
+    }
+    if c.reassigned_count == 0 {
+        println!("no agent moves to another configuration");
+        return;
+    }
+    println!(
+        "{} agents move to another configuration:",
+        c.reassigned_count
+    );
+    for m in &c.reassigned {
+        println!(
+            "  {} from {} to {}: {}{}",
+            m.count,
+            m.from.as_deref().unwrap_or("(none)"),
+            m.to.as_deref().unwrap_or("(none)"),
+            m.sample.join(", "),
+            if m.count > m.sample.len() { ", ..." } else { "" }
+        );
+    }
+    println!(
+        "agents that run another configuration wait (pending) until a rollout of their new one reaches them"
+    );
+}
+
+/// A selector as an admin reads it: the empty one matches every agent.
+fn shown(selector: Option<&str>) -> String {
+    match selector {
+        None => "(none)".into(),
+        Some("") => "'' (every agent)".into(),
+        Some(s) => format!("'{s}'"),
+    }
+}
+
+/// One line on what an applied change did.
+fn applied(c: &ConfigurationPutResultDto) -> String {
+    let content = if c.created {
+        format!("version {} created", c.version)
+    } else {
+        format!("version {} kept", c.version)
+    };
+    let others: Vec<&str> = c
+        .changed
+        .iter()
+        .map(String::as_str)
+        .filter(|&w| w != "content")
+        .collect();
+    if others.is_empty() {
+        format!("{}: {content} ({})", c.name, c.hash)
+    } else {
+        format!("{}: {content}, {} changed ({})", c.name, others.join(" and "), c.hash)
+    }
+}
+
+fn print_configuration(c: &ConfigurationDto) {
+    println!("name:      {}", c.name);
+    println!("selector:  {}", shown(Some(&c.selector)));
+    println!("priority:  {}", c.priority);
+    println!(
+        "latest:    {}",
+        c.latest_version
+            .map(|v| format!("v{v}"))
+            .unwrap_or_else(|| "none".into())
+    );
+    match &c.rollout {
+        Some(r) => println!("rollout:   {} v{} {}", r.id, r.version, r.state),
+        None => println!("rollout:   none yet (agents are left alone until one starts)"),
+    }
+    println!("agents:    {}", c.agent_count);
+    for uid in c.agents.iter().flatten().take(20) {
+        println!("  {uid}");
+    }
+    if c.agent_count > 20 {
+        println!("  ... ({} more)", c.agent_count - 20);
+    }
+    let versions = c.versions.as_deref().unwrap_or_default();
+    println!("versions:  {}", versions.len());
+    for v in versions.iter().rev().take(10) {
+        println!("  v{}  {}  {}", v.version, v.created_at, &v.hash[..v.hash.len().min(12)]);
+    }
 }
 
 pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {

@@ -94,7 +94,7 @@ fn pairs(given: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String
 }
 
 /// Sends a request whose success has no body (204).
-async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+pub(super) async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
     let response = req.send().await.context("cannot reach the Corral API")?;
     let status = response.status();
     if !status.is_success() {

@@ -32,11 +32,34 @@ pub enum PackageCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Delete a package version (every platform's build) and its bytes.
+    ///
+    /// Refused while a rollout delivers or offers it, or an agent reports running it.
+    Delete {
+        #[arg(long)]
+        version: String,
+        /// Package name; the collector itself is the top-level package ''
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     match cmd {
+        PackageCommand::Delete {
+            version,
+            name,
+            server,
+        } => {
+            let request = client
+                .delete(server.url("/api/v1/packages"))
+                .query(&[("name", &name), ("version", &version)]);
+            super::lifecycle::send(request).await?;
+            println!("package {name:?} {version} deleted");
+        }
         PackageCommand::Upload {
             file,
             version,

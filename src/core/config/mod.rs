@@ -2,6 +2,7 @@
 //! selectors; and component compatibility between a version and an agent. Pure: no IO.
 
 mod components;
+mod diff;
 mod selector;
 
 use std::sync::Arc;
@@ -9,9 +10,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use components::{ComponentSet, ComponentsError, KINDS, required_components};
+pub use diff::diff_files;
 pub use selector::{Selector, SelectorError};
 
-use crate::core::domain::{AgentRecord, ConfigMap, ContentHash};
+use crate::core::domain::{AgentRecord, ConfigMap, ContentHash, InstanceUid};
 
 /// The admin label that pins an agent to a configuration by name.
 pub const PIN_LABEL: &str = "configuration";
@@ -110,6 +112,30 @@ pub fn assign<'a>(
         })
 }
 
+/// Agents a change of configurations would move, keyed by (from, to) configuration name
+/// (`None`: no configuration), each list in the agents' order. Agents that stay are left out.
+pub type Moves = std::collections::BTreeMap<(Option<String>, Option<String>), Vec<InstanceUid>>;
+
+/// Which agents move from one configuration to another when `before` becomes `after`.
+pub fn reassigned<'a>(
+    before: &[Arc<Configuration>],
+    after: &[Arc<Configuration>],
+    agents: impl IntoIterator<Item = &'a AgentRecord>,
+) -> Moves {
+    let mut moves = Moves::new();
+    for agent in agents {
+        let from = assign(before, agent).map(|c| &c.name);
+        let to = assign(after, agent).map(|c| &c.name);
+        if from != to {
+            moves
+                .entry((from.cloned(), to.cloned()))
+                .or_default()
+                .push(agent.uid);
+        }
+    }
+    moves
+}
+
 /// Whether an agent can run `version`: `Err` names what it lacks. An agent that has not
 /// reported its components is taken as compatible.
 pub fn check_compatible(
@@ -134,7 +160,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::core::domain::{ConfigFile, InstanceUid};
+    use crate::core::domain::ConfigFile;
 
     fn config(name: &str, selector: &str, priority: i32) -> Arc<Configuration> {
         Arc::new(Configuration {
@@ -175,6 +201,26 @@ mod tests {
         assert_eq!(assign(&configs, &pinned).unwrap().name, "base");
         let pinned_nowhere = agent(&[(PIN_LABEL, "gone")]);
         assert!(assign(&configs, &pinned_nowhere).is_none());
+    }
+
+    #[test]
+    fn a_change_moves_only_the_agents_whose_assignment_changes() {
+        let before = vec![config("prod", "env=prod", 0), config("staging", "env=staging", 0)];
+        let mut widened = before.clone();
+        widened[0] = config("prod", "", 10);
+        let prod = agent(&[("env", "prod")]);
+        let staging = agent(&[("env", "staging")]);
+        let pinned = agent(&[("env", "staging"), (PIN_LABEL, "staging")]);
+        let none = agent(&[]);
+        let moves = reassigned(&before, &widened, [&prod, &staging, &pinned, &none]);
+        assert_eq!(
+            moves,
+            Moves::from([
+                ((Some("staging".into()), Some("prod".into())), vec![staging.uid]),
+                ((None, Some("prod".into())), vec![none.uid]),
+            ])
+        );
+        assert!(reassigned(&before, &before, [&prod, &staging]).is_empty());
     }
 
     #[test]

@@ -6,13 +6,21 @@
 //!
 //! 1. A configuration whose files hash like its latest version gets no new version; its
 //!    selector and priority are updated either way. A new version is numbered one past the
-//!    last.
+//!    last. A selector, priority or files left out keep what is stored (a new configuration
+//!    needs files; its selector is then the empty one and its priority 0). A configuration
+//!    whose files are all blank is refused.
 //! 2. A new rollout replaces the unfinished rollouts of the same target (the same
 //!    configuration, or the same package name); finished ones stay as they are. A
 //!    configuration rollout's previous version is the last one rolled out in full.
 //! 3. Pause, resume and cancel are the planner's ([`super::planner`]); one the state does not
 //!    allow is refused as a conflict.
 //! 4. Only a stored change is committed: until then readers and ticks see the state before it.
+//! 5. A configuration is deleted with its rollouts; refused (conflict) while agents are
+//!    assigned to it or one of its rollouts is unfinished, unless forced. A package version
+//!    (every platform's build) is refused while an unfinished rollout delivers it, the newest
+//!    upgrade of that package offers it, or an agent reports running it.
+//! 6. Resuming a rollout stopped by errors sends the next wave to one agent (a canary) before
+//!    growing again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -72,13 +80,14 @@ pub struct Plan {
     pub seen: Option<HashSet<InstanceUid>>,
 }
 
-/// A configuration as an admin puts it: a new version when the files changed.
+/// A configuration as an admin puts it: a new version when the files changed. What is left
+/// out (`None`) keeps what is stored.
 #[derive(Clone, Debug)]
 pub struct ConfigurationSpec {
     pub name: String,
-    pub selector: Selector,
-    pub priority: i32,
-    pub files: ConfigMap,
+    pub selector: Option<Selector>,
+    pub priority: Option<i32>,
+    pub files: Option<ConfigMap>,
 }
 
 #[derive(Clone, Debug)]
@@ -165,11 +174,38 @@ impl ControlView {
 /// files changed.
 #[derive(Clone, Debug)]
 pub struct ConfigChange {
+    /// The configuration as stored before (`None`: it is new).
+    pub before: Option<Arc<Configuration>>,
     pub config: Configuration,
     /// The version the request stands for: the new one, or the unchanged latest.
     pub version: Arc<ConfigVersion>,
     /// To store with the configuration; `None` when the content was unchanged.
     pub new_version: Option<Arc<ConfigVersion>>,
+}
+
+impl ConfigChange {
+    /// What the change changes, of `content`, `selector` and `priority` (all three for a new
+    /// configuration); empty when nothing.
+    pub fn changed(&self) -> Vec<&'static str> {
+        let Some(before) = &self.before else {
+            return vec!["content", "selector", "priority"];
+        };
+        let mut changed = Vec::new();
+        if self.new_version.is_some() {
+            changed.push("content");
+        }
+        if before.selector != self.config.selector {
+            changed.push("selector");
+        }
+        if before.priority != self.config.priority {
+            changed.push("priority");
+        }
+        changed
+    }
+
+    pub fn is_unchanged(&self) -> bool {
+        self.changed().is_empty()
+    }
 }
 
 /// What `start_rollout` decided: rollouts it replaces (store them first) and the new one.
@@ -328,45 +364,71 @@ impl Control {
         now: DateTime<Utc>,
     ) -> Result<ConfigChange, Refusal> {
         validate_name(&spec.name).map_err(Refusal::BadRequest)?;
-        if spec.files.files.is_empty() {
+        let before = self.configs.iter().find(|c| c.name == spec.name).cloned();
+        let latest = before.as_ref().and_then(|c| c.latest()).cloned();
+        let files = match (spec.files, &latest) {
+            (Some(files), _) => files,
+            (None, Some(latest)) => latest.files.clone(),
+            (None, None) => {
+                return Err(Refusal::BadRequest(format!(
+                    "configuration {} does not exist yet: give its files",
+                    spec.name
+                )));
+            }
+        };
+        if files.files.is_empty() {
             return Err(Refusal::BadRequest(
                 "a configuration needs at least one file".into(),
             ));
         }
-        let mut config = match self.configs.iter().find(|c| c.name == spec.name) {
+        if files.files.values().all(|f| f.body.trim_ascii().is_empty()) {
+            return Err(Refusal::BadRequest(
+                "the configuration is empty: every file is blank".into(),
+            ));
+        }
+        let mut config = match &before {
             Some(existing) => (**existing).clone(),
             None => Configuration {
                 name: spec.name.clone(),
-                selector: spec.selector.clone(),
-                priority: spec.priority,
+                selector: Selector::default(),
+                priority: 0,
                 versions: Vec::new(),
                 created_at: now,
                 updated_at: now,
             },
         };
-        config.selector = spec.selector;
-        config.priority = spec.priority;
-        config.updated_at = now;
-        let unchanged = config
-            .latest()
-            .filter(|latest| latest.hash == spec.files.hash())
-            .cloned();
+        if let Some(selector) = spec.selector {
+            config.selector = selector;
+        }
+        if let Some(priority) = spec.priority {
+            config.priority = priority;
+        }
+        let unchanged = latest.filter(|latest| latest.hash == files.hash());
         if let Some(latest) = unchanged {
+            let same = before.as_ref().is_some_and(|b| {
+                b.selector == config.selector && b.priority == config.priority
+            });
+            if !same {
+                config.updated_at = now;
+            }
             return Ok(ConfigChange {
+                before,
                 config,
                 version: latest,
                 new_version: None,
             });
         }
+        config.updated_at = now;
         let n = u32::try_from(config.versions.len())
             .ok()
             .and_then(|n| n.checked_add(1))
             .ok_or_else(|| Refusal::Conflict(format!("{} has too many versions", config.name)))?;
-        let version = ConfigVersion::new(n, spec.files, now)
+        let version = ConfigVersion::new(n, files, now)
             .map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let version = Arc::new(version);
         config.versions.push(version.clone());
         Ok(ConfigChange {
+            before,
             config,
             version: version.clone(),
             new_version: Some(version),
@@ -496,6 +558,110 @@ impl Control {
             updated_at: now,
             ..(**rollout).clone()
         })
+    }
+
+    /// Rule 5: whether configuration `name` may go, given how many agents are assigned to it;
+    /// `Ok` holds the ids of its rollouts, which go with it.
+    pub fn delete_configuration(
+        &self,
+        name: &str,
+        assigned: usize,
+        force: bool,
+    ) -> Result<Vec<String>, Refusal> {
+        if !self.configs.iter().any(|c| c.name == name) {
+            return Err(Refusal::NotFound(format!("no configuration {name:?}")));
+        }
+        let rollouts: Vec<&Arc<Rollout>> = self
+            .rollouts
+            .iter()
+            .filter(|r| r.configuration() == Some(name))
+            .collect();
+        if !force {
+            if assigned > 0 {
+                return Err(Refusal::Conflict(format!(
+                    "{assigned} agents are assigned to configuration {name}; change their labels or its selector first, or force the delete"
+                )));
+            }
+            if let Some(r) = rollouts.iter().find(|r| !r.is_terminal()) {
+                return Err(Refusal::Conflict(format!(
+                    "rollout {} of configuration {name} is {}; cancel it first, or force the delete",
+                    r.id, r.progress.state
+                )));
+            }
+        }
+        Ok(rollouts.iter().map(|r| r.id.clone()).collect())
+    }
+
+    /// The configuration was deleted from the store, with its rollouts.
+    pub fn commit_configuration_delete(&mut self, name: &str) {
+        self.configs.retain(|c| c.name != name);
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rollouts)
+            .into_iter()
+            .partition(|r| r.configuration() == Some(name));
+        self.rollouts = kept;
+        for r in gone {
+            self.skipped.remove(&r.id);
+        }
+        // What agents were told of it no longer holds.
+        self.told.clear();
+    }
+
+    /// Rule 5: the builds of package `name` at `version` that may be deleted, given the agents
+    /// that report running it.
+    pub fn delete_package(
+        &self,
+        name: &str,
+        version: &str,
+        running: usize,
+    ) -> Result<Vec<Arc<Package>>, Refusal> {
+        let builds: Vec<Arc<Package>> = self
+            .packages
+            .iter()
+            .filter(|p| p.name == name && p.version == version)
+            .cloned()
+            .collect();
+        if builds.is_empty() {
+            return Err(Refusal::NotFound(format!(
+                "no package {name:?} at version {version:?}"
+            )));
+        }
+        let delivers = |r: &Rollout| r.package().is_some_and(|p| p.version == version);
+        let of_package = |r: &&Arc<Rollout>| r.package().is_some_and(|p| p.name == name);
+        if let Some(r) = self
+            .rollouts
+            .iter()
+            .filter(of_package)
+            .find(|r| !r.is_terminal() && delivers(r))
+        {
+            return Err(Refusal::Conflict(format!(
+                "rollout {} delivers package {name:?} {version} ({}); cancel it first",
+                r.id, r.progress.state
+            )));
+        }
+        let newest = self
+            .rollouts
+            .iter()
+            .rev()
+            .filter(of_package)
+            .find(|r| !matches!(r.progress.state, State::Cancelled | State::Replaced));
+        if let Some(r) = newest.filter(|r| delivers(r)) {
+            return Err(Refusal::Conflict(format!(
+                "rollout {} ({}) still offers package {name:?} {version} to the agents it selects; roll out another version first",
+                r.id, r.progress.state
+            )));
+        }
+        if running > 0 {
+            return Err(Refusal::Conflict(format!(
+                "{running} agents report running package {name:?} {version}"
+            )));
+        }
+        Ok(builds)
+    }
+
+    /// The package version was deleted from the store.
+    pub fn commit_package_delete(&mut self, name: &str, version: &str) {
+        self.packages
+            .retain(|p| !(p.name == name && p.version == version));
     }
 
     /// The rollout was stored: it takes effect (a new one goes last, as the newest).

@@ -15,8 +15,9 @@ use crate::core::packages::{Package, choose};
 pub struct Directive {
     /// The version the agent should run; `None` leaves it alone.
     pub version: Option<Arc<ConfigVersion>>,
-    /// Queued for a later wave of a running rollout.
-    pub pending: bool,
+    /// Why the agent waits for a rollout: queued for a later wave, or assigned to this
+    /// configuration while it runs another's and no rollout of this one has reached it yet.
+    pub pending: Option<String>,
     /// The version it is headed to needs components it lacks.
     pub incompatible: Option<String>,
     /// The package (variant for its platform) an upgrade rollout offers it.
@@ -26,7 +27,7 @@ pub struct Directive {
 /// What identifies a directive, to tell an agent only when it changes.
 pub type DirectiveKey = (
     Option<ContentHash>,
-    bool,
+    Option<String>,
     Option<String>,
     Option<ContentHash>,
 );
@@ -35,7 +36,7 @@ impl Directive {
     pub fn key(&self) -> DirectiveKey {
         (
             self.version.as_ref().map(|v| v.hash.clone()),
-            self.pending,
+            self.pending.clone(),
             self.incompatible.clone(),
             self.package.as_ref().map(|p| p.hash()),
         )
@@ -50,7 +51,10 @@ impl Directive {
 /// (`reported` is not its hash) counts as not reached: nobody new gets a stopped version.
 /// A version the agent lacks components for is never sent: it is left alone, and told why.
 /// An agent the rollout has not reached that already runs a version of this configuration is
-/// left on it (a replaced rollout's agents are not pushed back to an older version).
+/// left on it (a replaced rollout's agents are not pushed back to an older version). One that
+/// runs a configuration Corral sent that is not a version of this one (it was assigned here by
+/// a selector, priority or pin change, or its configuration was deleted) is sent nothing until
+/// a rollout of this configuration reaches it: it is pending, and says why.
 pub fn directive(
     config: &Configuration,
     latest: Option<&Rollout>,
@@ -62,6 +66,7 @@ pub fn directive(
         .applied_config_hash
         .as_ref()
         .is_some_and(|h| config.versions.iter().any(|v| &v.hash == h));
+    let runs_another = agent.applied_config_hash.is_some();
     let agent = agent.uid;
     let Some((rollout, payload)) = latest.and_then(|r| Some((r, r.config()?))) else {
         return Directive::default();
@@ -95,7 +100,8 @@ pub fn directive(
         (if stay { None } else { previous }, headed)
     };
     let mut directive = Directive {
-        pending: rollout.is_active() && phase == Some(Phase::Waiting),
+        pending: (rollout.is_active() && phase == Some(Phase::Waiting))
+            .then(|| WAVE_PENDING.to_string()),
         ..Directive::default()
     };
     for version in [&headed, &desired].into_iter().flatten() {
@@ -111,17 +117,30 @@ pub fn directive(
         }
     }
     directive.version = desired.filter(|v| check_compatible(v, available).is_ok());
+    let moved_in = runs_another && !reached && !runs_a_version;
+    if moved_in && directive.version.is_some() {
+        directive.version = None;
+        directive.pending.get_or_insert_with(|| {
+            format!(
+                "assigned to configuration {} while running another; waits for a rollout of {}",
+                config.name, config.name
+            )
+        });
+    }
     directive
 }
+
+/// Why an agent queued for a later wave is pending.
+pub const WAVE_PENDING: &str = "queued for a later rollout wave";
 
 /// The package an agent should get from an upgrade rollout, and whether it waits for a wave.
 pub fn package_directive(
     rollout: &Rollout,
     agent: &AgentRecord,
     packages: &[Arc<Package>],
-) -> (Option<Arc<Package>>, bool) {
+) -> (Option<Arc<Package>>, Option<String>) {
     let Some(payload) = rollout.package() else {
-        return (None, false);
+        return (None, None);
     };
     let phase = rollout.progress.agents.get(&agent.uid).copied();
     let reached = matches!(
@@ -135,8 +154,21 @@ pub fn package_directive(
         .flatten();
     (
         package,
-        rollout.is_active() && phase == Some(Phase::Waiting),
+        (rollout.is_active() && phase == Some(Phase::Waiting)).then(|| WAVE_PENDING.to_string()),
     )
+}
+
+/// Whether the agent reports running package `name` at `version`: the collector itself (`""`)
+/// by its `service.version`, any other by its package statuses.
+pub fn runs_package(agent: &AgentRecord, name: &str, version: &str) -> bool {
+    if name.is_empty() {
+        return runs_version(agent, version);
+    }
+    agent.packages.as_ref().is_some_and(|p| {
+        p.packages
+            .get(name)
+            .is_some_and(|r| r.agent_has_version.trim_start_matches('v') == version.trim_start_matches('v'))
+    })
 }
 
 /// Whether the agent reports running `version` (`service.version`; a leading `v` is ignored).
@@ -215,6 +247,7 @@ mod tests {
                 state,
                 wave: 1,
                 extra_errors: 0,
+                canary: false,
                 agents: agents.iter().copied().collect(),
             },
             created_at: epoch(),
@@ -275,6 +308,44 @@ mod tests {
         let r = rollout(&config, State::Started, &[(uid, Phase::Waiting)]);
         let d = directive(&config, Some(&r), &on_v2, None);
         assert_eq!(d.version, None, "left on what it runs");
-        assert!(d.pending);
+        assert_eq!(d.pending.as_deref(), Some(WAVE_PENDING));
+    }
+
+    #[test]
+    fn an_agent_moved_in_from_another_configuration_waits_for_a_rollout_of_this_one() {
+        let config = config();
+        let (moved, fresh, reached) = (
+            InstanceUid::new_v7(),
+            InstanceUid::new_v7(),
+            InstanceUid::new_v7(),
+        );
+        let mut from_staging = agent(moved, None);
+        from_staging.applied_config_hash = Some(ContentHash(vec![7; 32]));
+        let stable = rollout(&config, State::Stable, &[(reached, Phase::Completed)]);
+        let d = directive(&config, Some(&stable), &from_staging, None);
+        assert_eq!(d.version, None, "no push outside a rollout");
+        assert!(d.pending.unwrap().contains("waits for a rollout of prod"));
+        let d = directive(&config, Some(&stable), &agent(fresh, None), None);
+        assert_eq!(
+            d.version.unwrap().version,
+            2,
+            "an agent that runs no configuration of ours takes the stable version"
+        );
+        assert_eq!(d.pending, None);
+        let mut reached_from_staging = agent(reached, None);
+        reached_from_staging.applied_config_hash = Some(ContentHash(vec![7; 32]));
+        let d = directive(&config, Some(&stable), &reached_from_staging, None);
+        assert_eq!(d.version.unwrap().version, 2, "a rollout reached it");
+        let next = rollout(
+            &config,
+            State::Started,
+            &[(moved, Phase::Sent { wave: 0, at_ms: 0 })],
+        );
+        let d = directive(&config, Some(&next), &from_staging, None);
+        assert_eq!(d.version.unwrap().version, 2, "its wave came");
+        let cancelled = rollout(&config, State::Cancelled, &[]);
+        let d = directive(&config, Some(&cancelled), &from_staging, None);
+        assert_eq!(d.version, None, "nor the previous version of a cancelled one");
+        assert!(d.pending.is_some());
     }
 }

@@ -17,10 +17,12 @@ pub mod planner;
 use chrono::{DateTime, Utc};
 
 pub use control::{
-    Action, ConfigurationSpec, Control, ControlView, Pass, Plan, Refusal, RolloutSpec,
-    RolloutTarget, Skipped, Tell, Update,
+    Action, ConfigChange, ConfigurationSpec, Control, ControlView, Pass, Plan, Refusal,
+    RolloutSpec, RolloutTarget, Skipped, Tell, Update,
 };
-pub use directive::{Directive, DirectiveKey, directive, package_directive};
+pub use directive::{
+    Directive, DirectiveKey, WAVE_PENDING, directive, package_directive, runs_package,
+};
 pub use plan::{Tick, plan};
 pub use planner::{Counts, Params, Phase, Progress, State};
 

@@ -174,7 +174,7 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
                     consult(upgrade);
                     let (package, pending) = package_directive(upgrade, agent, &control.packages);
                     d.package = package;
-                    d.pending |= pending;
+                    d.pending = d.pending.or(pending);
                 }
                 d
             }

@@ -24,6 +24,9 @@
 //!    Waiting, wave `wave` sends the first `wave_size(wave)` of them in id order and `wave`
 //!    goes up by one; if none are Waiting either, the rollout is Stable.
 //! 6. Paused and Error apply outcomes and timeouts (rules 3 and 4) but never start a wave.
+//!    Resuming an Error rollout marks the next wave a canary: it goes to one agent, does not
+//!    count as a wave (the wave after it has the size it would have had), and the rollout
+//!    grows again only once that agent is done.
 //! 7. Determinism: the output depends only on the inputs, not on the order of the candidates;
 //!    if an id is given twice, its last entry counts.
 
@@ -196,6 +199,8 @@ pub struct Progress<Id> {
     pub wave: u32,
     /// Errors tolerated beyond `max_errors`, granted by resuming an errored rollout.
     pub extra_errors: u32,
+    /// The next wave is one agent: the rollout was resumed after errors (rule 6).
+    pub canary: bool,
     pub agents: BTreeMap<Id, Phase>,
 }
 
@@ -211,6 +216,7 @@ impl<Id> Progress<Id> {
             state: State::Pending,
             wave: 0,
             extra_errors: 0,
+            canary: false,
             agents: BTreeMap::new(),
         }
     }
@@ -305,7 +311,11 @@ pub fn step<Id: Ord + Copy + Debug>(
         } else {
             let wave = progress.wave;
             // Validated params never give 0; guard anyway, as an empty wave would stall forever.
-            let size = usize::try_from(params.wave_size(wave).max(1)).unwrap_or(usize::MAX);
+            let size = if progress.canary {
+                1
+            } else {
+                usize::try_from(params.wave_size(wave).max(1)).unwrap_or(usize::MAX)
+            };
             let waiting = progress
                 .agents
                 .iter_mut()
@@ -317,7 +327,11 @@ pub fn step<Id: Ord + Copy + Debug>(
                 };
                 send.push(*id);
             }
-            progress.wave = wave.saturating_add(1);
+            if progress.canary {
+                progress.canary = false;
+            } else {
+                progress.wave = wave.saturating_add(1);
+            }
         }
     }
     Step { progress, send }
@@ -347,6 +361,7 @@ pub fn resume<Id: Clone>(p: &Progress<Id>, params: &Params) -> Result<Progress<I
                 .saturating_sub(params.max_errors.saturating_add(p.extra_errors));
             let mut next = with_state(p, State::Started);
             next.extra_errors = p.extra_errors.saturating_add(excess);
+            next.canary = true;
             Ok(next)
         }
         other => Err(format!("cannot resume a rollout that is {other}")),
@@ -635,7 +650,7 @@ mod tests {
     }
 
     #[test]
-    fn resume_after_error_allows_exactly_one_more_error() {
+    fn rule_6_resume_after_error_sends_a_canary_and_allows_exactly_one_more_error() {
         let p = params(3, 1, 3, 0);
         let s = step(&p, &Progress::new(), &fleet(9, &[], None), 0);
         // Two failures at once with max_errors 0: stopped, with errors 2 > 0.
@@ -649,14 +664,21 @@ mod tests {
         let resumed = resume(&s.progress, &p).unwrap();
         assert_eq!((resumed.state, resumed.extra_errors), (State::Started, 2));
 
-        // Agent 2 of wave 0 applies: the next wave goes.
+        // Agent 2 of wave 0 applies: the canary goes, one agent, and is not a wave.
         let mut candidates = fleet(9, &[0, 1], Some(Outcome::Failed));
         candidates[2].outcome = Some(Outcome::Applied);
         let s = step(&p, &resumed, &candidates, 2 * SEC);
-        assert_eq!(state_and_send(&s), (State::Started, &[3, 4, 5][..]));
+        assert_eq!(state_and_send(&s), (State::Started, &[3][..]));
+        assert_eq!((s.progress.wave, s.progress.canary), (1, false));
+        let waiting = step(&p, &s.progress, &candidates, 2 * SEC);
+        assert!(waiting.send.is_empty(), "nothing more until the canary is done");
+        // The canary applies: the rollout grows again, with the wave it had planned.
+        candidates[3].outcome = Some(Outcome::Applied);
+        let s = step(&p, &waiting.progress, &candidates, 3 * SEC);
+        assert_eq!(state_and_send(&s), (State::Started, &[4, 5, 6][..]));
         // One more error stops it again.
-        candidates[3].outcome = Some(Outcome::Failed);
-        let s = step(&p, &s.progress, &candidates, 3 * SEC);
+        candidates[4].outcome = Some(Outcome::Failed);
+        let s = step(&p, &s.progress, &candidates, 4 * SEC);
         assert_eq!(s.progress.state, State::Error);
         assert!(s.send.is_empty());
         assert!(resume(&resume(&s.progress, &p).unwrap(), &p).is_err());
@@ -929,9 +951,12 @@ mod tests {
             // Wave sizes, and no wave while the previous one is configuring (rule 5).
             if !out.send.is_empty() {
                 prop_assert!(matches!(before.state, State::Pending | State::Started));
-                prop_assert_eq!(after.wave, before.wave + 1);
+                // A canary (rule 6) is one agent and not a wave.
+                let canary = before.canary;
+                prop_assert_eq!(after.wave, before.wave + u32::from(!canary));
+                prop_assert!(!after.canary);
                 let waiting = c.pending as usize + out.send.len();
-                let size = params.wave_size(before.wave) as usize;
+                let size = if canary { 1 } else { params.wave_size(before.wave) as usize };
                 prop_assert!(out.send.len() <= size);
                 prop_assert_eq!(out.send.len(), size.min(waiting));
                 let last = out.send.last().copied().unwrap_or_default();

@@ -980,7 +980,11 @@ impl AgentSession {
                 .incompatible
                 .clone()
                 .filter(|_| rec.admin_state.is_managed()),
-            pending: self.directive.pending && rec.admin_state.is_managed(),
+            pending: self
+                .directive
+                .pending
+                .clone()
+                .filter(|_| rec.admin_state.is_managed()),
         };
         let (target, reason) = derive(&observation);
         // Made of what the agent said (component names, errors): bounded like them.

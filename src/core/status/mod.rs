@@ -117,8 +117,8 @@ pub struct Observation {
     pub health_problem: Option<String>,
     /// Why the configuration the agent is headed to cannot run on it, if it cannot.
     pub incompatible: Option<String>,
-    /// Queued for a later wave of a rollout.
-    pub pending: bool,
+    /// Why the agent waits for a rollout, if it does.
+    pub pending: Option<String>,
 }
 
 impl Observation {
@@ -129,7 +129,7 @@ impl Observation {
             upgrade: UpgradeProgress::Idle,
             health_problem,
             incompatible: None,
-            pending: false,
+            pending: None,
         }
     }
 }
@@ -164,11 +164,8 @@ pub fn derive(obs: &Observation) -> (Status, String) {
     if let Some(reason) = &obs.incompatible {
         return (Status::Incompatible, reason.clone());
     }
-    if obs.pending {
-        return (
-            Status::Pending,
-            "queued for a later rollout wave".to_string(),
-        );
+    if let Some(reason) = &obs.pending {
+        return (Status::Pending, reason.clone());
     }
     (Status::Connected, CONNECTED_REASON.to_string())
 }

@@ -153,7 +153,7 @@ fn derive_follows_the_protocol() {
 #[test]
 fn rollout_facts_come_after_config_and_health() {
     let queued = Observation {
-        pending: true,
+        pending: Some("queued for a later rollout wave".into()),
         ..live(ConfigProgress::Settled, None)
     };
     assert_eq!(derive(&queued).0, Pending);

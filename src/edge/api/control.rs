@@ -4,20 +4,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use bytes::Bytes;
 
 use super::dto::{
-    AgentConfigDto, ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto,
-    ConfigurationsDto, ErrorDto, FileDto, PackageRefDto, RolloutCountsDto, RolloutDto,
-    RolloutIdDto, RolloutStartDto, RolloutsDto, SkippedDto, VersionDto, rfc3339,
+    AgentConfigDto, ConfigDiffDto, ConfigurationDto, ConfigurationPutDto,
+    ConfigurationPutResultDto, ConfigurationsDto, ErrorDto, FileDto, PackageRefDto,
+    ReassignedDto, RolloutCountsDto, RolloutDto, RolloutIdDto, RolloutStartDto, RolloutsDto,
+    SkippedDto, VersionDto, VersionsDto, rfc3339,
 };
 use super::{ApiError, ApiPath, ApiState, json};
-use crate::core::config::{Configuration, Selector, assign, check_compatible};
+use crate::core::config::{
+    Configuration, Selector, assign, check_compatible, diff_files, reassigned,
+};
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
-    Action, ConfigurationSpec, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS, DEFAULT_MAXIMUM,
+    Action, ConfigChange, ConfigurationSpec, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS, DEFAULT_MAXIMUM,
     DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, RolloutSpec, RolloutTarget,
     directive,
 };
@@ -37,16 +41,23 @@ impl From<ControlError> for ApiError {
 
 /// Creates or updates a configuration: its selector, priority and a new version of its files
 ///
-/// Content equal to the latest version's makes no new version (`created: false`).
+/// What the body leaves out stays as stored. Content equal to the latest version's makes no
+/// new version (`created: false`). The answer says what changed, the diff of the files, and
+/// which agents the change moves from one configuration to another; with `?dry_run=true`
+/// nothing is stored. Agents moved to a configuration that run another one's version are not
+/// sent it until a rollout of it reaches them (they are pending).
 #[utoipa::path(
     put,
     path = "/api/v1/configurations/{name}",
     tag = "configurations",
-    params(("name" = String, Path, description = "1-64 characters of lowercase letters, digits, `-`, `_`, `.`, starting with a letter or digit")),
+    params(
+        ("name" = String, Path, description = "1-63 characters of lowercase letters, digits, `-`, `_`, `.`, starting with a letter or digit"),
+        ("dry_run" = Option<bool>, Query, description = "only say what the change would do"),
+    ),
     request_body = ConfigurationPutDto,
     responses(
-        (status = 200, description = "the configuration's latest version, stored", body = ConfigurationPutResultDto),
-        (status = 400, description = "a name, body, selector or file it does not take", body = ErrorDto),
+        (status = 200, description = "the change, stored (or, in a dry run, what it would be)", body = ConfigurationPutResultDto),
+        (status = 400, description = "a name, body, selector, file or query it does not take; an empty configuration; a new configuration without files", body = ErrorDto),
         (status = 409, description = "the configuration has as many versions as it may", body = ErrorDto),
         (status = 500, description = "the configuration could not be stored", body = ErrorDto),
         (status = 503, description = "the server is shutting down", body = ErrorDto),
@@ -55,14 +66,19 @@ impl From<ControlError> for ApiError {
 pub(super) async fn put_configuration(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
+    RawQuery(query): RawQuery,
     body: Result<Json<ConfigurationPutDto>, JsonRejection>,
 ) -> Result<Json<ConfigurationPutResultDto>, ApiError> {
+    let dry_run = flag(query.as_deref(), "dry_run")?;
     let body = json(body)?;
-    let selector = Selector::parse(&body.selector)
+    let selector = body
+        .selector
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
         .map_err(|e| ApiError::BadRequest(format!("selector: {e}")))?;
-    let files = ConfigMap {
-        files: body
-            .files
+    let files = body.files.map(|files| ConfigMap {
+        files: files
             .into_iter()
             .map(|(name, f)| {
                 let file = ConfigFile {
@@ -72,26 +88,228 @@ pub(super) async fn put_configuration(
                 (name, file)
             })
             .collect(),
-    };
+    });
     let before = state.controller.view();
-    let existed = before
-        .configuration(&name)
-        .and_then(|c| c.latest())
-        .map(|v| v.version);
-    let version = state
+    let change = state
         .controller
-        .put_configuration(ConfigurationSpec {
-            name: name.clone(),
-            selector,
-            priority: body.priority,
-            files,
-        })
+        .put_configuration(
+            ConfigurationSpec {
+                name: name.clone(),
+                selector,
+                priority: body.priority,
+                files,
+            },
+            dry_run,
+        )
         .await?;
-    Ok(Json(ConfigurationPutResultDto {
-        name,
-        version: version.version,
-        hash: version.hash.to_hex(),
-        created: existed != Some(version.version),
+    Ok(Json(change_dto(&state, &before, &change, dry_run)))
+}
+
+/// How many uids of each move an answer lists.
+const MOVE_SAMPLE: usize = 10;
+
+fn change_dto(
+    state: &ApiState,
+    before: &ControlView,
+    change: &ConfigChange,
+    dry_run: bool,
+) -> ConfigurationPutResultDto {
+    let old = change.before.as_deref();
+    let previous = old.and_then(|c| c.latest());
+    let empty = ConfigMap::default();
+    let label = |v: Option<u32>| match v {
+        Some(v) => format!("{} v{v}", change.config.name),
+        None => format!("{} (new)", change.config.name),
+    };
+    let diff = diff_files(
+        &label(previous.map(|v| v.version)),
+        previous.map_or(&empty, |v| &v.files),
+        &label(Some(change.version.version)),
+        &change.version.files,
+    );
+    let mut after = before.configurations.clone();
+    after.retain(|c| c.name != change.config.name);
+    after.push(Arc::new(change.config.clone()));
+    after.sort_by(|a, b| a.name.cmp(&b.name));
+    let records = state.fleet.records();
+    let moves = reassigned(
+        &before.configurations,
+        &after,
+        records.iter().map(|a| &**a),
+    );
+    ConfigurationPutResultDto {
+        name: change.config.name.clone(),
+        version: change.version.version,
+        hash: change.version.hash.to_hex(),
+        created: change.new_version.is_some(),
+        dry_run,
+        changed: change.changed().into_iter().map(String::from).collect(),
+        previous_version: previous.map(|v| v.version),
+        selector: change.config.selector.to_string(),
+        priority: change.config.priority,
+        previous_selector: old.map(|c| c.selector.to_string()),
+        previous_priority: old.map(|c| c.priority),
+        diff,
+        reassigned_count: moves.values().map(Vec::len).sum(),
+        reassigned: moves
+            .into_iter()
+            .map(|((from, to), mut uids)| {
+                uids.sort();
+                ReassignedDto {
+                    from,
+                    to,
+                    count: uids.len(),
+                    sample: uids
+                        .iter()
+                        .take(MOVE_SAMPLE)
+                        .map(|u| u.to_string())
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// A `true`/`false` query flag (absent: false); any other parameter is refused.
+fn flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    let mut value = false;
+    for (key, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key != name {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {key:?}"
+            )));
+        }
+        value = match v.as_ref() {
+            "true" | "" => true,
+            "false" => false,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "{name} is true or false, not {other:?}"
+                )));
+            }
+        };
+    }
+    Ok(value)
+}
+
+/// Deletes a configuration, its versions and its rollouts
+///
+/// Refused while agents are assigned to it or one of its rollouts is unfinished, unless
+/// `?force=true`; its agents then fall to the next configuration that matches them, and are
+/// pending until a rollout of that one reaches them.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/configurations/{name}",
+    tag = "configurations",
+    params(
+        ("name" = String, Path, description = "the configuration's name"),
+        ("force" = Option<bool>, Query, description = "delete even with agents assigned or a rollout unfinished"),
+    ),
+    responses(
+        (status = 204, description = "deleted, on disk"),
+        (status = 400, description = "a query it does not take", body = ErrorDto),
+        (status = 404, description = "no such configuration", body = ErrorDto),
+        (status = 409, description = "agents are assigned to it, or a rollout of it is unfinished", body = ErrorDto),
+        (status = 500, description = "the deletion could not be stored", body = ErrorDto),
+        (status = 503, description = "the server is shutting down", body = ErrorDto),
+    ),
+)]
+pub(super) async fn delete_configuration(
+    State(state): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let force = flag(query.as_deref(), "force")?;
+    state.controller.delete_configuration(name, force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A configuration's versions, oldest first, without their files
+#[utoipa::path(
+    get,
+    path = "/api/v1/configurations/{name}/versions",
+    tag = "configurations",
+    params(("name" = String, Path, description = "the configuration's name")),
+    responses(
+        (status = 200, description = "its versions", body = VersionsDto),
+        (status = 404, description = "no such configuration", body = ErrorDto),
+    ),
+)]
+pub(super) async fn list_versions(
+    State(state): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<VersionsDto>, ApiError> {
+    let view = state.controller.view();
+    let config = find_configuration(&view, &name)?;
+    Ok(Json(VersionsDto {
+        versions: config
+            .versions
+            .iter()
+            .map(|v| version_dto(&config, v, false))
+            .collect(),
+    }))
+}
+
+/// The unified diff between two versions of a configuration
+#[utoipa::path(
+    get,
+    path = "/api/v1/configurations/{name}/diff",
+    tag = "configurations",
+    params(
+        ("name" = String, Path, description = "the configuration's name"),
+        ("from" = u32, Query, description = "the older version"),
+        ("to" = u32, Query, description = "the newer version"),
+    ),
+    responses(
+        (status = 200, description = "the diff", body = ConfigDiffDto),
+        (status = 400, description = "from or to missing or not a number, or another query", body = ErrorDto),
+        (status = 404, description = "no such configuration or version", body = ErrorDto),
+    ),
+)]
+pub(super) async fn diff_versions(
+    State(state): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ConfigDiffDto>, ApiError> {
+    let (mut from, mut to) = (None, None);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let slot = match key.as_ref() {
+            "from" => &mut from,
+            "to" => &mut to,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        };
+        let n = value.trim_start_matches('v').parse::<u32>().map_err(|_| {
+            ApiError::BadRequest(format!("{key} is a version number, not {value:?}"))
+        })?;
+        *slot = Some(n);
+    }
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(ApiError::BadRequest(
+            "give both versions, e.g. ?from=3&to=4".into(),
+        ));
+    };
+    let view = state.controller.view();
+    let config = find_configuration(&view, &name)?;
+    let version = |n: u32| {
+        config
+            .version(n)
+            .ok_or_else(|| ApiError::NotFound(format!("configuration {name} has no version {n}")))
+    };
+    let (old, new) = (version(from)?, version(to)?);
+    Ok(Json(ConfigDiffDto {
+        diff: diff_files(
+            &format!("{name} v{from}"),
+            &old.files,
+            &format!("{name} v{to}"),
+            &new.files,
+        ),
+        name: name.clone(),
+        from,
+        to,
     }))
 }
 

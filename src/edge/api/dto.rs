@@ -492,20 +492,68 @@ pub struct FileDto {
     }}
 }))]
 pub struct ConfigurationPutDto {
-    #[serde(default)]
-    pub selector: String,
-    #[serde(default)]
-    pub priority: i32,
-    pub files: BTreeMap<String, FileDto>,
+    /// Which agents it is for; left out, the stored selector stays (a new configuration's is
+    /// the empty one, matching every agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Left out, the stored priority stays (0 for a new configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// Left out, the latest version's files stay (a new configuration needs them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, FileDto>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct ConfigurationPutResultDto {
     pub name: String,
+    /// The latest version after the change (or, in a dry run, the one it would make).
     pub version: u32,
     pub hash: String,
-    /// A new version was created (false: the content was unchanged).
+    /// A new version was (or, in a dry run, would be) created.
     pub created: bool,
+    /// Nothing was stored: this is what the change would do.
+    pub dry_run: bool,
+    /// What changed, of "content", "selector" and "priority"; empty: nothing.
+    pub changed: Vec<String>,
+    /// The latest version before the change, if there was one.
+    pub previous_version: Option<u32>,
+    pub selector: String,
+    pub priority: i32,
+    pub previous_selector: Option<String>,
+    pub previous_priority: Option<i32>,
+    /// A unified diff of the files from the previous version; empty when they are the same.
+    pub diff: String,
+    /// How many agents the change moves from one configuration to another.
+    pub reassigned_count: usize,
+    /// The agents it moves, by where from and where to.
+    pub reassigned: Vec<ReassignedDto>,
+}
+
+/// Agents a configuration change moves from one configuration (or none) to another.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct ReassignedDto {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub count: usize,
+    /// Up to 10 of their instance uids.
+    pub sample: Vec<String>,
+}
+
+/// A configuration's versions, oldest first.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct VersionsDto {
+    pub versions: Vec<VersionDto>,
+}
+
+/// The unified diff between two versions of a configuration.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct ConfigDiffDto {
+    pub name: String,
+    pub from: u32,
+    pub to: u32,
+    /// Empty when the two versions have the same files.
+    pub diff: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]

@@ -76,16 +76,20 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(one_path(routes!(retry_config)))
         .routes(one_path(routes!(packages::restart)))
         .routes(
-            one_path(routes!(packages::list, packages::upload)).layer(DefaultBodyLimit::disable()),
+            one_path(routes!(packages::list, packages::upload, packages::delete))
+                .layer(DefaultBodyLimit::disable()),
         )
         .routes(one_path(routes!(effective_config)))
         .routes(one_path(routes!(fleet_summary)))
         .routes(one_path(routes!(control::list_configurations)))
         .routes(one_path(routes!(
             control::show_configuration,
-            control::put_configuration
+            control::put_configuration,
+            control::delete_configuration
         )))
+        .routes(one_path(routes!(control::list_versions)))
         .routes(one_path(routes!(control::show_version)))
+        .routes(one_path(routes!(control::diff_versions)))
         .routes(one_path(routes!(
             control::list_rollouts,
             control::start_rollout

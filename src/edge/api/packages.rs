@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use chrono::Utc;
 
 use super::dto::{ErrorDto, PackageDto, PackagesDto, rfc3339};
@@ -137,6 +138,60 @@ pub(super) async fn upload(
         })
         .await?;
     Ok(Json(package_dto(&package)))
+}
+
+/// Deletes a package version: every platform's build, and its bytes
+///
+/// Refused while an unfinished rollout delivers it, the newest upgrade of that package offers
+/// it, or an agent reports running it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/packages",
+    operation_id = "delete_package",
+    tag = "packages",
+    params(
+        ("name" = Option<String>, Query, description = "the package's name; empty or left out: the agent itself"),
+        ("version" = String, Query, description = "the version to delete"),
+    ),
+    responses(
+        (status = 204, description = "deleted, on disk"),
+        (status = 400, description = "no version, or a query it does not take", body = ErrorDto),
+        (status = 404, description = "no such package version", body = ErrorDto),
+        (status = 409, description = "a rollout or an agent uses it", body = ErrorDto),
+        (status = 500, description = "the deletion could not be stored", body = ErrorDto),
+        (status = 503, description = "the server is shutting down", body = ErrorDto),
+    ),
+)]
+pub(super) async fn delete(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let (mut name, mut version) = (String::new(), None);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "name" => name = value.into_owned(),
+            "version" => version = Some(value.into_owned()),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    let version = version.ok_or_else(|| {
+        ApiError::BadRequest("version is required, e.g. ?version=v0.116.0".into())
+    })?;
+    let builds = state.controller.delete_package(name, version).await?;
+    let view = state.controller.view();
+    for build in builds {
+        // Identical bytes are kept once: another package may still serve them.
+        if !view.packages.iter().any(|p| p.sha256 == build.sha256) {
+            if let Err(e) = state.blobs.remove(&build.sha256).await {
+                tracing::warn!(error = %e, sha256 = %build.sha256.to_hex(), "cannot remove a deleted package's bytes");
+            }
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The packages uploaded

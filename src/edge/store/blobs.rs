@@ -36,6 +36,14 @@ impl BlobStore {
         self.dir.join(sha256.to_hex())
     }
 
+    /// Removes the bytes with this hash; gone already is no error.
+    pub async fn remove(&self, sha256: &ContentHash) -> std::io::Result<()> {
+        match tokio::fs::remove_file(self.path(sha256)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Streams an upload to disk while hashing it; identical bytes are kept once.
     pub async fn put<S, E>(&self, mut body: S, max: u64) -> Result<(ContentHash, u64), BlobError>
     where

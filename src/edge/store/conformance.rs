@@ -45,6 +45,8 @@ pub async fn run(store: &dyn Store, probe: &dyn Probe) {
     configurations_keep_every_version(store).await;
     rollouts_keep_their_progress(store).await;
     packages_by_identity(store).await;
+    deleting_a_configuration_takes_its_rollouts(store).await;
+    deleting_a_package_version_takes_every_build(store).await;
     fleet_sized_batches(store).await;
     admin_states_round_trip(store).await;
     deletes_leave_nothing_of_the_agent(store, probe).await;
@@ -480,6 +482,7 @@ async fn rollouts_keep_their_progress(store: &dyn Store) {
         .expect("save progress");
     rollout.progress.agents.remove(&b);
     rollout.progress.agents.insert(a, Phase::Completed);
+    rollout.progress.canary = true;
     store
         .save_rollout(&rollout, &[(a, Some(Phase::Completed)), (b, None)])
         .await
@@ -534,6 +537,35 @@ async fn packages_by_identity(store: &dyn Store) {
         vec![package, other],
         "one entry per name, version, platform and arch; the last upload wins"
     );
+}
+
+async fn deleting_a_configuration_takes_its_rollouts(store: &dyn Store) {
+    let rollouts = store.load_rollouts().await.expect("load");
+    assert!(rollouts.iter().any(|r| r.configuration() == Some("prod")));
+    store.delete_configuration("prod").await.expect("delete");
+    assert!(store.load_configurations().await.expect("load").is_empty());
+    let left = store.load_rollouts().await.expect("load");
+    assert_eq!(
+        left,
+        rollouts
+            .into_iter()
+            .filter(|r| r.configuration() != Some("prod"))
+            .collect::<Vec<_>>(),
+        "its rollouts go with it; the upgrades stay"
+    );
+    store.delete_configuration("prod").await.expect("deleting nothing is no error");
+}
+
+async fn deleting_a_package_version_takes_every_build(store: &dyn Store) {
+    let before = store.load_packages().await.expect("load");
+    assert_eq!(before.len(), 2);
+    let kept = Package {
+        version: "v0.117.0".into(),
+        ..before[0].clone()
+    };
+    store.save_package(&kept).await.expect("save");
+    store.delete_package("", "v0.116.0").await.expect("delete");
+    assert_eq!(store.load_packages().await.expect("load"), vec![kept]);
 }
 
 /// A wave landing or a fleet reconnecting writes thousands of rows in one batch.

@@ -123,6 +123,10 @@ pub trait Store: Send + Sync + 'static {
         new_version: Option<&ConfigVersion>,
     ) -> Result<(), StoreError>;
 
+    /// Deletes a configuration with its versions and its rollouts (and their progress),
+    /// atomically.
+    async fn delete_configuration(&self, name: &str) -> Result<(), StoreError>;
+
     /// Every rollout with its per-agent progress, oldest first.
     async fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError>;
 
@@ -130,6 +134,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds a package, or replaces the entry with the same name, version, platform and arch.
     async fn save_package(&self, package: &Package) -> Result<(), StoreError>;
+
+    /// Deletes every build of a package version.
+    async fn delete_package(&self, name: &str, version: &str) -> Result<(), StoreError>;
 
     /// Upserts a rollout and the given agents' phases (`None` removes the agent).
     async fn save_rollout(

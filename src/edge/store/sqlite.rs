@@ -620,6 +620,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn delete_configuration(&self, name: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "DELETE FROM rollout_agents WHERE rollout_id IN
+                (SELECT id FROM rollouts WHERE configuration = ? AND package_name IS NULL)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM rollouts WHERE configuration = ? AND package_name IS NULL")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM config_versions WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM configurations WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_package(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM packages WHERE name = ? AND version = ?")
+            .bind(name)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn load_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
         let rows = sqlx::query("SELECT * FROM rollouts ORDER BY created_at_ms, id")
             .fetch_all(&self.pool)
@@ -691,6 +725,7 @@ impl Store for SqliteStore {
                     state,
                     wave: row.try_get::<i64, _>("wave")? as u32,
                     extra_errors: row.try_get::<i64, _>("extra_errors")? as u32,
+                    canary: row.try_get::<i64, _>("canary")? != 0,
                     agents,
                 },
                 created_at: from_millis(row.try_get("created_at_ms")?),
@@ -756,10 +791,11 @@ impl Store for SqliteStore {
             "INSERT INTO rollouts (id, configuration, version, previous_version, initial,
                 multiplier, maximum, max_errors, rollback, wave_timeout_ms, state, wave,
                 extra_errors, created_at_ms, updated_at_ms, package_name, package_version,
-                selector)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                selector, canary)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, wave = excluded.wave,
-                extra_errors = excluded.extra_errors, updated_at_ms = excluded.updated_at_ms",
+                extra_errors = excluded.extra_errors, updated_at_ms = excluded.updated_at_ms,
+                canary = excluded.canary",
         )
         .bind(&rollout.id)
         .bind(configuration)
@@ -779,6 +815,7 @@ impl Store for SqliteStore {
         .bind(package.map(|p| p.name.as_str()))
         .bind(package.map(|p| p.version.as_str()))
         .bind(package.map(|p| p.selector.to_string()))
+        .bind(i64::from(rollout.progress.canary))
         .execute(&mut *tx)
         .await?;
         // Many agents change at once (a wave starts, a wave lands): one statement per batch,

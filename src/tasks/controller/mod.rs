@@ -13,12 +13,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::core::config::{ComponentSet, ConfigVersion};
+use crate::core::config::{ComponentSet, assign};
 use crate::core::domain::ContentHash;
 use crate::core::packages::Package;
 use crate::core::rollout::{
-    Action, ConfigurationSpec, Control, ControlView, Pass, Refusal, Rollout, RolloutSpec, Tick,
-    plan,
+    Action, ConfigChange, ConfigurationSpec, Control, ControlView, Pass, Refusal, Rollout,
+    RolloutSpec, Tick, plan, runs_package,
 };
 use crate::edge::store::{Store, StoreError};
 use crate::tasks::fleet::Fleet;
@@ -54,7 +54,18 @@ impl From<Refusal> for ControlError {
 enum Request {
     PutConfiguration {
         spec: ConfigurationSpec,
-        reply: oneshot::Sender<Result<Arc<ConfigVersion>, ControlError>>,
+        dry_run: bool,
+        reply: oneshot::Sender<Result<ConfigChange, ControlError>>,
+    },
+    DeleteConfiguration {
+        name: String,
+        force: bool,
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    DeletePackage {
+        name: String,
+        version: String,
+        reply: oneshot::Sender<Result<Vec<Arc<Package>>, ControlError>>,
     },
     StartRollout {
         spec: RolloutSpec,
@@ -95,14 +106,40 @@ impl Controller {
         answer.await.map_err(|_| ControlError::Stopped)?
     }
 
-    /// Creates the configuration's next version, or returns the latest when the content is
-    /// unchanged (selector and priority are updated either way).
+    /// Creates the configuration's next version, or keeps the latest when the content is
+    /// unchanged (selector and priority are updated either way); with `dry_run`, only says
+    /// what it would do.
     pub async fn put_configuration(
         &self,
         spec: ConfigurationSpec,
-    ) -> Result<Arc<ConfigVersion>, ControlError> {
-        self.ask(|reply| Request::PutConfiguration { spec, reply })
+        dry_run: bool,
+    ) -> Result<ConfigChange, ControlError> {
+        self.ask(|reply| Request::PutConfiguration {
+            spec,
+            dry_run,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a configuration and its rollouts (see [`Control::delete_configuration`]).
+    pub async fn delete_configuration(&self, name: String, force: bool) -> Result<(), ControlError> {
+        self.ask(|reply| Request::DeleteConfiguration { name, force, reply })
             .await
+    }
+
+    /// Deletes every build of a package version; returns them, for their bytes to go too.
+    pub async fn delete_package(
+        &self,
+        name: String,
+        version: String,
+    ) -> Result<Vec<Arc<Package>>, ControlError> {
+        self.ask(|reply| Request::DeletePackage {
+            name,
+            version,
+            reply,
+        })
+        .await
     }
 
     pub async fn start_rollout(&self, spec: RolloutSpec) -> Result<Arc<Rollout>, ControlError> {
@@ -183,8 +220,22 @@ impl Task {
 
     async fn handle(&mut self, request: Request) {
         match request {
-            Request::PutConfiguration { spec, reply } => {
-                let _ = reply.send(self.put_configuration(spec).await);
+            Request::PutConfiguration {
+                spec,
+                dry_run,
+                reply,
+            } => {
+                let _ = reply.send(self.put_configuration(spec, dry_run).await);
+            }
+            Request::DeleteConfiguration { name, force, reply } => {
+                let _ = reply.send(self.delete_configuration(&name, force).await);
+            }
+            Request::DeletePackage {
+                name,
+                version,
+                reply,
+            } => {
+                let _ = reply.send(self.delete_package(&name, &version).await);
             }
             Request::StartRollout { spec, reply } => {
                 let _ = reply.send(self.start_rollout(spec).await);
@@ -205,13 +256,48 @@ impl Task {
     async fn put_configuration(
         &mut self,
         spec: ConfigurationSpec,
-    ) -> Result<Arc<ConfigVersion>, ControlError> {
+        dry_run: bool,
+    ) -> Result<ConfigChange, ControlError> {
         let change = self.control.put_configuration(spec, Utc::now())?;
+        if dry_run || change.is_unchanged() {
+            return Ok(change);
+        }
         self.store
             .save_configuration(&change.config, change.new_version.as_deref())
             .await?;
-        self.control.commit_configuration(change.config);
-        Ok(change.version)
+        self.control.commit_configuration(change.config.clone());
+        Ok(change)
+    }
+
+    async fn delete_configuration(&mut self, name: &str, force: bool) -> Result<(), ControlError> {
+        let view = self.control.view();
+        let assigned = self
+            .fleet
+            .records()
+            .iter()
+            .filter(|a| assign(&view.configurations, a).is_some_and(|c| c.name == name))
+            .count();
+        self.control.delete_configuration(name, assigned, force)?;
+        self.store.delete_configuration(name).await?;
+        self.control.commit_configuration_delete(name);
+        Ok(())
+    }
+
+    async fn delete_package(
+        &mut self,
+        name: &str,
+        version: &str,
+    ) -> Result<Vec<Arc<Package>>, ControlError> {
+        let running = self
+            .fleet
+            .records()
+            .iter()
+            .filter(|a| runs_package(a, name, version))
+            .count();
+        let builds = self.control.delete_package(name, version, running)?;
+        self.store.delete_package(name, version).await?;
+        self.control.commit_package_delete(name, version);
+        Ok(builds)
     }
 
     async fn add_package(&mut self, package: Package) -> Result<Arc<Package>, ControlError> {

@@ -21,9 +21,9 @@ fn spec(name: &str, selector: &str, body: &str) -> ConfigurationSpec {
     };
     ConfigurationSpec {
         name: name.into(),
-        selector: Selector::parse(selector).unwrap(),
-        priority: 0,
-        files: ConfigMap { files },
+        selector: Some(Selector::parse(selector).unwrap()),
+        priority: Some(0),
+        files: Some(ConfigMap { files }),
     }
 }
 
@@ -89,31 +89,65 @@ fn started(c: &mut Control, id: &str, target: RolloutTarget, state: State) -> Ar
 }
 
 #[test]
-fn rule_1_unchanged_content_makes_no_new_version() {
-    let c = control();
-    // (request, the version it stands for, whether it is new, or the refusal)
-    let cases = [
+fn rule_1_unchanged_content_makes_no_new_version_and_what_is_left_out_stays() {
+    let mut c = control();
+    let mut prod = spec("prod", "env=prod", "exporters:\n  debug:\n");
+    prod.priority = Some(5);
+    let change = c.put_configuration(prod, at(3)).unwrap();
+    c.commit_configuration(change.config);
+    let keep = |files: Option<&str>| ConfigurationSpec {
+        name: "prod".into(),
+        selector: None,
+        priority: None,
+        files: files.map(|body| spec("prod", "", body).files.unwrap()),
+    };
+    let no_files = |name: &str| ConfigurationSpec {
+        files: None,
+        ..spec(name, "", "")
+    };
+    // (request, the version it stands for, whether it is new, what changed; or the refusal)
+    let cases: Vec<(ConfigurationSpec, Result<(u32, bool, &[&str]), &str>)> = vec![
+        (keep(None), Ok((1, false, &[]))),
+        (keep(Some("exporters:\n  debug:\n")), Ok((1, false, &[]))),
+        (keep(Some("exporters:\n  nop:\n")), Ok((2, true, &["content"]))),
         (
             spec("prod", "env=a", "exporters:\n  debug:\n"),
-            Ok((1, false)),
+            Ok((1, false, &["selector", "priority"])),
         ),
-        (spec("prod", "", "exporters:\n  nop:\n"), Ok((2, true))),
-        (spec("new", "", "exporters:\n  nop:\n"), Ok((1, true))),
+        (
+            ConfigurationSpec {
+                priority: Some(5),
+                ..spec("prod", "env=prod", "exporters:\n  nop:\n")
+            },
+            Ok((2, true, &["content"])),
+        ),
+        (
+            spec("new", "", "exporters:\n  nop:\n"),
+            Ok((1, true, &["content", "selector", "priority"])),
+        ),
+        (no_files("new"), Err("give its files")),
         (
             spec("Bad Name", "", "exporters:\n  nop:\n"),
             Err("must be 1-63 characters"),
         ),
         (spec("prod", "", ""), Err("at least one file")),
+        (spec("prod", "", " \n\n"), Err("the configuration is empty")),
     ];
     for (request, expected) in cases {
         let name = request.name.clone();
-        let selector = request.selector.clone();
+        let asked = (request.selector.clone(), request.priority);
         match (c.put_configuration(request, at(5)), expected) {
-            (Ok(change), Ok((version, new))) => {
+            (Ok(change), Ok((version, new, changed))) => {
                 assert_eq!(change.version.version, version, "{name}");
                 assert_eq!(change.new_version.is_some(), new, "{name}");
-                assert_eq!(change.config.selector, selector, "updated either way");
-                assert_eq!(change.config.updated_at, at(5));
+                assert_eq!(change.changed(), changed, "{name} {asked:?}");
+                let selector = asked.0.unwrap_or(Selector::parse("env=prod").unwrap());
+                assert_eq!(change.config.selector, selector, "{name}: kept unless given");
+                assert_eq!(change.config.priority, asked.1.unwrap_or(5), "{name}");
+                let touched = if changed.is_empty() { at(3) } else { at(5) };
+                if name == "prod" {
+                    assert_eq!(change.config.updated_at, touched, "{name} {changed:?}");
+                }
                 assert_eq!(change.config.versions.len() as u32, version);
             }
             (Err(Refusal::BadRequest(m)), Err(part)) => assert!(m.contains(part), "{m}"),

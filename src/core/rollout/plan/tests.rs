@@ -44,7 +44,7 @@ fn summary(d: &Directive) -> String {
     if let Some(p) = &d.package {
         parts.push(format!("pkg {}", p.version));
     }
-    if d.pending {
+    if d.pending.is_some() {
         parts.push("pending".into());
     }
     if d.incompatible.is_some() {
@@ -120,9 +120,9 @@ impl World {
         };
         let spec = ConfigurationSpec {
             name: name.into(),
-            selector: Selector::parse(selector).unwrap(),
-            priority,
-            files,
+            selector: Some(Selector::parse(selector).unwrap()),
+            priority: Some(priority),
+            files: Some(files),
         };
         let change = self.control.put_configuration(spec, at(self.now)).unwrap();
         self.control.commit_configuration(change.config);
