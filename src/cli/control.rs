@@ -129,30 +129,39 @@ pub enum RolloutCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// A rollout's progress; with --watch, live until it ends.
+    /// A rollout's progress, waves, skipped agents and errors; with --watch, live until it
+    /// ends.
+    #[command(alias = "describe")]
     Status {
         id: String,
         #[arg(long)]
         watch: bool,
+        /// `json` prints the API's object.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Hold the next wave; agents already sent the version keep counting.
     Pause {
         id: String,
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Resume a paused rollout, or one stopped by errors (allowing one more error).
+    /// Resume a paused rollout, or one stopped by errors: that one goes on with one agent (a
+    /// canary) and allows one more error.
     Resume {
         id: String,
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Stop a rollout for good: no agent it has not reached gets its version.
     Cancel {
         id: String,
         #[command(flatten)]
         server: ServerArg,
     },
+    /// All rollouts, newest first.
     List {
         #[command(flatten)]
         server: ServerArg,
@@ -199,11 +208,11 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
                 println!("dry run: nothing stored");
                 return Ok(());
             }
-            if preview.reassigned_count > 0
+            let moved = moved_away(&preview);
+            if moved > 0
                 && !yes
                 && !super::packages::confirm(&format!(
-                    "{} agents move to another configuration. Apply?",
-                    preview.reassigned_count
+                    "{moved} agents move away from the configuration they have. Apply?"
                 ))?
             {
                 anyhow::bail!("nothing changed");
@@ -244,7 +253,10 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!("{} v{} ({}), created {}", v.name, v.version, v.hash, v.created_at);
+            println!(
+                "{} v{} ({}), created {}",
+                v.name, v.version, v.hash, v.created_at
+            );
             println!("components: {}", v.components.join(", "));
             for (file, f) in v.files.unwrap_or_default() {
                 println!("--- {file} ({})", f.content_type);
@@ -272,9 +284,12 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             let url = server.url(&format!("/api/v1/configurations/{name}/versions"));
             let list: VersionsDto = get_json(client.get(url)).await?;
             let mut table = Table::new();
-            table
-                .load_preset(UTF8_FULL_CONDENSED)
-                .set_header(["VERSION", "CREATED", "HASH", "COMPONENTS"]);
+            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+                "VERSION",
+                "CREATED",
+                "HASH",
+                "COMPONENTS",
+            ]);
             for v in list.versions {
                 table.add_row([
                     v.version.to_string(),
@@ -369,10 +384,7 @@ fn print_change(c: &ConfigurationPutResultDto) {
         println!("no agent moves to another configuration");
         return;
     }
-    println!(
-        "{} agents move to another configuration:",
-        c.reassigned_count
-    );
+    println!("{} agents change configuration:", c.reassigned_count);
     for m in &c.reassigned {
         println!(
             "  {} from {} to {}: {}{}",
@@ -380,12 +392,26 @@ fn print_change(c: &ConfigurationPutResultDto) {
             m.from.as_deref().unwrap_or("(none)"),
             m.to.as_deref().unwrap_or("(none)"),
             m.sample.join(", "),
-            if m.count > m.sample.len() { ", ..." } else { "" }
+            if m.count > m.sample.len() {
+                ", ..."
+            } else {
+                ""
+            }
         );
     }
     println!(
         "agents that run another configuration wait (pending) until a rollout of their new one reaches them"
     );
+}
+
+/// How many agents a change takes from the configuration they have (those it only gives a
+/// configuration, or takes one from, are not asked about).
+fn moved_away(c: &ConfigurationPutResultDto) -> usize {
+    c.reassigned
+        .iter()
+        .filter(|m| m.from.is_some() && m.to.is_some())
+        .map(|m| m.count)
+        .sum()
 }
 
 /// A selector as an admin reads it: the empty one matches every agent.
@@ -413,7 +439,12 @@ fn applied(c: &ConfigurationPutResultDto) -> String {
     if others.is_empty() {
         format!("{}: {content} ({})", c.name, c.hash)
     } else {
-        format!("{}: {content}, {} changed ({})", c.name, others.join(" and "), c.hash)
+        format!(
+            "{}: {content}, {} changed ({})",
+            c.name,
+            others.join(" and "),
+            c.hash
+        )
     }
 }
 
@@ -441,7 +472,12 @@ fn print_configuration(c: &ConfigurationDto) {
     let versions = c.versions.as_deref().unwrap_or_default();
     println!("versions:  {}", versions.len());
     for v in versions.iter().rev().take(10) {
-        println!("  v{}  {}  {}", v.version, v.created_at, &v.hash[..v.hash.len().min(12)]);
+        println!(
+            "  v{}  {}  {}",
+            v.version,
+            v.created_at,
+            &v.hash[..v.hash.len().min(12)]
+        );
     }
 }
 
@@ -491,13 +527,21 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
                 get_json(client.post(server.url("/api/v1/rollouts")).json(&body)).await?;
             println!("rollout {} of {} started", r.id, target(&r));
         }
-        RolloutCommand::Status { id, watch, server } => {
+        RolloutCommand::Status {
+            id,
+            watch,
+            output,
+            server,
+        } => {
             let url = server.url(&format!("/api/v1/rollouts/{id}"));
             if watch {
                 watch_rollout(&client, &url).await?;
             } else {
                 let r: RolloutDto = get_json(client.get(&url)).await?;
-                print_rollout(&r);
+                match output {
+                    Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                    Format::Text => print_rollout(&r),
+                }
             }
         }
         RolloutCommand::Pause { id, server } => act(&client, &server, &id, "pause").await?,
@@ -507,19 +551,18 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             let list: RolloutsDto = get_json(client.get(server.url("/api/v1/rollouts"))).await?;
             let mut table = Table::new();
             table.load_preset(UTF8_FULL_CONDENSED).set_header([
-                "ID",
-                "CONFIGURATION",
-                "VERSION",
-                "STATE",
-                "WAVE",
-                "DONE",
-                "ERRORS",
-                "UPDATED",
+                "ID", "TARGET", "VERSION", "STATE", "WAVE", "DONE", "ERRORS", "UPDATED",
             ]);
             for r in list.rollouts {
+                let (what, version) = match (&r.configuration, r.version, &r.package) {
+                    (Some(c), Some(v), _) => (c.clone(), format!("v{v}")),
+                    (_, _, Some(p)) => (format!("package {:?}", p.name), p.version.clone()),
+                    _ => Default::default(),
+                };
                 table.add_row([
                     r.id.clone(),
-                    target(&r),
+                    what,
+                    version,
                     r.state,
                     r.wave.to_string(),
                     format!("{}/{}", r.counts.completed, r.counts.total),
@@ -591,9 +634,10 @@ async fn watch_rollout(client: &reqwest::Client, url: &str) -> anyhow::Result<()
     }
 }
 
-/// The rollout and a table of its waves: planned size, and which are done, running, next.
+/// The rollout, whom it reaches, a table of its waves, and the agents in error.
 fn print_rollout(r: &RolloutDto) {
     println!("{}  {}", r.id, summary(r));
+    println!("{}", r.summary);
     println!(
         "{} of {} completed; initial {} × {} up to {}, at most {} errors{}",
         r.counts.completed,
@@ -608,29 +652,40 @@ fn print_rollout(r: &RolloutDto) {
             ""
         }
     );
-    if !r.counts.skipped.is_empty() {
-        let by_reason: Vec<String> = r
-            .counts
-            .skipped
-            .iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect();
-        println!("skipped: {}", by_reason.join(", "));
+    if r.counts.left_out > 0 {
+        println!(
+            "{} agents were sent it or waiting when it ended: it will not reach them",
+            r.counts.left_out
+        );
     }
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["WAVE", "SIZE", "STATE"]);
-    for (k, size) in r.wave_sizes.iter().enumerate() {
-        let wave = k as u32 + 1;
-        let state = if wave < r.wave || (wave == r.wave && r.counts.configuring == 0) {
-            "done"
-        } else if wave == r.wave {
-            "running"
-        } else {
-            "next"
-        };
-        table.add_row([wave.to_string(), size.to_string(), state.to_string()]);
+    if !r.wave_sizes.is_empty() {
+        let mut table = Table::new();
+        table
+            .load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["WAVE", "SIZE", "STATE"]);
+        for (k, size) in r.wave_sizes.iter().enumerate() {
+            let wave = k as u32 + 1;
+            let state = if wave > r.wave {
+                "next"
+            } else if wave == r.wave && r.counts.configuring > 0 {
+                "running"
+            } else {
+                "done"
+            };
+            table.add_row([wave.to_string(), size.to_string(), state.to_string()]);
+        }
+        println!("{table}");
     }
-    println!("{table}");
+    if !r.skipped.is_empty() {
+        println!("skipped:");
+        for s in &r.skipped {
+            println!("  {}  {}", s.instance_uid, s.reason);
+        }
+    }
+    if !r.errors.is_empty() {
+        println!("errors:");
+        for e in &r.errors {
+            println!("  {}  {}: {}", e.instance_uid, e.phase, e.message);
+        }
+    }
 }

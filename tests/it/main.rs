@@ -19,3 +19,4 @@ mod rollout;
 mod sim;
 mod upgrade;
 mod websocket;
+mod workflow;

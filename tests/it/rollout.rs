@@ -570,7 +570,7 @@ async fn the_cli_applies_a_configuration_and_watches_its_rollout() {
             ])
             .await,
     );
-    assert!(out.contains("prod created version 1"), "{out}");
+    assert!(out.contains("prod: version 1 created"), "{out}");
     let out = succeeded(
         server
             .cli(&[

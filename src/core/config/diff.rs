@@ -63,7 +63,11 @@ mod tests {
     #[test]
     fn only_files_that_differ_are_shown_with_their_version_labels() {
         let v3 = files(&[("a.yaml", "x: 1\ny: 2\n"), ("b.yaml", "same\n")]);
-        let v4 = files(&[("a.yaml", "x: 1\ny: 3\n"), ("b.yaml", "same\n"), ("c.yaml", "new\n")]);
+        let v4 = files(&[
+            ("a.yaml", "x: 1\ny: 3\n"),
+            ("b.yaml", "same\n"),
+            ("c.yaml", "new\n"),
+        ]);
         let diff = diff_files("prod v3", &v3, "prod v4", &v4);
         assert_eq!(
             diff,

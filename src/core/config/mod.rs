@@ -205,7 +205,10 @@ mod tests {
 
     #[test]
     fn a_change_moves_only_the_agents_whose_assignment_changes() {
-        let before = vec![config("prod", "env=prod", 0), config("staging", "env=staging", 0)];
+        let before = vec![
+            config("prod", "env=prod", 0),
+            config("staging", "env=staging", 0),
+        ];
         let mut widened = before.clone();
         widened[0] = config("prod", "", 10);
         let prod = agent(&[("env", "prod")]);
@@ -216,7 +219,10 @@ mod tests {
         assert_eq!(
             moves,
             Moves::from([
-                ((Some("staging".into()), Some("prod".into())), vec![staging.uid]),
+                (
+                    (Some("staging".into()), Some("prod".into())),
+                    vec![staging.uid]
+                ),
                 ((None, Some("prod".into())), vec![none.uid]),
             ])
         );

@@ -405,9 +405,9 @@ impl Control {
         }
         let unchanged = latest.filter(|latest| latest.hash == files.hash());
         if let Some(latest) = unchanged {
-            let same = before.as_ref().is_some_and(|b| {
-                b.selector == config.selector && b.priority == config.priority
-            });
+            let same = before
+                .as_ref()
+                .is_some_and(|b| b.selector == config.selector && b.priority == config.priority);
             if !same {
                 config.updated_at = now;
             }
@@ -423,8 +423,8 @@ impl Control {
             .ok()
             .and_then(|n| n.checked_add(1))
             .ok_or_else(|| Refusal::Conflict(format!("{} has too many versions", config.name)))?;
-        let version = ConfigVersion::new(n, files, now)
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        let version =
+            ConfigVersion::new(n, files, now).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let version = Arc::new(version);
         config.versions.push(version.clone());
         Ok(ConfigChange {

@@ -165,9 +165,9 @@ pub fn runs_package(agent: &AgentRecord, name: &str, version: &str) -> bool {
         return runs_version(agent, version);
     }
     agent.packages.as_ref().is_some_and(|p| {
-        p.packages
-            .get(name)
-            .is_some_and(|r| r.agent_has_version.trim_start_matches('v') == version.trim_start_matches('v'))
+        p.packages.get(name).is_some_and(|r| {
+            r.agent_has_version.trim_start_matches('v') == version.trim_start_matches('v')
+        })
     })
 }
 
@@ -345,7 +345,10 @@ mod tests {
         assert_eq!(d.version.unwrap().version, 2, "its wave came");
         let cancelled = rollout(&config, State::Cancelled, &[]);
         let d = directive(&config, Some(&cancelled), &from_staging, None);
-        assert_eq!(d.version, None, "nor the previous version of a cancelled one");
+        assert_eq!(
+            d.version, None,
+            "nor the previous version of a cancelled one"
+        );
         assert!(d.pending.is_some());
     }
 }

@@ -19,8 +19,8 @@
 //!    running rollout, whatever its phase.
 //! 3. A managed matching agent the rollout cannot serve is listed as skipped with the reason
 //!    (configuration: no remote config, missing components; upgrade: no packages, no build for
-//!    its platform) and is not eligible. A disconnected agent is not skipped: it is simply not
-//!    eligible until it comes back.
+//!    its platform) and is not eligible. A disconnected agent the rollout has not sent anything
+//!    is not eligible until it comes back, and is listed as skipped (`disconnected`) meanwhile.
 //! 4. Directives: a managed agent gets [`directive`] for its configuration and that
 //!    configuration's latest rollout, plus the package of the newest upgrade whose selector
 //!    takes it ([`package_directive`]). An agent in maintenance is told nothing: it keeps
@@ -35,7 +35,9 @@
 //!    retry; else full.
 //! 7. A rollout restored from the store (created before the controller started) does not move
 //!    while the restart grace holds: agents get time to reconnect before anyone is counted
-//!    gone. Its directives still hold.
+//!    gone. Its directives still hold. What agents report counts at once: a sent agent that
+//!    reports the version applied is completed, one that reports it failed has failed; nothing
+//!    times out, no wave starts and nobody leaves.
 //! 8. Only what is stored takes effect: directives are worked out from the rollouts as updated,
 //!    and each names the updates it follows from ([`Tell::needs`]); one whose update failed to
 //!    store is not handed over, and the rollout is planned again next tick. So a wave is sent
@@ -98,12 +100,30 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
             components: tick.components,
         };
         for slot in &mut rollouts {
-            if !slot.is_stepped() || (tick.grace && slot.created_at < control.started) {
+            if !slot.is_stepped() {
                 continue;
             }
             let Some((candidates, skipped)) = fleet.candidates(control, slot) else {
                 continue;
             };
+            if tick.grace && slot.created_at < control.started {
+                // Rule 7: only what agents report counts while the others reconnect.
+                let progress = planner::record_outcomes(&slot.progress, &candidates);
+                if progress != slot.progress {
+                    let updated = Arc::new(Rollout {
+                        progress,
+                        updated_at: tick.now,
+                        ..(**slot).clone()
+                    });
+                    plan.updates.push(Update {
+                        diff: diff(&slot.progress, &updated.progress),
+                        rollout: updated.clone(),
+                        sent: Vec::new(),
+                    });
+                    *slot = updated;
+                }
+                continue;
+            }
             if control.skipped.get(&slot.id).map(|s| &**s) != Some(&skipped) {
                 plan.skipped.push((slot.id.clone(), skipped));
             }
@@ -228,9 +248,11 @@ impl Fleet<'_> {
                     .map(Vec::as_slice)
                     .unwrap_or_default();
                 for agent in targets {
-                    let skip = admin_skip_reason(agent.admin_state).or_else(|| {
-                        config_skip_reason(agent, version, available(self.components, agent))
-                    });
+                    let skip = admin_skip_reason(agent.admin_state)
+                        .or_else(|| {
+                            config_skip_reason(agent, version, available(self.components, agent))
+                        })
+                        .or_else(|| disconnected(agent, rollout));
                     if agent.admin_state.is_managed() {
                         candidates.push(Candidate {
                             id: agent.uid,
@@ -265,7 +287,8 @@ impl Fleet<'_> {
                 for agent in matching {
                     let variant = choose(&control.packages, &payload.name, &payload.version, agent);
                     let skip = admin_skip_reason(agent.admin_state)
-                        .or_else(|| upgrade_skip_reason(agent, variant.is_some()));
+                        .or_else(|| upgrade_skip_reason(agent, variant.is_some()))
+                        .or_else(|| disconnected(agent, rollout));
                     if agent.admin_state.is_managed() {
                         candidates.push(Candidate {
                             id: agent.uid,
@@ -288,6 +311,16 @@ fn available(
     agent: &AgentRecord,
 ) -> Option<Arc<ComponentSet>> {
     components(agent.components_hash.as_ref()?)
+}
+
+/// A disconnected agent the rollout has not sent anything is passed over until it is back
+/// (rule 3).
+fn disconnected(agent: &AgentRecord, rollout: &Rollout) -> Option<String> {
+    let untouched = matches!(
+        rollout.progress.agents.get(&agent.uid),
+        None | Some(Phase::Waiting)
+    );
+    (agent.status == Status::Disconnected && untouched).then(|| "disconnected".to_string())
 }
 
 /// Why no rollout reaches an agent in `state`, if none does (rule 2).

@@ -337,6 +337,28 @@ pub fn step<Id: Ord + Copy + Debug>(
     Step { progress, send }
 }
 
+/// Rule 3 alone, without the clock: sent agents that report an outcome are completed or
+/// failed; nothing times out, nobody joins or leaves, no wave starts and the state stays. For
+/// a rollout restored after a restart while its agents reconnect.
+pub fn record_outcomes<Id: Ord + Copy>(
+    previous: &Progress<Id>,
+    candidates: &[Candidate<Id>],
+) -> Progress<Id> {
+    let mut progress = previous.clone();
+    let by_id: BTreeMap<Id, &Candidate<Id>> = candidates.iter().map(|c| (c.id, c)).collect();
+    for (id, phase) in &mut progress.agents {
+        if !matches!(phase, Phase::Sent { .. }) {
+            continue;
+        }
+        match by_id.get(id).and_then(|c| c.outcome) {
+            Some(Outcome::Applied) => *phase = Phase::Completed,
+            Some(Outcome::Failed) => *phase = Phase::Failed,
+            _ => {}
+        }
+    }
+    progress
+}
+
 fn with_state<Id: Clone>(p: &Progress<Id>, state: State) -> Progress<Id> {
     Progress { state, ..p.clone() }
 }
@@ -671,7 +693,10 @@ mod tests {
         assert_eq!(state_and_send(&s), (State::Started, &[3][..]));
         assert_eq!((s.progress.wave, s.progress.canary), (1, false));
         let waiting = step(&p, &s.progress, &candidates, 2 * SEC);
-        assert!(waiting.send.is_empty(), "nothing more until the canary is done");
+        assert!(
+            waiting.send.is_empty(),
+            "nothing more until the canary is done"
+        );
         // The canary applies: the rollout grows again, with the wave it had planned.
         candidates[3].outcome = Some(Outcome::Applied);
         let s = step(&p, &waiting.progress, &candidates, 3 * SEC);
@@ -682,6 +707,21 @@ mod tests {
         assert_eq!(s.progress.state, State::Error);
         assert!(s.send.is_empty());
         assert!(resume(&resume(&s.progress, &p).unwrap(), &p).is_err());
+    }
+
+    #[test]
+    fn outcomes_alone_count_while_a_restored_rollout_waits() {
+        let p = params(3, 1, 3, 0);
+        let s = step(&p, &Progress::new(), &fleet(5, &[], None), 0);
+        let mut candidates = fleet(5, &[0], Some(Outcome::Applied));
+        candidates[1].outcome = Some(Outcome::Failed);
+        candidates.truncate(2);
+        let held = record_outcomes(&s.progress, &candidates);
+        assert_eq!(held.agents[&0], Phase::Completed);
+        assert_eq!(held.agents[&1], Phase::Failed);
+        assert!(matches!(held.agents[&2], Phase::Sent { .. }), "no timeout");
+        assert_eq!(held.agents[&4], Phase::Waiting, "absent, and still there");
+        assert_eq!((held.state, held.wave), (s.progress.state, s.progress.wave));
     }
 
     #[test]
@@ -956,7 +996,11 @@ mod tests {
                 prop_assert_eq!(after.wave, before.wave + u32::from(!canary));
                 prop_assert!(!after.canary);
                 let waiting = c.pending as usize + out.send.len();
-                let size = if canary { 1 } else { params.wave_size(before.wave) as usize };
+                let size = if canary {
+                    1
+                } else {
+                    params.wave_size(before.wave) as usize
+                };
                 prop_assert!(out.send.len() <= size);
                 prop_assert_eq!(out.send.len(), size.min(waiting));
                 let last = out.send.last().copied().unwrap_or_default();

@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::dto::{
     AgentConfigDto, ConfigDiffDto, ConfigurationDto, ConfigurationPutDto,
-    ConfigurationPutResultDto, ConfigurationsDto, ErrorDto, FileDto, PackageRefDto,
-    ReassignedDto, RolloutCountsDto, RolloutDto, RolloutIdDto, RolloutStartDto, RolloutsDto,
+    ConfigurationPutResultDto, ConfigurationsDto, ErrorDto, FileDto, PackageRefDto, ReassignedDto,
+    RolloutCountsDto, RolloutDto, RolloutErrorDto, RolloutIdDto, RolloutStartDto, RolloutsDto,
     SkippedDto, VersionDto, VersionsDto, rfc3339,
 };
 use super::{ApiError, ApiPath, ApiState, json};
@@ -21,9 +21,9 @@ use crate::core::config::{
 };
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
-    Action, ConfigChange, ConfigurationSpec, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS, DEFAULT_MAXIMUM,
-    DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Rollout, RolloutSpec, RolloutTarget,
-    directive,
+    Action, ConfigChange, ConfigurationSpec, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS,
+    DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Phase, Rollout,
+    RolloutSpec, RolloutTarget, directive,
 };
 use crate::tasks::controller::ControlError;
 
@@ -132,11 +132,7 @@ fn change_dto(
     after.push(Arc::new(change.config.clone()));
     after.sort_by(|a, b| a.name.cmp(&b.name));
     let records = state.fleet.records();
-    let moves = reassigned(
-        &before.configurations,
-        &after,
-        records.iter().map(|a| &**a),
-    );
+    let moves = reassigned(&before.configurations, &after, records.iter().map(|a| &**a));
     ConfigurationPutResultDto {
         name: change.config.name.clone(),
         version: change.version.version,
@@ -467,10 +463,42 @@ pub(super) async fn show_version(
     Ok(Json(version_dto(&config, v, true)))
 }
 
-pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
+pub(super) fn rollout_dto(state: &ApiState, view: &ControlView, r: &Rollout) -> RolloutDto {
     let counts = r.progress.counts();
     let config = r.config();
     let package = r.package();
+    let skipped = view.skipped.get(&r.id);
+    let skipped_list: Vec<SkippedDto> = skipped
+        .iter()
+        .flat_map(|skipped| skipped.iter())
+        .map(|(uid, reason)| SkippedDto {
+            instance_uid: uid.to_string(),
+            reason: reason.clone(),
+        })
+        .collect();
+    let passed_over = |uid| skipped.is_some_and(|s| s.contains_key(uid));
+    let tracked_only = r
+        .progress
+        .agents
+        .keys()
+        .filter(|u| !passed_over(*u))
+        .count();
+    let eligible = u32::try_from(tracked_only).unwrap_or(u32::MAX);
+    let matched = eligible.saturating_add(u32::try_from(skipped_list.len()).unwrap_or(u32::MAX));
+    let by_reason = view.skipped_by_reason(&r.id);
+    let mut summary = format!("{matched} agents matched, {eligible} eligible");
+    if !by_reason.is_empty() {
+        let reasons: Vec<String> = by_reason
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        summary.push_str(": ");
+        summary.push_str(&reasons.join("; "));
+    }
+    // An ended rollout has nothing in flight: what was sent or waiting is left out.
+    let ended = r.progress.state.is_terminal();
+    let in_flight = counts.configuring + counts.pending;
+    let reached = counts.completed + counts.errors + counts.configuring;
     RolloutDto {
         id: r.id.clone(),
         configuration: config.map(|c| c.configuration.clone()),
@@ -481,28 +509,22 @@ pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
             version: p.version.clone(),
         }),
         selector: package.map(|p| p.selector.to_string()),
-        skipped: view
-            .skipped
-            .get(&r.id)
-            .iter()
-            .flat_map(|skipped| skipped.iter())
-            .map(|(uid, reason)| SkippedDto {
-                instance_uid: uid.to_string(),
-                reason: reason.clone(),
-            })
-            .collect(),
+        skipped: skipped_list,
+        matched,
+        eligible,
+        summary,
+        errors: rollout_errors(state, r),
         state: r.progress.state.as_str().to_string(),
         wave: r.progress.wave,
-        wave_sizes: (0..r.progress.wave.max(1) + 1)
-            .map(|k| r.params.wave_size(k))
-            .collect(),
+        wave_sizes: wave_sizes(r, reached, if ended { 0 } else { counts.pending }),
         counts: RolloutCountsDto {
             total: counts.total,
             completed: counts.completed,
             errors: counts.errors,
-            configuring: counts.configuring,
-            pending: counts.pending,
-            skipped: view.skipped_by_reason(&r.id),
+            configuring: if ended { 0 } else { counts.configuring },
+            pending: if ended { 0 } else { counts.pending },
+            left_out: if ended { in_flight } else { 0 },
+            skipped: by_reason,
         },
         initial: r.params.initial,
         multiplier: r.params.multiplier,
@@ -513,6 +535,65 @@ pub(super) fn rollout_dto(view: &ControlView, r: &Rollout) -> RolloutDto {
         created_at: rfc3339(r.created_at),
         updated_at: rfc3339(r.updated_at),
     }
+}
+
+/// The waves started, each as large as the agents it took (the planned size, trimmed to the
+/// agents reached), and the next one while agents wait (trimmed to them).
+fn wave_sizes(r: &Rollout, reached: u32, waiting: u32) -> Vec<u32> {
+    let mut left = reached;
+    let mut sizes: Vec<u32> = (0..r.progress.wave)
+        .map(|k| {
+            let size = r.params.wave_size(k).min(left);
+            left -= size;
+            size
+        })
+        .collect();
+    if let Some(last) = sizes.last_mut() {
+        // A canary's agent and agents that joined late are in no planned wave.
+        *last += left;
+    }
+    if waiting > 0 {
+        let next = if r.progress.canary {
+            1
+        } else {
+            r.params.wave_size(r.progress.wave)
+        };
+        sizes.push(next.min(waiting));
+    }
+    sizes
+}
+
+/// The agents a rollout failed on, with what each said (or that it did not answer).
+fn rollout_errors(state: &ApiState, r: &Rollout) -> Vec<RolloutErrorDto> {
+    r.progress
+        .agents
+        .iter()
+        .filter(|(_, phase)| matches!(phase, Phase::Failed | Phase::TimedOut))
+        .map(|(uid, phase)| {
+            let record = state.fleet.get(uid).map(|h| h.record());
+            let said = record.as_ref().and_then(|a| match r.config() {
+                Some(_) => a
+                    .remote_config
+                    .as_ref()
+                    .map(|rc| rc.error.clone())
+                    .filter(|e| !e.is_empty()),
+                None => Some(a.status_reason.clone()).filter(|s| !s.is_empty()),
+            });
+            let message = match (phase, said) {
+                (_, Some(said)) => said,
+                (Phase::TimedOut, None) => format!(
+                    "no answer within the wave timeout ({} s)",
+                    r.params.wave_timeout_ms / 1000
+                ),
+                _ => "failed without a message".to_string(),
+            };
+            RolloutErrorDto {
+                instance_uid: uid.to_string(),
+                phase: phase.as_str().to_string(),
+                message,
+            }
+        })
+        .collect()
 }
 
 /// Starts a rollout of a configuration version, or of a package (an upgrade)
@@ -578,7 +659,11 @@ pub(super) async fn start_rollout(
             rollback: body.rollback_on_failure.unwrap_or(false),
         })
         .await?;
-    Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
+    Ok(Json(rollout_dto(
+        &state,
+        &state.controller.view(),
+        &rollout,
+    )))
 }
 
 /// The rollouts, newest first
@@ -595,7 +680,7 @@ pub(super) async fn list_rollouts(State(state): State<ApiState>) -> Json<Rollout
             .rollouts
             .iter()
             .rev()
-            .map(|r| rollout_dto(&view, r))
+            .map(|r| rollout_dto(&state, &view, r))
             .collect(),
     })
 }
@@ -619,7 +704,7 @@ pub(super) async fn show_rollout(
     let rollout = view
         .rollout(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no rollout {id}")))?;
-    Ok(Json(rollout_dto(&view, rollout)))
+    Ok(Json(rollout_dto(&state, &view, rollout)))
 }
 
 /// Pauses, resumes or cancels a rollout
@@ -650,7 +735,11 @@ pub(super) async fn act_on_rollout(
         other => return Err(ApiError::NotFound(format!("no rollout action {other:?}"))),
     };
     let rollout = state.controller.act(id, action).await?;
-    Ok(Json(rollout_dto(&state.controller.view(), &rollout)))
+    Ok(Json(rollout_dto(
+        &state,
+        &state.controller.view(),
+        &rollout,
+    )))
 }
 
 /// The actions `POST /api/v1/rollouts/{id}/{action}` takes.

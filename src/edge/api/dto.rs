@@ -641,8 +641,12 @@ pub struct RolloutCountsDto {
     pub total: u32,
     pub completed: u32,
     pub errors: u32,
+    /// Sent and not answered yet; 0 once the rollout has ended.
     pub configuring: u32,
+    /// Waiting for a wave; 0 once the rollout has ended.
     pub pending: u32,
+    /// Sent or waiting when the rollout ended (cancelled, replaced): it will not reach them.
+    pub left_out: u32,
     /// Matching agents the rollout passes over, by reason (the agents are in `skipped`).
     #[serde(default)]
     pub skipped: BTreeMap<String, u32>,
@@ -661,11 +665,22 @@ pub struct RolloutDto {
     /// Matching agents the rollout passes over, with the reason.
     #[serde(default)]
     pub skipped: Vec<SkippedDto>,
+    /// Agents it matched: those it tracks and those it passes over.
+    pub matched: u32,
+    /// Matched agents it does not pass over.
+    pub eligible: u32,
+    /// One line on whom it reaches, e.g. "50 agents matched, 0 eligible: 50 agent lacks
+    /// components: exporters/kafka".
+    pub summary: String,
+    /// The agents whose configuration or package failed or timed out, with what they said.
+    #[serde(default)]
+    pub errors: Vec<RolloutErrorDto>,
     #[schema(value_type = RolloutStateName)]
     pub state: String,
     /// Waves started so far.
     pub wave: u32,
-    /// Planned size of each wave up to the next one.
+    /// The size of each wave started (as many agents as it had), and, while agents wait, of
+    /// the next one.
     pub wave_sizes: Vec<u32>,
     pub counts: RolloutCountsDto,
     pub initial: u32,
@@ -683,6 +698,16 @@ pub struct RolloutDto {
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
 pub struct RolloutsDto {
     pub rollouts: Vec<RolloutDto>,
+}
+
+/// An agent a rollout failed on.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct RolloutErrorDto {
+    #[schema(format = "uuid")]
+    pub instance_uid: String,
+    /// "failed" or "timed_out".
+    pub phase: String,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]

@@ -357,6 +357,14 @@ async fn set_labels(
     let handle = agent(&state, &uid)?;
     let body = json(body)?;
     validate_labels(&body.labels)?;
+    if let Some(pinned) = body.labels.get(crate::core::config::PIN_LABEL)
+        && state.controller.view().configuration(pinned).is_none()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "label {}={pinned} pins the agent to a configuration that does not exist",
+            crate::core::config::PIN_LABEL
+        )));
+    }
     let record = handle.set_labels(body.labels).await?;
     lifecycle::durable(&state).await?;
     Ok(Json(agent_detail(&state, &record)))

@@ -185,10 +185,10 @@ pub(super) async fn delete(
     let view = state.controller.view();
     for build in builds {
         // Identical bytes are kept once: another package may still serve them.
-        if !view.packages.iter().any(|p| p.sha256 == build.sha256) {
-            if let Err(e) = state.blobs.remove(&build.sha256).await {
-                tracing::warn!(error = %e, sha256 = %build.sha256.to_hex(), "cannot remove a deleted package's bytes");
-            }
+        if !view.packages.iter().any(|p| p.sha256 == build.sha256)
+            && let Err(e) = state.blobs.remove(&build.sha256).await
+        {
+            tracing::warn!(error = %e, sha256 = %build.sha256.to_hex(), "cannot remove a deleted package's bytes");
         }
     }
     Ok(StatusCode::NO_CONTENT)

@@ -553,7 +553,10 @@ async fn deleting_a_configuration_takes_its_rollouts(store: &dyn Store) {
             .collect::<Vec<_>>(),
         "its rollouts go with it; the upgrades stay"
     );
-    store.delete_configuration("prod").await.expect("deleting nothing is no error");
+    store
+        .delete_configuration("prod")
+        .await
+        .expect("deleting nothing is no error");
 }
 
 async fn deleting_a_package_version_takes_every_build(store: &dyn Store) {

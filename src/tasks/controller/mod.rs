@@ -123,7 +123,11 @@ impl Controller {
     }
 
     /// Deletes a configuration and its rollouts (see [`Control::delete_configuration`]).
-    pub async fn delete_configuration(&self, name: String, force: bool) -> Result<(), ControlError> {
+    pub async fn delete_configuration(
+        &self,
+        name: String,
+        force: bool,
+    ) -> Result<(), ControlError> {
         self.ask(|reply| Request::DeleteConfiguration { name, force, reply })
             .await
     }

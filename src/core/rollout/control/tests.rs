@@ -106,10 +106,14 @@ fn rule_1_unchanged_content_makes_no_new_version_and_what_is_left_out_stays() {
         ..spec(name, "", "")
     };
     // (request, the version it stands for, whether it is new, what changed; or the refusal)
-    let cases: Vec<(ConfigurationSpec, Result<(u32, bool, &[&str]), &str>)> = vec![
+    type Expected<'a> = Result<(u32, bool, &'a [&'a str]), &'a str>;
+    let cases: Vec<(ConfigurationSpec, Expected)> = vec![
         (keep(None), Ok((1, false, &[]))),
         (keep(Some("exporters:\n  debug:\n")), Ok((1, false, &[]))),
-        (keep(Some("exporters:\n  nop:\n")), Ok((2, true, &["content"]))),
+        (
+            keep(Some("exporters:\n  nop:\n")),
+            Ok((2, true, &["content"])),
+        ),
         (
             spec("prod", "env=a", "exporters:\n  debug:\n"),
             Ok((1, false, &["selector", "priority"])),
@@ -142,7 +146,10 @@ fn rule_1_unchanged_content_makes_no_new_version_and_what_is_left_out_stays() {
                 assert_eq!(change.new_version.is_some(), new, "{name}");
                 assert_eq!(change.changed(), changed, "{name} {asked:?}");
                 let selector = asked.0.unwrap_or(Selector::parse("env=prod").unwrap());
-                assert_eq!(change.config.selector, selector, "{name}: kept unless given");
+                assert_eq!(
+                    change.config.selector, selector,
+                    "{name}: kept unless given"
+                );
                 assert_eq!(change.config.priority, asked.1.unwrap_or(5), "{name}");
                 let touched = if changed.is_empty() { at(3) } else { at(5) };
                 if name == "prod" {

@@ -508,7 +508,7 @@ fn rule_3_agents_a_rollout_cannot_serve_are_skipped_with_the_reason() {
             "disconnected",
             config("prod"),
             |a| a.status = Status::Disconnected,
-            None,
+            Some("disconnected"),
         ),
         (
             "no packages",
@@ -531,7 +531,7 @@ fn rule_3_agents_a_rollout_cannot_serve_are_skipped_with_the_reason() {
                 a.status = Status::Disconnected;
                 a.labels.insert("os.type".into(), "linux".into());
             },
-            None,
+            Some("disconnected"),
         ),
     ];
     for (name, target, setup, reason) in cases {
