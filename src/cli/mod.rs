@@ -226,3 +226,34 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
         .await
         .context("unexpected response from the Corral API")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and argument says what it is in `--help` (`config` and `rollout` are
+    /// left to their own change).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = sub.get_name();
+                if path == "corral" && (name == "config" || name == "rollout") {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {name}"));
+                }
+                walk(sub, &format!("{path} {name}"), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "corral", &mut missing);
+        assert!(missing.is_empty(), "no help: {missing:#?}");
+    }
+}
