@@ -107,11 +107,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Partial::default(),
     };
     let settings = args.given.resolve(file)?;
+    // Caught from here on: once the server says it is serving, a signal stops it gracefully.
+    let signals = Signals::catch()?;
     let listeners = crate::server::Listeners::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         // Cancel first: nothing that goes wrong with logging (a closed stderr) may keep the
         // server from stopping.
         on_signal.cancel();
@@ -120,19 +122,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::server::serve(listeners, settings, shutdown).await
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+/// SIGINT and SIGTERM.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn catch() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn catch() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn recv(self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 impl ServerArg {

@@ -332,7 +332,7 @@ async fn completions_for_bash_zsh_and_fish() {
     }
 }
 
-/// `corral serve` on port 0 with its stderr piped; returns once it is serving.
+/// `corral serve` on port 0 with its stderr piped; returns once its API answers.
 fn spawn_serve(
     dir: &std::path::Path,
 ) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
@@ -354,13 +354,24 @@ fn spawn_serve(
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    loop {
+    let api = loop {
         line.clear();
         assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "serve ended early");
         if line.contains("corral serving") {
-            return (child, stderr);
+            let api = line.split("api_addr=").nth(1).unwrap();
+            break api.split_whitespace().next().unwrap().to_string();
         }
-    }
+    };
+    let mut http = std::net::TcpStream::connect(&api).unwrap();
+    std::io::Write::write_all(
+        &mut http,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    http.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    (child, stderr)
 }
 
 fn terminate(child: &std::process::Child) {
@@ -407,4 +418,6 @@ fn the_server_stops_on_sigterm_after_its_stderr_closed() {
         let _ = child.kill();
     }
     assert!(stopped, "still running 15 s after SIGTERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }
