@@ -44,12 +44,22 @@ pub enum AgentsCommand {
         server: ServerArg,
     },
     /// One agent: status and why, admin state, labels, health, configuration, recent history.
-    #[command(visible_alias = "show")]
     Describe {
         /// The agent's instance uid
         uid: String,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// One agent as the API's JSON, with its status history (`describe -o json`; scripts
+    /// written for it keep working).
+    Show {
+        /// The agent's instance uid
+        uid: String,
+        /// Output format
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Json)]
+        output: Format,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -136,16 +146,12 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             uid,
             output,
             server,
-        } => {
-            let raw: Value =
-                get_json(client.get(server.url(&format!("/api/v1/agents/{uid}")))).await?;
-            if super::output::structured(output.output, &raw)? {
-                return Ok(());
-            }
-            let agent: AgentDetailDto =
-                serde_json::from_value(raw).context("unexpected agent from the Corral API")?;
-            describe(&agent)?;
-        }
+        } => show(&client, &server, &uid, output.output).await?,
+        AgentsCommand::Show {
+            uid,
+            output,
+            server,
+        } => show(&client, &server, &uid, output).await?,
         AgentsCommand::Label {
             uid,
             changes,
@@ -169,6 +175,22 @@ fn at_least_one(value: &str) -> Result<usize, String> {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err("must be a whole number, at least 1".into()),
     }
+}
+
+/// One agent: the readable view, or the API's object as JSON or YAML.
+async fn show(
+    client: &reqwest::Client,
+    server: &ServerArg,
+    uid: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let raw: Value = get_json(client.get(server.url(&format!("/api/v1/agents/{uid}")))).await?;
+    if super::output::structured(format, &raw)? {
+        return Ok(());
+    }
+    let agent: AgentDetailDto =
+        serde_json::from_value(raw).context("unexpected agent from the Corral API")?;
+    describe(&agent)
 }
 
 /// Up to `limit` agents, a page at a time, and how many match in all.
