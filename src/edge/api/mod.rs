@@ -172,21 +172,15 @@ async fn no_route(uri: Uri) -> ApiError {
             .split_once('/')
             .is_some_and(|(_, tail)| tail == "versions" || tail.starts_with("versions/"));
         if rest.contains('/') && !versions {
-            let name = percent_decoded(rest);
-            let why = crate::core::config::validate_name(&name)
+            // The path as sent (still percent-encoded): a `%2F` never comes here, since it
+            // does not split the segment it is in.
+            let why = crate::core::config::validate_name(rest)
                 .err()
                 .unwrap_or_default();
             return ApiError::BadRequest(format!("{why}: '/' cannot be part of a name"));
         }
     }
     ApiError::NotFound("no such endpoint".into())
-}
-
-fn percent_decoded(s: &str) -> String {
-    form_urlencoded::parse(format!("n={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| s.to_string())
 }
 
 /// Counts each request by its route's template (never its path: the series stay as many as
