@@ -289,6 +289,10 @@ fn agents_table(agents: &[AgentDto], wide: bool) -> comfy_table::Table {
         }
         table.add_row(row);
     }
+    // An id cut over lines cannot be copied; status, admin state and last seen are short
+    // words that read badly cut (the wide table has too many columns to keep them all whole).
+    let whole: &[usize] = if wide { &[0] } else { &[0, 3, 4, 5] };
+    super::output::keep_whole(&mut table, whole);
     table
 }
 

@@ -104,6 +104,15 @@ where
     table
 }
 
+/// Keeps these columns whole (an id cut over lines cannot be copied); the others wrap to fit.
+pub fn keep_whole(table: &mut Table, columns: &[usize]) {
+    for &i in columns {
+        if let Some(column) = table.column_mut(i) {
+            column.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+    }
+}
+
 /// Prints `value` as JSON or YAML if that is the format asked for; `false` for a table, which
 /// is the caller's to draw.
 pub fn structured(format: Format, value: &Value) -> anyhow::Result<bool> {
