@@ -5,6 +5,7 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    use std::io::Write;
     // A background thread gives back pages freed after a burst (a fleet connecting, a
     // reconnect storm) within seconds, instead of only as later allocations come: about 1 KB
     // per agent of resident memory at 19,000 WebSocket agents (BENCHMARKS.md).
@@ -17,7 +18,8 @@ fn main() -> std::process::ExitCode {
     match corral::cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A closed stderr leaves nothing to tell: no panic over it.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -4,10 +4,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::core::domain::Transport;
 use crate::core::lifecycle::{AdminState, STATE_NAMES};
+use crate::core::rollout::Rollout;
 use crate::core::status::Status;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +38,44 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// An admin API request: its route's template (`/api/v1/agents/{uid}`, or `unmatched`), never
+/// the path itself, so the series are as many as the routes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRouteLabel {
+    pub route: String,
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabel {
+    pub route: String,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutStateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabel {
+    rollout: String,
+}
+
+/// The route label of a request no route took.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Admin API request durations, in seconds: 1 ms to about 16 s.
+fn api_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
 /// Every metric the server exports. Cheap to update from any task.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +92,8 @@ pub struct Metrics {
     pub store_flushes: Counter,
     pub store_errors: Counter,
     pub store_rows_set_aside: Counter,
+    pub api_requests: Family<ApiRequestLabel, Counter>,
+    pub api_request_duration: Family<ApiRouteLabel, Histogram, fn() -> Histogram>,
     /// The message counters of each transport (by `Transport as usize`), looked up once:
     /// they are counted on every heartbeat, and a family lookup hashes its labels under a lock.
     counted_in: [Counter; 2],
@@ -74,6 +116,8 @@ impl Default for Metrics {
             store_flushes: Counter::default(),
             store_errors: Counter::default(),
             store_rows_set_aside: Counter::default(),
+            api_requests: Family::default(),
+            api_request_duration: Family::new_with_constructor(api_duration_histogram),
             counted_in: Default::default(),
             counted_out: Default::default(),
         };
@@ -131,6 +175,24 @@ impl Default for Metrics {
             "Store writes that failed (retried)",
             m.store_errors.clone(),
         );
+        m.registry.register(
+            "api_requests",
+            "Admin API requests by route template, method and status",
+            m.api_requests.clone(),
+        );
+        m.registry.register(
+            "api_request_duration_seconds",
+            "Time the admin API took to answer, by route template and method",
+            m.api_request_duration.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        m.registry
+            .register("build_info", "The running build: always 1", build_info);
         for status in Status::ALL {
             let _ = m.agents.get_or_create(&StatusLabel {
                 status: status.as_str(),
@@ -237,11 +299,90 @@ impl Metrics {
             .inc();
     }
 
+    /// One admin API request, answered.
+    pub fn api_request(
+        &self,
+        route: &str,
+        method: &axum::http::Method,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        use axum::http::Method;
+        // Only the standard methods: a client may send any token as a method.
+        let method = match *method {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::PATCH => "PATCH",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        };
+        self.api_requests
+            .get_or_create(&ApiRequestLabel {
+                route: route.to_string(),
+                method,
+                status,
+            })
+            .inc();
+        self.api_request_duration
+            .get_or_create(&ApiRouteLabel {
+                route: route.to_string(),
+                method,
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.render_with(&[])
+    }
+
+    /// Every metric, and the rollouts as they are now (read at each scrape, so they are never
+    /// stale): how many in each state, and each unfinished one's wave and errors.
+    pub fn render_with(&self, rollouts: &[std::sync::Arc<Rollout>]) -> String {
+        let mut now = Registry::with_prefix("corral");
+        let by_state = Family::<RolloutStateLabel, Gauge>::default();
+        for state in crate::core::rollout::State::ALL {
+            let n = rollouts
+                .iter()
+                .filter(|r| r.progress.state == state)
+                .count();
+            by_state
+                .get_or_create(&RolloutStateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        now.register("rollouts", "Rollouts by state", by_state);
+        let wave = Family::<RolloutLabel, Gauge>::default();
+        let errors = Family::<RolloutLabel, Gauge>::default();
+        for r in rollouts.iter().filter(|r| !r.progress.state.is_terminal()) {
+            let label = RolloutLabel {
+                rollout: r.id.clone(),
+            };
+            wave.get_or_create(&label).set(i64::from(r.progress.wave));
+            errors
+                .get_or_create(&label)
+                .set(i64::from(r.progress.counts().errors));
+        }
+        now.register(
+            "rollout_wave",
+            "The wave each unfinished rollout (pending, started, paused, error) is at",
+            wave,
+        );
+        now.register(
+            "rollout_errors",
+            "Agents each unfinished rollout counts as errors (failed or timed out)",
+            errors,
+        );
         let mut out = String::new();
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &now))
+            .and_then(|()| encode_eof(&mut out));
         out
     }
 }
@@ -256,5 +397,9 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in a log file or a journal.
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr must cost only the log lines: tracing-subscriber would otherwise
+        // report the failed write with `eprintln!`, which panics the task that logged (the
+        // signal handler, on its way to shut the server down).
+        .log_internal_errors(false)
         .try_init();
 }

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::output::{OutputArg, keep_whole, out, structured, table, write_bytes};
 use super::{ServerArg, get_json};
 use crate::edge::api::dto::{
     ConfigDiffDto, ConfigurationDto, ConfigurationPutDto, ConfigurationPutResultDto,
@@ -22,6 +22,7 @@ pub enum ConfigCommand {
     /// the priority) and which agents would move to another configuration, and asks before
     /// moving any.
     Apply {
+        /// The configuration's name
         name: String,
         /// Collector config files; repeat for several. The file name is the key. Left out,
         /// the latest version's files stay.
@@ -47,29 +48,33 @@ pub enum ConfigCommand {
     /// All configurations.
     List {
         #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// One configuration: selector, priority, versions, rollout and agents.
     #[command(alias = "describe")]
     Show {
+        /// The configuration's name
         name: String,
         /// Show this version's files instead.
         #[arg(long)]
         version: Option<u32>,
-        /// `json` prints the API's object.
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         server: ServerArg,
     },
     /// A configuration's versions.
     Versions {
+        /// The configuration's name
         name: String,
         #[command(flatten)]
         server: ServerArg,
     },
     /// What changed between two versions, as a unified diff.
     Diff {
+        /// The configuration's name
         name: String,
         /// The older version
         from: u32,
@@ -83,19 +88,14 @@ pub enum ConfigCommand {
     /// Refused while agents are assigned to it or a rollout of it is unfinished, unless
     /// --force.
     Delete {
+        /// The configuration's name
         name: String,
+        /// Delete even with agents assigned or a rollout unfinished
         #[arg(long)]
         force: bool,
         #[command(flatten)]
         server: ServerArg,
     },
-}
-
-/// How a command prints what it shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,17 +113,22 @@ pub enum RolloutCommand {
         /// Which agents an upgrade goes to (default: all that match nothing narrower)
         #[arg(long)]
         selector: Option<String>,
+        /// Agents in the first wave
         #[arg(long, default_value_t = crate::core::rollout::DEFAULT_INITIAL)]
         initial: u32,
+        /// Each wave is this many times the one before
         #[arg(long, default_value_t = crate::core::rollout::DEFAULT_MULTIPLIER)]
         multiplier: u32,
+        /// Most agents in one wave
         #[arg(long, default_value_t = crate::core::rollout::DEFAULT_MAXIMUM)]
         maximum: u32,
+        /// Errors (failed or timed out) it tolerates before it stops
         #[arg(long, default_value_t = crate::core::rollout::DEFAULT_MAX_ERRORS)]
         max_errors: u32,
         /// Return agents that took the version to the previous one when the rollout fails
         #[arg(long)]
         rollback: bool,
+        /// Seconds an agent has to apply it before it counts as an error
         #[arg(long, default_value_t = crate::core::rollout::DEFAULT_WAVE_TIMEOUT_SECS)]
         wave_timeout: u64,
         #[command(flatten)]
@@ -133,17 +138,19 @@ pub enum RolloutCommand {
     /// ends.
     #[command(alias = "describe")]
     Status {
+        /// The rollout's id
         id: String,
+        /// Follow it live until it ends
         #[arg(long)]
         watch: bool,
-        /// `json` prints the API's object.
-        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
-        output: Format,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         server: ServerArg,
     },
     /// Hold the next wave; agents already sent the version keep counting.
     Pause {
+        /// The rollout's id
         id: String,
         #[command(flatten)]
         server: ServerArg,
@@ -151,18 +158,22 @@ pub enum RolloutCommand {
     /// Resume a paused rollout, or one stopped by errors: that one goes on with one agent (a
     /// canary) and allows one more error.
     Resume {
+        /// The rollout's id
         id: String,
         #[command(flatten)]
         server: ServerArg,
     },
     /// Stop a rollout for good: no agent it has not reached gets its version.
     Cancel {
+        /// The rollout's id
         id: String,
         #[command(flatten)]
         server: ServerArg,
     },
     /// All rollouts, newest first.
     List {
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -197,15 +208,17 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             let preview: ConfigurationPutResultDto =
                 get_json(client.put(format!("{url}?dry_run=true")).json(&body)).await?;
             if preview.changed.is_empty() {
-                println!(
+                out!(
                     "{} unchanged at version {} ({})",
-                    preview.name, preview.version, preview.hash
+                    preview.name,
+                    preview.version,
+                    preview.hash
                 );
                 return Ok(());
             }
-            print_change(&preview);
+            print_change(&preview)?;
             if dry_run {
-                println!("dry run: nothing stored");
+                out!("dry run: nothing stored");
                 return Ok(());
             }
             let moved = moved_away(&preview);
@@ -218,13 +231,15 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
                 anyhow::bail!("nothing changed");
             }
             let done: ConfigurationPutResultDto = get_json(client.put(url).json(&body)).await?;
-            println!("{}", applied(&done));
+            out!("{}", applied(&done));
         }
-        ConfigCommand::List { server } => {
+        ConfigCommand::List { output, server } => {
             let list: ConfigurationsDto =
                 get_json(client.get(server.url("/api/v1/configurations"))).await?;
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            if structured(output.output, &serde_json::to_value(&list)?)? {
+                return Ok(());
+            }
+            let mut table = table([
                 "NAME", "SELECTOR", "PRIORITY", "VERSION", "AGENTS", "ROLLOUT",
             ]);
             for c in list.configurations {
@@ -239,7 +254,7 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
                         .unwrap_or_default(),
                 ]);
             }
-            println!("{table}");
+            out!("{table}");
         }
         ConfigCommand::Show {
             name,
@@ -249,20 +264,22 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         } => {
             let url = server.url(&format!("/api/v1/configurations/{name}/versions/{n}"));
             let v: VersionDto = get_json(client.get(url)).await?;
-            if output == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+            if structured(output.output, &serde_json::to_value(&v)?)? {
                 return Ok(());
             }
-            println!(
+            out!(
                 "{} v{} ({}), created {}",
-                v.name, v.version, v.hash, v.created_at
+                v.name,
+                v.version,
+                v.hash,
+                v.created_at
             );
-            println!("components: {}", v.components.join(", "));
+            out!("components: {}", v.components.join(", "));
             for (file, f) in v.files.unwrap_or_default() {
-                println!("--- {file} ({})", f.content_type);
-                print!("{}", f.body);
+                out!("--- {file} ({})", f.content_type);
+                write_bytes(f.body.as_bytes())?;
                 if !f.body.ends_with('\n') {
-                    println!();
+                    out!("");
                 }
             }
         }
@@ -274,22 +291,15 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         } => {
             let c: ConfigurationDto =
                 get_json(client.get(server.url(&format!("/api/v1/configurations/{name}")))).await?;
-            if output == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&c)?);
+            if structured(output.output, &serde_json::to_value(&c)?)? {
                 return Ok(());
             }
-            print_configuration(&c);
+            print_configuration(&c)?;
         }
         ConfigCommand::Versions { name, server } => {
             let url = server.url(&format!("/api/v1/configurations/{name}/versions"));
             let list: VersionsDto = get_json(client.get(url)).await?;
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header([
-                "VERSION",
-                "CREATED",
-                "HASH",
-                "COMPONENTS",
-            ]);
+            let mut table = table(["VERSION", "CREATED", "HASH", "COMPONENTS"]);
             for v in list.versions {
                 table.add_row([
                     v.version.to_string(),
@@ -298,7 +308,7 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
                     v.components.len().to_string(),
                 ]);
             }
-            println!("{table}");
+            out!("{table}");
         }
         ConfigCommand::Diff {
             name,
@@ -311,9 +321,9 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             ));
             let d: ConfigDiffDto = get_json(client.get(url)).await?;
             if d.diff.is_empty() {
-                println!("{name} v{from} and v{to} have the same files");
+                out!("{name} v{from} and v{to} have the same files");
             } else {
-                print!("{}", d.diff);
+                write_bytes(d.diff.as_bytes())?;
             }
         }
         ConfigCommand::Delete {
@@ -325,8 +335,8 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             if force {
                 url.push_str("?force=true");
             }
-            super::lifecycle::send(client.delete(url)).await?;
-            println!("configuration {name} deleted");
+            super::send(client.delete(url)).await?;
+            out!("configuration {name} deleted");
         }
     }
     Ok(())
@@ -357,15 +367,15 @@ fn read_files(paths: &[PathBuf]) -> anyhow::Result<Option<BTreeMap<String, FileD
 }
 
 /// What a change would do: the diff, selector, priority and the agents it moves.
-fn print_change(c: &ConfigurationPutResultDto) {
+fn print_change(c: &ConfigurationPutResultDto) -> anyhow::Result<()> {
     match c.previous_version {
         None if c.previous_selector.is_none() => {
-            println!("{}: new configuration, version {}", c.name, c.version)
+            out!("{}: new configuration, version {}", c.name, c.version)
         }
-        _ => println!("{}: changes {}", c.name, c.changed.join(", ")),
+        _ => out!("{}: changes {}", c.name, c.changed.join(", ")),
     }
     if c.previous_selector.as_ref() != Some(&c.selector) {
-        println!(
+        out!(
             "  selector: {} -> {}",
             shown(c.previous_selector.as_deref()),
             shown(Some(&c.selector))
@@ -373,20 +383,20 @@ fn print_change(c: &ConfigurationPutResultDto) {
     }
     if c.previous_priority != Some(c.priority) {
         match c.previous_priority {
-            Some(p) => println!("  priority: {p} -> {}", c.priority),
-            None => println!("  priority: {}", c.priority),
+            Some(p) => out!("  priority: {p} -> {}", c.priority),
+            None => out!("  priority: {}", c.priority),
         }
     }
     if !c.diff.is_empty() {
-        print!("{}", c.diff);
+        write_bytes(c.diff.as_bytes())?;
     }
     if c.reassigned_count == 0 {
-        println!("no agent moves to another configuration");
-        return;
+        out!("no agent moves to another configuration");
+        return Ok(());
     }
-    println!("{} agents change configuration:", c.reassigned_count);
+    out!("{} agents change configuration:", c.reassigned_count);
     for m in &c.reassigned {
-        println!(
+        out!(
             "  {} from {} to {}: {}{}",
             m.count,
             m.from.as_deref().unwrap_or("(none)"),
@@ -399,9 +409,10 @@ fn print_change(c: &ConfigurationPutResultDto) {
             }
         );
     }
-    println!(
+    out!(
         "agents that run another configuration wait (pending) until a rollout of their new one reaches them"
     );
+    Ok(())
 }
 
 /// How many agents a change takes from the configuration they have (those it only gives a
@@ -448,37 +459,38 @@ fn applied(c: &ConfigurationPutResultDto) -> String {
     }
 }
 
-fn print_configuration(c: &ConfigurationDto) {
-    println!("name:      {}", c.name);
-    println!("selector:  {}", shown(Some(&c.selector)));
-    println!("priority:  {}", c.priority);
-    println!(
+fn print_configuration(c: &ConfigurationDto) -> anyhow::Result<()> {
+    out!("name:      {}", c.name);
+    out!("selector:  {}", shown(Some(&c.selector)));
+    out!("priority:  {}", c.priority);
+    out!(
         "latest:    {}",
         c.latest_version
             .map(|v| format!("v{v}"))
             .unwrap_or_else(|| "none".into())
     );
     match &c.rollout {
-        Some(r) => println!("rollout:   {} v{} {}", r.id, r.version, r.state),
-        None => println!("rollout:   none yet (agents are left alone until one starts)"),
+        Some(r) => out!("rollout:   {} v{} {}", r.id, r.version, r.state),
+        None => out!("rollout:   none yet (agents are left alone until one starts)"),
     }
-    println!("agents:    {}", c.agent_count);
+    out!("agents:    {}", c.agent_count);
     for uid in c.agents.iter().flatten().take(20) {
-        println!("  {uid}");
+        out!("  {uid}");
     }
     if c.agent_count > 20 {
-        println!("  ... ({} more)", c.agent_count - 20);
+        out!("  ... ({} more)", c.agent_count - 20);
     }
     let versions = c.versions.as_deref().unwrap_or_default();
-    println!("versions:  {}", versions.len());
+    out!("versions:  {}", versions.len());
     for v in versions.iter().rev().take(10) {
-        println!(
+        out!(
             "  v{}  {}  {}",
             v.version,
             v.created_at,
             &v.hash[..v.hash.len().min(12)]
         );
     }
+    Ok(())
 }
 
 pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
@@ -497,6 +509,25 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             wave_timeout,
             server,
         } => {
+            let params = crate::core::rollout::Params {
+                initial,
+                multiplier,
+                maximum,
+                max_errors,
+                wave_timeout_ms: wave_timeout.saturating_mul(1000),
+            };
+            // The API's field names become the flags typed.
+            params.validate().map_err(|m| {
+                let named: Vec<String> = m
+                    .split(' ')
+                    .map(|word| match word {
+                        "initial" | "multiplier" | "maximum" => format!("--{word}"),
+                        "wave_timeout_seconds" => "--wave-timeout".to_string(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                anyhow::anyhow!("{}", named.join(" "))
+            })?;
             let (config_version, package) = match (&configuration, package) {
                 (Some(_), None) => {
                     let v = version
@@ -525,7 +556,7 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             };
             let r: RolloutDto =
                 get_json(client.post(server.url("/api/v1/rollouts")).json(&body)).await?;
-            println!("rollout {} of {} started", r.id, target(&r));
+            out!("rollout {} of {} started", r.id, target(&r));
         }
         RolloutCommand::Status {
             id,
@@ -538,21 +569,23 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
                 watch_rollout(&client, &url).await?;
             } else {
                 let r: RolloutDto = get_json(client.get(&url)).await?;
-                match output {
-                    Format::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-                    Format::Text => print_rollout(&r),
+                if !structured(output.output, &serde_json::to_value(&r)?)? {
+                    print_rollout(&r)?;
                 }
             }
         }
         RolloutCommand::Pause { id, server } => act(&client, &server, &id, "pause").await?,
         RolloutCommand::Resume { id, server } => act(&client, &server, &id, "resume").await?,
         RolloutCommand::Cancel { id, server } => act(&client, &server, &id, "cancel").await?,
-        RolloutCommand::List { server } => {
+        RolloutCommand::List { output, server } => {
             let list: RolloutsDto = get_json(client.get(server.url("/api/v1/rollouts"))).await?;
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            if structured(output.output, &serde_json::to_value(&list)?)? {
+                return Ok(());
+            }
+            let mut table = table([
                 "ID", "TARGET", "VERSION", "STATE", "WAVE", "DONE", "ERRORS", "UPDATED",
             ]);
+            keep_whole(&mut table, &[0]);
             for r in list.rollouts {
                 let (what, version) = match (&r.configuration, r.version, &r.package) {
                     (Some(c), Some(v), _) => (c.clone(), format!("v{v}")),
@@ -570,7 +603,7 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
                     r.updated_at,
                 ]);
             }
-            println!("{table}");
+            out!("{table}");
         }
     }
     Ok(())
@@ -584,7 +617,7 @@ async fn act(
 ) -> anyhow::Result<()> {
     let url = server.url(&format!("/api/v1/rollouts/{id}/{action}"));
     let r: RolloutDto = get_json(client.post(url)).await?;
-    println!("rollout {} is {}", r.id, r.state);
+    out!("rollout {} is {}", r.id, r.state);
     Ok(())
 }
 
@@ -627,7 +660,7 @@ async fn watch_rollout(client: &reqwest::Client, url: &str) -> anyhow::Result<()
         bar.set_message(summary(&r));
         if is_over(&r.state) {
             bar.finish();
-            print_rollout(&r);
+            print_rollout(&r)?;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -635,10 +668,10 @@ async fn watch_rollout(client: &reqwest::Client, url: &str) -> anyhow::Result<()
 }
 
 /// The rollout, whom it reaches, a table of its waves, and the agents in error.
-fn print_rollout(r: &RolloutDto) {
-    println!("{}  {}", r.id, summary(r));
-    println!("{}", r.summary);
-    println!(
+fn print_rollout(r: &RolloutDto) -> anyhow::Result<()> {
+    out!("{}  {}", r.id, summary(r));
+    out!("{}", r.summary);
+    out!(
         "{} of {} completed; initial {} × {} up to {}, at most {} errors{}",
         r.counts.completed,
         r.counts.total,
@@ -653,16 +686,13 @@ fn print_rollout(r: &RolloutDto) {
         }
     );
     if r.counts.left_out > 0 {
-        println!(
+        out!(
             "{} agents were sent it or waiting when it ended: it will not reach them",
             r.counts.left_out
         );
     }
     if !r.wave_sizes.is_empty() {
-        let mut table = Table::new();
-        table
-            .load_preset(UTF8_FULL_CONDENSED)
-            .set_header(["WAVE", "SIZE", "STATE"]);
+        let mut table = table(["WAVE", "SIZE", "STATE"]);
         for (k, size) in r.wave_sizes.iter().enumerate() {
             let wave = k as u32 + 1;
             let state = if wave > r.wave {
@@ -674,18 +704,19 @@ fn print_rollout(r: &RolloutDto) {
             };
             table.add_row([wave.to_string(), size.to_string(), state.to_string()]);
         }
-        println!("{table}");
+        out!("{table}");
     }
     if !r.skipped.is_empty() {
-        println!("skipped:");
+        out!("skipped:");
         for s in &r.skipped {
-            println!("  {}  {}", s.instance_uid, s.reason);
+            out!("  {}  {}", s.instance_uid, s.reason);
         }
     }
     if !r.errors.is_empty() {
-        println!("errors:");
+        out!("errors:");
         for e in &r.errors {
-            println!("  {}  {}: {}", e.instance_uid, e.phase, e.message);
+            out!("  {}  {}: {}", e.instance_uid, e.phase, e.message);
         }
     }
+    Ok(())
 }

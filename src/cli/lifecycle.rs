@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{ServerArg, get_json};
+use super::output::out;
+use super::{ServerArg, get_json, send};
 use crate::edge::api::dto::{AgentDetailDto, BulkResultDto, IgnoreRuleDto, IgnoreRulesDto};
 
 /// Which agents a command acts on: one by uid, or every match of a selector.
@@ -67,15 +68,19 @@ pub enum LifecycleCommand {
 pub enum IgnoreRuleCommand {
     /// Ignore agents whose reported attributes match a selector when they first speak.
     Add {
+        /// The selector, e.g. 'service.name=scratch'
         selector: String,
         #[command(flatten)]
         server: ServerArg,
     },
+    /// The ignore rules: id, when added, selector.
     List {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Delete an ignore rule (agents it ignored stay ignored).
     Delete {
+        /// The rule's id, as `ignore-rule list` shows it
         id: String,
         #[command(flatten)]
         server: ServerArg,
@@ -91,20 +96,6 @@ fn pairs(given: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String
                 .with_context(|| format!("{what} {p:?} must be key=value"))
         })
         .collect()
-}
-
-/// Sends a request whose success has no body (204).
-pub(super) async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
-    let response = req.send().await.context("cannot reach the Corral API")?;
-    let status = response.status();
-    if !status.is_success() {
-        let body: Value = response.json().await.unwrap_or_default();
-        anyhow::bail!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("no details")
-        );
-    }
-    Ok(())
 }
 
 pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
@@ -125,7 +116,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
         LifecycleCommand::Delete(t) => match (&t.uid, &t.selector) {
             (Some(uid), None) => {
                 send(client.delete(t.server.url(&format!("/api/v1/agents/{uid}")))).await?;
-                println!("{uid} deleted");
+                out!("{uid} deleted");
                 Ok(())
             }
             _ => bulk(&client, &t, "/api/v1/agents/delete", json!({}), "delete").await,
@@ -134,7 +125,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
             (Some(uid), None) => {
                 let url = t.server.url(&format!("/api/v1/agents/{uid}/disconnect"));
                 get_json::<AgentDetailDto>(client.post(url)).await?;
-                println!("{uid} disconnected");
+                out!("{uid} disconnected");
                 Ok(())
             }
             _ => {
@@ -146,7 +137,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
             (Some(uid), None) => {
                 let url = t.server.url(&format!("/api/v1/agents/{uid}/restart"));
                 get_json::<AgentDetailDto>(client.post(url)).await?;
-                println!("{uid}: restart sent");
+                out!("{uid}: restart sent");
                 Ok(())
             }
             _ => bulk(&client, &t, "/api/v1/agents/restart", json!({}), "restart").await,
@@ -161,7 +152,7 @@ async fn move_agents(client: &reqwest::Client, t: Targets, state: &str) -> anyho
             let url = t.server.url(&format!("/api/v1/agents/{uid}/admin-state"));
             let agent: AgentDetailDto =
                 get_json(client.post(url).json(&json!({ "state": state }))).await?;
-            println!("{uid} is {}", agent.agent.admin_state);
+            out!("{uid} is {}", agent.agent.admin_state);
             Ok(())
         }
         _ => {
@@ -201,31 +192,29 @@ async fn register(
     attributes: &[String],
     labels: &[String],
 ) -> anyhow::Result<()> {
-    let labels = pairs(labels, "label")?;
+    let labels = pairs(labels, "--label")?;
     if !attributes.is_empty() {
         let body = json!({
-            "identifying_attributes": pairs(attributes, "attribute")?,
+            "identifying_attributes": pairs(attributes, "--attr")?,
             "labels": labels,
         });
         let expected: Value =
             get_json(client.post(t.server.url("/api/v1/agents")).json(&body)).await?;
-        println!(
+        out!(
             "expecting an agent with {}: id {}",
-            expected["identifying_attributes"], expected["id"]
+            expected["identifying_attributes"],
+            expected["id"]
         );
         return Ok(());
     }
     if let (Some(uid), None) = (&t.uid, &t.selector) {
-        let known = client
-            .get(t.server.url(&format!("/api/v1/agents/{uid}")))
-            .send()
-            .await
-            .context("cannot reach the Corral API")?;
+        let url = t.server.url(&format!("/api/v1/agents/{uid}"));
+        let known = client.get(url).send().await.map_err(super::unreachable)?;
         if known.status() == reqwest::StatusCode::NOT_FOUND {
             let body = json!({ "instance_uid": uid, "labels": labels });
             let agent: AgentDetailDto =
                 get_json(client.post(t.server.url("/api/v1/agents")).json(&body)).await?;
-            println!(
+            out!(
                 "{uid} pre-registered: {} until it connects",
                 agent.agent.admin_state
             );
@@ -247,20 +236,22 @@ async fn bulk(
     let Some(selector) = &t.selector else {
         anyhow::bail!("give an agent uid or --selector");
     };
+    crate::core::config::Selector::parse(selector)
+        .map_err(|e| anyhow::anyhow!("--selector {selector:?}: {e}"))?;
     let mut request = extra;
     request["selector"] = json!(selector);
     request["dry_run"] = json!(true);
     let url = t.server.url(path);
     let preview: BulkResultDto = get_json(client.post(&url).json(&request)).await?;
     for (reason, n) in &preview.excluded {
-        println!("{n} matching agents left out: {reason}");
+        out!("{n} matching agents left out: {reason}");
     }
     if preview.matched == 0 {
-        println!("no agent to {what} matches {selector:?}");
+        out!("no agent to {what} matches {selector:?}");
         return Ok(());
     }
     let more = preview.matched.saturating_sub(preview.sample.len());
-    println!(
+    out!(
         "{} agents: {}{}",
         preview.matched,
         preview.sample.join(", "),
@@ -276,15 +267,15 @@ async fn bulk(
             preview.matched
         ))?
     {
-        println!("nothing done");
+        out!("nothing done");
         return Ok(());
     }
     request["dry_run"] = json!(false);
     request["expected_count"] = json!(preview.matched);
     let done: BulkResultDto = get_json(client.post(&url).json(&request)).await?;
-    println!("{what}: done for {} of {} agents", done.done, done.matched);
+    out!("{what}: done for {} of {} agents", done.done, done.matched);
     for (uid, why) in &done.failed {
-        eprintln!("{uid}: {why}");
+        super::output::note(&format!("{uid}: {why}"));
     }
     if !done.failed.is_empty() {
         anyhow::bail!("{} agents failed", done.failed.len());
@@ -298,18 +289,18 @@ async fn ignore_rule(client: &reqwest::Client, cmd: IgnoreRuleCommand) -> anyhow
             let body = json!({ "selector": selector });
             let rule: IgnoreRuleDto =
                 get_json(client.post(server.url("/api/v1/ignore-rules")).json(&body)).await?;
-            println!("ignore rule {}: {}", rule.id, rule.selector);
+            out!("ignore rule {}: {}", rule.id, rule.selector);
         }
         IgnoreRuleCommand::List { server } => {
             let rules: IgnoreRulesDto =
                 get_json(client.get(server.url("/api/v1/ignore-rules"))).await?;
             for rule in rules.rules {
-                println!("{}  {}  {}", rule.id, rule.created_at, rule.selector);
+                out!("{}  {}  {}", rule.id, rule.created_at, rule.selector);
             }
         }
         IgnoreRuleCommand::Delete { id, server } => {
             send(client.delete(server.url(&format!("/api/v1/ignore-rules/{id}")))).await?;
-            println!("ignore rule {id} deleted");
+            out!("ignore rule {id} deleted");
         }
     }
     Ok(())

@@ -2,7 +2,9 @@
 
 mod agents;
 mod control;
+mod fleet;
 mod lifecycle;
+pub mod output;
 mod packages;
 
 use std::path::PathBuf;
@@ -39,6 +41,13 @@ enum Command {
     /// Upload and list agent packages.
     #[command(subcommand)]
     Package(packages::PackageCommand),
+    /// How many agents there are, by status and by admin state.
+    Fleet(fleet::FleetArgs),
+    /// Print a shell completion script, e.g. `corral completions bash > /etc/bash_completion.d/corral`.
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,23 +63,41 @@ struct ServeArgs {
 /// Where admin commands find the API.
 #[derive(Debug, clap::Args)]
 pub struct ServerArg {
-    /// Base URL of the Corral API.
+    /// Base URL of the Corral admin API (`host:port` means `http://host:port`)
     #[arg(long, env = "CORRAL_SERVER", default_value_t = format!("http://{DEFAULT_API_LISTEN}"))]
     pub server: String,
 }
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        output::quiet_when_the_reader_leaves();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
             Command::Agents(cmd) => agents::run(cmd).await,
             Command::Config(cmd) => control::config(cmd).await,
             Command::Rollout(cmd) => control::rollout(cmd).await,
             Command::Package(cmd) => packages::run(cmd).await,
+            Command::Fleet(args) => fleet::run(args).await,
+            Command::Completions { shell } => completions(shell),
         }
-    })
+    });
+    match result {
+        // `corral agents list | head -1`: the reader has all it wanted.
+        Err(e) if output::is_closed_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    // Written to a buffer first: clap_complete panics on a failed write.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "corral", &mut script);
+    output::write_bytes(&script)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -80,36 +107,139 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Partial::default(),
     };
     let settings = args.given.resolve(file)?;
+    // Caught from here on: once the server says it is serving, a signal stops it gracefully.
+    let signals = Signals::catch()?;
     let listeners = crate::server::Listeners::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        signals.recv().await;
+        // Cancel first: nothing that goes wrong with logging (a closed stderr) may keep the
+        // server from stopping.
         on_signal.cancel();
+        tracing::info!("shutting down");
     });
     crate::server::serve(listeners, settings, shutdown).await
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+/// SIGINT and SIGTERM.
+#[cfg(unix)]
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn catch() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn catch() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn recv(self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 impl ServerArg {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server.trim_end_matches('/'))
+    /// The API's base URL: `http://` is assumed when no scheme is given.
+    pub fn base(&self) -> String {
+        let server = self.server.trim().trim_end_matches('/');
+        if server.contains("://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        }
     }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+}
+
+/// The header the OpAMP listener marks its own refusals with, so that a `--server` pointing
+/// at it can be told apart from the API.
+pub use crate::edge::transport::LISTENER_HEADER;
+
+/// Sends a request to the API. A failure says which URL was tried; an answer that is not a
+/// success becomes the API's message (or says what answered instead of the API).
+pub async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    let response = req.send().await.map_err(unreachable)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let origin = origin(response.url());
+    if response
+        .headers()
+        .get(LISTENER_HEADER)
+        .is_some_and(|v| v == "opamp")
+    {
+        anyhow::bail!(
+            "{origin} is Corral's OpAMP listener, not its admin API (default \
+             {DEFAULT_API_LISTEN}); give the API's address with --server or CORRAL_SERVER"
+        );
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<crate::edge::api::dto::ErrorDto>(&body) {
+        Ok(e) => match e.allowed {
+            Some(allowed) if !allowed.is_empty() => {
+                anyhow::bail!("{status}: {} (allowed: {})", e.error, allowed.join(", "))
+            }
+            _ => anyhow::bail!("{status}: {}", e.error),
+        },
+        Err(_) => anyhow::bail!(
+            "{status} from {origin}, which does not answer like Corral's admin API; check --server"
+        ),
+    }
+}
+
+/// Why a request got no answer, naming the URL it was sent to.
+fn unreachable(e: reqwest::Error) -> anyhow::Error {
+    let url = e.url().map(origin).unwrap_or_default();
+    let mut cause: &dyn std::error::Error = &e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if e.is_builder() {
+        anyhow::anyhow!("cannot send a request to {url:?}: {cause}; check --server")
+    } else if e.is_connect() {
+        anyhow::anyhow!(
+            "cannot reach the Corral API at {url}: {cause}; is `corral serve` running there? \
+             (--server or CORRAL_SERVER; default http://{DEFAULT_API_LISTEN})"
+        )
+    } else {
+        anyhow::anyhow!("request to the Corral API at {url} failed: {cause}")
+    }
+}
+
+/// `scheme://host:port` of a URL, without its path and query.
+fn origin(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    url.set_path("");
+    url.set_query(None);
+    url.as_str().trim_end_matches('/').to_string()
 }
 
 /// Sends a request to the API and reads its JSON answer; API errors become their message.
@@ -117,15 +247,36 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     req: reqwest::RequestBuilder,
 ) -> anyhow::Result<T> {
     use anyhow::Context;
-    let response = req.send().await.context("cannot reach the Corral API")?;
-    let status = response.status();
-    if !status.is_success() {
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let message = body["error"].as_str().unwrap_or("no details").to_string();
-        anyhow::bail!("{status}: {message}");
-    }
-    response
+    send(req)
+        .await?
         .json()
         .await
         .context("unexpected response from the Corral API")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and argument says what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = sub.get_name();
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {name}"));
+                }
+                walk(sub, &format!("{path} {name}"), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "corral", &mut missing);
+        assert!(missing.is_empty(), "no help: {missing:#?}");
+    }
 }

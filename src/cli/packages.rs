@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
+use super::output::out;
 use super::{ServerArg, get_json};
 use crate::edge::api::dto::{PackageDto, PackagesDto};
 
@@ -12,7 +12,9 @@ use crate::edge::api::dto::{PackageDto, PackagesDto};
 pub enum PackageCommand {
     /// Upload an agent build (stored once per content, by SHA-256).
     Upload {
+        /// The build's file (an archive as the agent's supervisor installs it)
         file: PathBuf,
+        /// Its version, e.g. v0.116.0; a version never changes once uploaded
         #[arg(long)]
         version: String,
         /// Package name; the collector itself is the top-level package ''
@@ -36,6 +38,7 @@ pub enum PackageCommand {
     ///
     /// Refused while a rollout delivers or offers it, or an agent reports running it.
     Delete {
+        /// The version to delete
         #[arg(long)]
         version: String,
         /// Package name; the collector itself is the top-level package ''
@@ -57,7 +60,7 @@ pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
             let request = client
                 .delete(server.url("/api/v1/packages"))
                 .query(&[("name", &name), ("version", &version)]);
-            super::lifecycle::send(request).await?;
+            super::send(request).await?;
             println!("package {name:?} {version} deleted");
         }
         PackageCommand::Upload {
@@ -86,15 +89,17 @@ pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
                     tokio_util::io::ReaderStream::new(body),
                 ));
             let p: PackageDto = get_json(request).await?;
-            println!(
+            out!(
                 "uploaded {:?} {} ({} bytes, sha256 {})",
-                p.name, p.version, p.size, p.sha256
+                p.name,
+                p.version,
+                p.size,
+                p.sha256
             );
         }
         PackageCommand::List { server } => {
             let list: PackagesDto = get_json(client.get(server.url("/api/v1/packages"))).await?;
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            let mut table = super::output::table([
                 "NAME", "VERSION", "PLATFORM", "ARCH", "SIZE", "SHA256", "UPLOADED",
             ]);
             for p in list.packages {
@@ -108,7 +113,7 @@ pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
                     p.created_at,
                 ]);
             }
-            println!("{table}");
+            out!("{table}");
         }
     }
     Ok(())
@@ -116,8 +121,9 @@ pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
 
 /// Asks on the terminal; anything but y/yes is no.
 pub fn confirm(question: &str) -> anyhow::Result<bool> {
-    print!("{question} [y/N] ");
-    std::io::stdout().flush()?;
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{question} [y/N] ")?;
+    stdout.flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(

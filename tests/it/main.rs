@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin_api;
 mod api;
 mod bad_input;
 mod cli;

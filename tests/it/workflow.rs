@@ -500,3 +500,46 @@ async fn after_a_restart_agents_that_applied_count_before_the_grace_ends() {
     assert_eq!(r["wave"], 1, "no new wave during the grace: {r}");
     drop(agents);
 }
+
+#[tokio::test]
+async fn rollout_flags_the_server_would_refuse_are_named_as_typed() {
+    let server = TestServer::start().await;
+    let (status, _) = put(&server, "prod", json!({"files": files(GOOD)})).await;
+    assert_eq!(status, 200);
+    for (flags, says) in [
+        (
+            &["--wave-timeout", "0"][..],
+            "--wave-timeout must be at least 1",
+        ),
+        (
+            &["--initial", "5", "--maximum", "2"][..],
+            "--maximum (2) must be at least --initial (5)",
+        ),
+    ] {
+        let out = server
+            .cli(&[&["rollout", "start", "prod"][..], flags].concat())
+            .await;
+        assert!(
+            !out.ok && out.stderr.contains(says),
+            "{flags:?}: {}",
+            out.stderr
+        );
+    }
+    let out = succeeded(server.cli(&["config", "list", "-o", "json"]).await);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["configurations"][0]["name"], "prod");
+    let (status, body) = server
+        .post_json(
+            "/api/v1/rollouts",
+            &json!({"configuration": "prod", "wave_timeout_seconds": 0}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("wave_timeout_seconds"),
+        "{body}"
+    );
+}

@@ -71,7 +71,7 @@ impl Params {
             ));
         }
         if self.wave_timeout_ms < 1 {
-            return Err("wave_timeout_ms must be at least 1".into());
+            return Err("wave_timeout_seconds must be at least 1".into());
         }
         Ok(())
     }
@@ -509,7 +509,7 @@ mod tests {
         assert!(bad(|p| p.initial = 0).starts_with("initial "));
         assert!(bad(|p| p.multiplier = 0).starts_with("multiplier "));
         assert!(bad(|p| p.maximum = 2).starts_with("maximum "));
-        assert!(bad(|p| p.wave_timeout_ms = 0).starts_with("wave_timeout_ms "));
+        assert!(bad(|p| p.wave_timeout_ms = 0).starts_with("wave_timeout_seconds "));
     }
 
     #[test]

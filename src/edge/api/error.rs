@@ -23,6 +23,9 @@ pub enum ApiError {
     /// A bulk action whose confirmed count is not what matches now (409): nothing was done.
     #[error("{message}")]
     CountMismatch { message: String, matched: usize },
+    /// A method the path has no route for (405; axum adds the `Allow` header).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("internal error")]
@@ -39,6 +42,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) | ApiError::Refused { .. } | ApiError::CountMismatch { .. } => {
                 StatusCode::CONFLICT
             }
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "api request failed");

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
-use axum::http::{HeaderValue, header};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, RawQuery, State};
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::IntoParams;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
@@ -122,13 +122,94 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: ApiState) -> Router {
     let allowed = state.allowed_hosts.clone();
+    let fleet = state.fleet.clone();
     let (routes, doc) = routes().split_for_parts();
-    let doc = serde_json::to_vec(&openapi::finish(doc)).expect("an OpenAPI document serializes");
+    let doc = openapi::finish(doc);
+    let methods: Arc<BTreeMap<String, String>> = Arc::new(
+        doc.paths
+            .paths
+            .iter()
+            .map(|(path, item)| (path.clone(), methods(item)))
+            .collect(),
+    );
+    let doc = serde_json::to_vec(&doc).expect("an OpenAPI document serializes");
     routes
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .fallback(no_route)
+        .method_not_allowed_fallback(
+            move |matched: Option<MatchedPath>, method: Method| async move {
+                let path = matched.as_ref().map_or("this path", |m| m.as_str());
+                let allowed = matched
+                    .as_ref()
+                    .and_then(|m| methods.get(m.as_str()))
+                    .map_or("other methods", String::as_str);
+                ApiError::MethodNotAllowed(format!("{path} takes {allowed}, not {method}"))
+            },
+        )
         .with_state(state)
         .layer(Extension(openapi::Document(doc.into())))
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
+        .layer(axum::middleware::from_fn_with_state(fleet, count_request))
+}
+
+/// The methods a documented path takes, e.g. `GET, POST`.
+fn methods(item: &utoipa::openapi::PathItem) -> String {
+    [
+        ("GET", item.get.is_some()),
+        ("PUT", item.put.is_some()),
+        ("POST", item.post.is_some()),
+        ("DELETE", item.delete.is_some()),
+        ("PATCH", item.patch.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, present)| present.then_some(name))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// A path no route takes: 404, or 400 for a configuration name with a `/` in it (the client
+/// meant a name, and `/` splits it into segments no route has).
+async fn no_route(uri: Uri) -> ApiError {
+    const CONFIGURATIONS: &str = "/api/v1/configurations/";
+    if let Some(rest) = uri.path().strip_prefix(CONFIGURATIONS) {
+        let rest = rest.trim_end_matches('/');
+        let versions = rest
+            .split_once('/')
+            .is_some_and(|(_, tail)| tail == "versions" || tail.starts_with("versions/"));
+        if rest.contains('/') && !versions {
+            // The path as sent (still percent-encoded): a `%2F` never comes here, since it
+            // does not split the segment it is in.
+            let why = crate::core::config::validate_name(rest)
+                .err()
+                .unwrap_or_default();
+            return ApiError::BadRequest(format!("{why}: '/' cannot be part of a name"));
+        }
+    }
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// Counts each request by its route's template (never its path: the series stay as many as
+/// the routes) and status, and how long it took to answer.
+async fn count_request(
+    State(fleet): State<Arc<Fleet>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    fleet.metrics().api_request(
+        route
+            .as_deref()
+            .unwrap_or(crate::telemetry::UNMATCHED_ROUTE),
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Path parameters, with a path that does not decode (e.g. percent-encoded bytes that are not
@@ -478,7 +559,12 @@ async fn fleet_summary(State(state): State<ApiState>) -> Json<FleetDto> {
     )),
 )]
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut response = state.fleet.metrics().render().into_response();
+    let view = state.controller.view();
+    let mut response = state
+        .fleet
+        .metrics()
+        .render_with(&view.rollouts)
+        .into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -25,6 +25,9 @@ use crate::tasks::agent::ConnId;
 use crate::tasks::fleet::Fleet;
 
 pub const OPAMP_PATH: &str = "/v1/opamp";
+/// Set (to `opamp`) on the OpAMP listener's answer to a path it does not serve, so that a
+/// client that meant the admin API (the CLI's `--server`) can say where it went instead.
+pub const LISTENER_HEADER: &str = "x-corral-listener";
 /// Default bound on one inbound message (after decompression).
 pub use crate::settings::DEFAULT_MAX_MESSAGE_SIZE;
 
@@ -183,6 +186,7 @@ pub fn router(state: OpampState) -> Router {
             not_found_metrics.metrics().rejected("not_found");
             (
                 StatusCode::NOT_FOUND,
+                [(LISTENER_HEADER, "opamp")],
                 format!("no such path; the OpAMP endpoint is {OPAMP_PATH}"),
             )
                 .into_response()
