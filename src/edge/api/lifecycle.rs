@@ -16,7 +16,9 @@ use super::dto::{
     PreRegisteredDto,
 };
 use super::openapi::AgentUid;
-use super::{ApiError, ApiPath, ApiState, agent, agent_detail, json, parse_uid, validate_labels};
+use super::{
+    ApiError, ApiPath, ApiState, agent, agent_detail, check_pin, json, parse_uid, validate_labels,
+};
 use crate::core::config::Selector;
 use crate::core::domain::{AgentCapabilities, AgentRecord};
 use crate::core::lifecycle::{self, AdminState, Expected, IgnoreRule, STATE_NAMES};
@@ -158,6 +160,7 @@ pub(super) async fn pre_register(
 ) -> Result<(StatusCode, Json<PreRegisteredDto>), ApiError> {
     let request = json(request)?;
     validate_labels(&request.labels)?;
+    check_pin(&state, &request.labels)?;
     match (request.instance_uid, request.identifying_attributes) {
         (Some(uid), None) => {
             let uid = parse_uid(&uid)?;

@@ -10,6 +10,7 @@ mod openapi;
 mod packages;
 
 use std::collections::BTreeMap;
+
 use std::sync::Arc;
 
 use axum::Json;
@@ -25,6 +26,7 @@ use utoipa_axum::routes;
 pub use error::ApiError;
 pub use guard::AllowedHosts;
 
+use crate::core::config::PIN_LABEL;
 use crate::core::domain::{AgentRecord, ContentHash, InstanceUid, KeptConfig};
 use crate::core::status::Status;
 use crate::edge::store::Store;
@@ -390,6 +392,21 @@ pub(super) fn agent_detail(state: &ApiState, agent: &AgentRecord) -> AgentDetail
     dto
 }
 
+/// A `configuration=<name>` label must name a configuration that exists.
+pub(super) fn check_pin(
+    state: &ApiState,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    match labels.get(PIN_LABEL) {
+        Some(pinned) if state.controller.view().configuration(pinned).is_none() => {
+            Err(ApiError::BadRequest(format!(
+                "label {PIN_LABEL}={pinned} pins the agent to a configuration that does not exist"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {
         return Err(ApiError::BadRequest(format!("at most {MAX_LABELS} labels")));
@@ -438,13 +455,10 @@ async fn set_labels(
     let handle = agent(&state, &uid)?;
     let body = json(body)?;
     validate_labels(&body.labels)?;
-    if let Some(pinned) = body.labels.get(crate::core::config::PIN_LABEL)
-        && state.controller.view().configuration(pinned).is_none()
-    {
-        return Err(ApiError::BadRequest(format!(
-            "label {}={pinned} pins the agent to a configuration that does not exist",
-            crate::core::config::PIN_LABEL
-        )));
+    // A pin already there (its configuration deleted since) may stay; a new one must hold.
+    let kept = handle.record().labels.get(PIN_LABEL).cloned();
+    if body.labels.get(PIN_LABEL) != kept.as_ref() {
+        check_pin(&state, &body.labels)?;
     }
     let record = handle.set_labels(body.labels).await?;
     lifecycle::durable(&state).await?;
