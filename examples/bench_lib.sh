@@ -153,7 +153,7 @@ collector_yaml() {
 }
 
 # put_configuration NAME SELECTOR [SIZE] [TAG]: PUT a configuration of one YAML file; prints
-# the response ({"name","version","hash","created"}).
+# the response ({"name","version","hash","created","changed",...}).
 put_configuration() {
     local body
     body=$(collector_yaml "${3:-5120}" "${4:-1}" | awk '{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); printf "%s\\n", $0 }')
