@@ -159,7 +159,7 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
         } => label(&client, &server, &uid, &changes).await?,
         AgentsCommand::Lifecycle(cmd) => return super::lifecycle::run(cmd).await,
         AgentsCommand::RetryConfig { uid, server } => {
-            let url = server.url(&format!("/api/v1/agents/{uid}/retry-config"));
+            let url = server.at(&["api", "v1", "agents", &uid, "retry-config"])?;
             let agent: AgentDetailDto = get_json(client.post(&url)).await?;
             out!(
                 "{} will be sent its configuration again",
@@ -184,7 +184,7 @@ async fn show(
     uid: &str,
     format: Format,
 ) -> anyhow::Result<()> {
-    let raw: Value = get_json(client.get(server.url(&format!("/api/v1/agents/{uid}")))).await?;
+    let raw: Value = get_json(client.get(server.at(&["api", "v1", "agents", uid])?)).await?;
     if super::output::structured(format, &raw)? {
         return Ok(());
     }
@@ -536,7 +536,7 @@ async fn label(
         .iter()
         .map(|c| parse_change(c))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let url = server.url(&format!("/api/v1/agents/{uid}"));
+    let url = server.at(&["api", "v1", "agents", uid])?;
     let agent: AgentDetailDto = get_json(client.get(&url)).await?;
     let mut labels = agent.agent.labels;
     for change in changes {

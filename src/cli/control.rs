@@ -70,6 +70,8 @@ pub enum ConfigCommand {
         /// The configuration's name
         name: String,
         #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// What changed between two versions, as a unified diff.
@@ -204,9 +206,9 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
                 priority,
                 files: read_files(&files)?,
             };
-            let url = server.url(&format!("/api/v1/configurations/{name}"));
+            let url = server.at(&["api", "v1", "configurations", &name])?;
             let preview: ConfigurationPutResultDto =
-                get_json(client.put(format!("{url}?dry_run=true")).json(&body)).await?;
+                get_json(client.put(&url).query(&[("dry_run", "true")]).json(&body)).await?;
             if preview.changed.is_empty() {
                 out!(
                     "{} unchanged at version {} ({})",
@@ -230,7 +232,9 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             {
                 anyhow::bail!("nothing changed");
             }
-            let done: ConfigurationPutResultDto = get_json(client.put(url).json(&body)).await?;
+            let confirmed = [("expected_reassigned", preview.reassigned_count)];
+            let done: ConfigurationPutResultDto =
+                get_json(client.put(url).query(&confirmed).json(&body)).await?;
             out!("{}", applied(&done));
         }
         ConfigCommand::List { output, server } => {
@@ -262,7 +266,14 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             output,
             server,
         } => {
-            let url = server.url(&format!("/api/v1/configurations/{name}/versions/{n}"));
+            let url = server.at(&[
+                "api",
+                "v1",
+                "configurations",
+                &name,
+                "versions",
+                &n.to_string(),
+            ])?;
             let v: VersionDto = get_json(client.get(url)).await?;
             if structured(output.output, &serde_json::to_value(&v)?)? {
                 return Ok(());
@@ -290,15 +301,22 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             server,
         } => {
             let c: ConfigurationDto =
-                get_json(client.get(server.url(&format!("/api/v1/configurations/{name}")))).await?;
+                get_json(client.get(server.at(&["api", "v1", "configurations", &name])?)).await?;
             if structured(output.output, &serde_json::to_value(&c)?)? {
                 return Ok(());
             }
             print_configuration(&c)?;
         }
-        ConfigCommand::Versions { name, server } => {
-            let url = server.url(&format!("/api/v1/configurations/{name}/versions"));
+        ConfigCommand::Versions {
+            name,
+            output,
+            server,
+        } => {
+            let url = server.at(&["api", "v1", "configurations", &name, "versions"])?;
             let list: VersionsDto = get_json(client.get(url)).await?;
+            if structured(output.output, &serde_json::to_value(&list)?)? {
+                return Ok(());
+            }
             let mut table = table(["VERSION", "CREATED", "HASH", "COMPONENTS"]);
             for v in list.versions {
                 table.add_row([
@@ -316,10 +334,9 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             to,
             server,
         } => {
-            let url = server.url(&format!(
-                "/api/v1/configurations/{name}/diff?from={from}&to={to}"
-            ));
-            let d: ConfigDiffDto = get_json(client.get(url)).await?;
+            let url = server.at(&["api", "v1", "configurations", &name, "diff"])?;
+            let query = [("from", from), ("to", to)];
+            let d: ConfigDiffDto = get_json(client.get(url).query(&query)).await?;
             if d.diff.is_empty() {
                 out!("{name} v{from} and v{to} have the same files");
             } else {
@@ -331,7 +348,7 @@ pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
             force,
             server,
         } => {
-            let mut url = server.url(&format!("/api/v1/configurations/{name}"));
+            let mut url = server.at(&["api", "v1", "configurations", &name])?;
             if force {
                 url.push_str("?force=true");
             }
@@ -410,7 +427,7 @@ fn print_change(c: &ConfigurationPutResultDto) -> anyhow::Result<()> {
         );
     }
     out!(
-        "agents that run another configuration wait (pending) until a rollout of their new one reaches them"
+        "agents that run another configuration are sent nothing until a rollout of their new one reaches them"
     );
     Ok(())
 }
@@ -557,6 +574,13 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             let r: RolloutDto =
                 get_json(client.post(server.url("/api/v1/rollouts")).json(&body)).await?;
             out!("rollout {} of {} started", r.id, target(&r));
+            out!("{}", r.summary);
+            if r.eligible == 0 {
+                super::output::note(&format!(
+                    "warning: no agent is eligible; rollout {} reaches nobody (see `corral rollout status {}`)",
+                    r.id, r.id
+                ));
+            }
         }
         RolloutCommand::Status {
             id,
@@ -564,7 +588,7 @@ pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
             output,
             server,
         } => {
-            let url = server.url(&format!("/api/v1/rollouts/{id}"));
+            let url = server.at(&["api", "v1", "rollouts", &id])?;
             if watch {
                 watch_rollout(&client, &url).await?;
             } else {
@@ -615,7 +639,7 @@ async fn act(
     id: &str,
     action: &str,
 ) -> anyhow::Result<()> {
-    let url = server.url(&format!("/api/v1/rollouts/{id}/{action}"));
+    let url = server.at(&["api", "v1", "rollouts", id, action])?;
     let r: RolloutDto = get_json(client.post(url)).await?;
     out!("rollout {} is {}", r.id, r.state);
     Ok(())

@@ -115,7 +115,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
         } => register(&client, targets, &attributes, &labels).await,
         LifecycleCommand::Delete(t) => match (&t.uid, &t.selector) {
             (Some(uid), None) => {
-                send(client.delete(t.server.url(&format!("/api/v1/agents/{uid}")))).await?;
+                send(client.delete(t.server.at(&["api", "v1", "agents", uid])?)).await?;
                 out!("{uid} deleted");
                 Ok(())
             }
@@ -123,7 +123,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
         },
         LifecycleCommand::Disconnect(t) => match (&t.uid, &t.selector) {
             (Some(uid), None) => {
-                let url = t.server.url(&format!("/api/v1/agents/{uid}/disconnect"));
+                let url = t.server.at(&["api", "v1", "agents", uid, "disconnect"])?;
                 get_json::<AgentDetailDto>(client.post(url)).await?;
                 out!("{uid} disconnected");
                 Ok(())
@@ -135,7 +135,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
         },
         LifecycleCommand::Restart(t) => match (&t.uid, &t.selector) {
             (Some(uid), None) => {
-                let url = t.server.url(&format!("/api/v1/agents/{uid}/restart"));
+                let url = t.server.at(&["api", "v1", "agents", uid, "restart"])?;
                 get_json::<AgentDetailDto>(client.post(url)).await?;
                 out!("{uid}: restart sent");
                 Ok(())
@@ -149,7 +149,7 @@ pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
 async fn move_agents(client: &reqwest::Client, t: Targets, state: &str) -> anyhow::Result<()> {
     match (&t.uid, &t.selector) {
         (Some(uid), None) => {
-            let url = t.server.url(&format!("/api/v1/agents/{uid}/admin-state"));
+            let url = t.server.at(&["api", "v1", "agents", uid, "admin-state"])?;
             let agent: AgentDetailDto =
                 get_json(client.post(url).json(&json!({ "state": state }))).await?;
             out!("{uid} is {}", agent.agent.admin_state);
@@ -168,7 +168,7 @@ async fn move_agents(client: &reqwest::Client, t: Targets, state: &str) -> anyho
 async fn resume(client: &reqwest::Client, t: Targets) -> anyhow::Result<()> {
     match (&t.uid, &t.selector) {
         (Some(uid), None) => {
-            let url = t.server.url(&format!("/api/v1/agents/{uid}"));
+            let url = t.server.at(&["api", "v1", "agents", uid])?;
             let agent: AgentDetailDto = get_json(client.get(&url)).await?;
             let Some(back) = agent.agent.resumes_to else {
                 anyhow::bail!("{uid} is {}, not in maintenance", agent.agent.admin_state);
@@ -208,7 +208,7 @@ async fn register(
         return Ok(());
     }
     if let (Some(uid), None) = (&t.uid, &t.selector) {
-        let url = t.server.url(&format!("/api/v1/agents/{uid}"));
+        let url = t.server.at(&["api", "v1", "agents", uid])?;
         let known = client.get(url).send().await.map_err(super::unreachable)?;
         if known.status() == reqwest::StatusCode::NOT_FOUND {
             let body = json!({ "instance_uid": uid, "labels": labels });
@@ -299,7 +299,7 @@ async fn ignore_rule(client: &reqwest::Client, cmd: IgnoreRuleCommand) -> anyhow
             }
         }
         IgnoreRuleCommand::Delete { id, server } => {
-            send(client.delete(server.url(&format!("/api/v1/ignore-rules/{id}")))).await?;
+            send(client.delete(server.at(&["api", "v1", "ignore-rules", &id])?)).await?;
             out!("ignore rule {id} deleted");
         }
     }

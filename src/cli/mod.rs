@@ -176,6 +176,25 @@ impl ServerArg {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base())
     }
+
+    /// The URL of the API path made of `segments`, each percent-encoded: a name with `/`,
+    /// `?` or `#` in it stays one segment and cannot reach another route or add a query.
+    pub fn at(&self, segments: &[&str]) -> anyhow::Result<String> {
+        if let Some(bad) = segments
+            .iter()
+            .find(|s| s.is_empty() || **s == "." || **s == "..")
+        {
+            anyhow::bail!("{bad:?} is not a name");
+        }
+        let base = self.base();
+        let mut url = reqwest::Url::parse(&base)
+            .map_err(|e| anyhow::anyhow!("--server {base:?} is not a URL: {e}"))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("--server {base:?} is not an http URL"))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url.into())
+    }
 }
 
 /// The header the OpAMP listener marks its own refusals with, so that a `--server` pointing

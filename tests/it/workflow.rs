@@ -345,7 +345,7 @@ async fn a_rollout_with_no_eligible_agent_says_so_and_lists_them() {
     let summary = r["summary"].as_str().unwrap();
     assert!(
         summary
-            .starts_with("4 agents matched, 0 eligible: 4 agent lacks components: exporters/kafka"),
+            == "4 agents matched, 0 eligible, 4 skipped (agent lacks components: exporters/kafka)",
         "{summary}"
     );
     assert_eq!(r["wave_sizes"], json!([]), "no wave for nobody: {r}");
@@ -359,7 +359,17 @@ async fn a_rollout_with_no_eligible_agent_says_so_and_lists_them() {
 #[tokio::test]
 async fn resuming_an_errored_rollout_sends_one_agent_first() {
     let server = TestServer::start().await;
-    let agents = spawn(&server, 10, &[("env", "prod")]);
+    // Polling agents too: a wave sent to them is in flight until they poll.
+    let agents: Vec<_> = (0..10)
+        .map(|i| {
+            let via = if i % 2 == 0 {
+                Via::WebSocket
+            } else {
+                Via::Http
+            };
+            SimAgent::spawn(&server, via, "otelcol", &[("env", "prod")], None)
+        })
+        .collect();
     server.wait_connected(10).await;
     let (status, body) = put(
         &server,
@@ -378,13 +388,18 @@ async fn resuming_an_errored_rollout_sends_one_agent_first() {
             .filter(|a| a.times_received(&hash) > 0)
             .count()
     };
-    eventually(
+    let stopped = eventually(
         "the first wave fails",
         || server.rollout(&id),
-        |r| r["state"] == "error" && r["counts"]["errors"] == 3,
+        |r| r["state"] == "error" && r["counts"]["configuring"] == 0,
     )
     .await;
-    assert_eq!(reached(), 3);
+    // What was sent and not taken up when it stopped is not in flight, and nobody else gets it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let errors = server.rollout(&id).await["counts"]["errors"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(reached() as u64, errors, "{stopped}");
     let out = succeeded(server.cli(&["rollout", "status", &id]).await);
     assert!(
         out.contains("errors:") && out.contains("invalid configuration"),
@@ -396,12 +411,20 @@ async fn resuming_an_errored_rollout_sends_one_agent_first() {
     let r = eventually(
         "the canary fails too",
         || server.rollout(&id),
-        |r| r["state"] == "error" && r["counts"]["errors"] == 4,
+        |r| r["state"] == "error" && r["counts"]["errors"] == errors + 1,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(reached(), 4, "one agent after the resume, not a wave: {r}");
-    assert_eq!(r["errors"].as_array().unwrap().len(), 4, "{r}");
+    assert_eq!(
+        reached() as u64,
+        errors + 1,
+        "one agent after the resume, not a wave: {r}"
+    );
+    assert_eq!(
+        r["errors"].as_array().unwrap().len() as u64,
+        errors + 1,
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -542,4 +565,68 @@ async fn rollout_flags_the_server_would_refuse_are_named_as_typed() {
             .contains("wave_timeout_seconds"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn names_reach_only_their_own_route_and_a_confirmed_change_must_still_hold() {
+    let server = TestServer::start().await;
+    let agent = SimAgent::spawn(&server, Via::WebSocket, "otelcol", &[("env", "prod")], None);
+    server.wait_connected(1).await;
+    let (status, _) = put(
+        &server,
+        "prod",
+        json!({"selector": "env=prod", "files": files(GOOD)}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let uid = uuid_str(&agent.uid);
+    for name in [
+        "prod?force=true",
+        &format!("../agents/{uid}"),
+        "prod#x",
+        "..",
+    ] {
+        let out = server.cli(&["config", "delete", name]).await;
+        assert!(!out.ok, "{name}: {}", out.stdout);
+    }
+    assert!(
+        server.agent(&agent.uid).await.is_some(),
+        "the agent is still there"
+    );
+    let (status, _) = server.get("/api/v1/configurations/prod").await;
+    assert_eq!(status, 200, "and so is prod");
+
+    // A change confirmed for one count of moved agents is refused once it would move another.
+    let widen = json!({"selector": ""});
+    let path = "/api/v1/configurations/other";
+    let (status, _) = put(
+        &server,
+        "other",
+        json!({"selector": "env=none", "files": files(GOOD)}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = server
+        .put(
+            &format!("{path}?expected_reassigned=0"),
+            &json!({"selector": "", "priority": 9}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 409, "it moves the prod agent: {body}");
+    let (status, body) = server
+        .put(
+            &format!("{path}?expected_reassigned=1&expected_reassigned=1"),
+            &widen.to_string(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server
+        .put(
+            &format!("{path}?dry_run=true&dry_run=false"),
+            &widen.to_string(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, other) = server.get(path).await;
+    assert_eq!(other["selector"], "env=none", "nothing was stored");
 }

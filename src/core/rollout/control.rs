@@ -381,6 +381,7 @@ impl Control {
                 "a configuration needs at least one file".into(),
             ));
         }
+        check_files(&files).map_err(Refusal::BadRequest)?;
         if files.files.values().all(|f| f.body.trim_ascii().is_empty()) {
             return Err(Refusal::BadRequest(
                 "the configuration is empty: every file is blank".into(),
@@ -718,6 +719,37 @@ impl Control {
             .sort_by(|a, b| package_key(a).cmp(&package_key(b)));
         package
     }
+}
+
+/// Most files one configuration may have: as many as an agent may report.
+pub const MAX_FILES: usize = 64;
+const MAX_FILE_NAME: usize = 255;
+
+/// File names an agent can take as they are: no path (`/`, `\\`, `.`, `..`), no control
+/// characters, at most 255 bytes (the empty name is OpAMP's single-file convention); content
+/// types likewise plain.
+fn check_files(files: &ConfigMap) -> Result<(), String> {
+    if files.files.len() > MAX_FILES {
+        return Err(format!(
+            "a configuration has at most {MAX_FILES} files, not {}",
+            files.files.len()
+        ));
+    }
+    for (name, file) in &files.files {
+        let plain = |s: &str| s.len() <= MAX_FILE_NAME && !s.chars().any(char::is_control);
+        if !plain(name) || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(format!(
+                "file name {name:?} must be at most {MAX_FILE_NAME} bytes, without '/', '\\' or control characters, and not . or .."
+            ));
+        }
+        if !plain(&file.content_type) {
+            return Err(format!(
+                "content type {:?} of {name:?} must be at most {MAX_FILE_NAME} bytes without control characters",
+                file.content_type
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn package_key(p: &Package) -> (&str, &str, &str, &str) {

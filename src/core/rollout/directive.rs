@@ -47,8 +47,9 @@ impl Directive {
 /// Before any rollout the agent is left alone; after a stable one it runs that version; during
 /// or after an unfinished one, agents the rollout reached run its version (the previous one
 /// after a rollback) and the others keep the previous version. Once a rollout has stopped
-/// (error, cancelled), an agent whose wave had started but that never took the version up
-/// (`reported` is not its hash) counts as not reached: nobody new gets a stopped version.
+/// (error, cancelled), an agent whose wave had started (or that timed out) but that never took
+/// the version up (`reported` is not its hash) counts as not reached: nobody new gets a
+/// stopped version.
 /// A version the agent lacks components for is never sent: it is left alone, and told why.
 /// An agent the rollout has not reached that already runs a version of this configuration is
 /// left on it (a replaced rollout's agents are not pushed back to an older version). One that
@@ -75,8 +76,8 @@ pub fn directive(
     let phase = rollout.progress.agents.get(&agent).copied();
     let stopped = matches!(rollout.progress.state, State::Error | State::Cancelled);
     let reached = match phase {
-        Some(Phase::Completed | Phase::Failed | Phase::TimedOut) => true,
-        Some(Phase::Sent { .. }) => !stopped || reported == Some(&payload.hash),
+        Some(Phase::Completed | Phase::Failed) => true,
+        Some(Phase::Sent { .. } | Phase::TimedOut) => !stopped || reported == Some(&payload.hash),
         Some(Phase::Waiting) | None => false,
     };
     let (desired, headed) = if rollout.progress.state == State::Stable {

@@ -19,7 +19,10 @@
 //!    (`now_ms - at_ms > wave_timeout_ms`) with neither → TimedOut. Completed, Failed and
 //!    TimedOut are final: later reports for the same hash are ignored.
 //! 4. Errors are Failed + TimedOut. When they exceed `max_errors + extra_errors` a started or
-//!    paused rollout becomes Error in that same step, and sends nothing until resumed.
+//!    paused rollout becomes Error in that same step, and sends nothing until resumed. Its sent
+//!    agents that have reported nothing of the version yet wait again (they are not in flight;
+//!    a resumed rollout may send them the version again, from its canary on); one that reports
+//!    it later all the same is counted completed or failed.
 //! 5. Pending becomes Started on the first step. In Started, once no agent is Sent: if some are
 //!    Waiting, wave `wave` sends the first `wave_size(wave)` of them in id order and `wave`
 //!    goes up by one; if none are Waiting either, the rollout is Stable.
@@ -275,6 +278,17 @@ pub fn step<Id: Ord + Copy + Debug>(
     // Keyed by id so that the candidates' order cannot leak into the result (rule 7).
     let by_id: BTreeMap<Id, &Candidate<Id>> = candidates.iter().map(|c| (c.id, c)).collect();
 
+    // Rule 4: in a stopped rollout, a waiting agent that reports the version anyway (it was
+    // sent it before the stop took it back) has its outcome counted.
+    if progress.state == State::Error {
+        for (id, phase) in &mut progress.agents {
+            match by_id.get(id).and_then(|c| c.outcome) {
+                Some(Outcome::Applied) if *phase == Phase::Waiting => *phase = Phase::Completed,
+                Some(Outcome::Failed) if *phase == Phase::Waiting => *phase = Phase::Failed,
+                _ => {}
+            }
+        }
+    }
     // Rule 2. Only Waiting agents leave: one that was sent is accounted for until the end.
     progress.agents.retain(|id, phase| {
         *phase != Phase::Waiting || by_id.get(id).is_some_and(|c| c.is_target())
@@ -303,7 +317,21 @@ pub fn step<Id: Ord + Copy + Debug>(
     let allowed = params.max_errors.saturating_add(progress.extra_errors);
     if matches!(progress.state, State::Started | State::Paused) && counts.errors > allowed {
         progress.state = State::Error;
+        // Rule 4: a stopped rollout reaches nobody who has not taken the version up; they
+        // wait again, and a resumed rollout starts them over from its canary.
+        // Like any waiting agent, one that is no target any more leaves (rule 2).
+        progress.agents.retain(|id, phase| {
+            let candidate = by_id.get(id);
+            if !matches!(phase, Phase::Sent { .. })
+                || candidate.is_some_and(|c| c.outcome.is_some())
+            {
+                return true;
+            }
+            *phase = Phase::Waiting;
+            candidate.is_some_and(|c| c.is_target())
+        });
     }
+    let counts = progress.counts();
 
     if progress.state == State::Started && counts.configuring == 0 {
         if counts.pending == 0 {
@@ -966,8 +994,15 @@ mod tests {
             let c = after.counts();
             prop_assert_eq!(c.total, c.completed + c.errors + c.configuring + c.pending);
             prop_assert_eq!(c.total as usize, after.agents.len());
+            // Rule 4: the step that stops it takes back what was sent and not taken up.
+            let stopped_now = after.state == State::Error && before.state != State::Error;
             for (id, phase) in &before.agents {
-                if *phase != Phase::Waiting {
+                let taken_back = stopped_now
+                    && matches!(phase, Phase::Sent { .. })
+                    && !matches!(phase_of(after, *id), Some(p) if p != Phase::Waiting);
+                if taken_back {
+                    ever_sent.remove(id);
+                } else if *phase != Phase::Waiting {
                     prop_assert!(after.agents.contains_key(id), "sent agent {} dropped", id);
                 }
                 if matches!(phase, Phase::Completed | Phase::Failed | Phase::TimedOut) {

@@ -53,12 +53,13 @@ impl From<ControlError> for ApiError {
     params(
         ("name" = String, Path, description = "1-63 characters of lowercase letters, digits, `-`, `_`, `.`, starting with a letter or digit"),
         ("dry_run" = Option<bool>, Query, description = "only say what the change would do"),
+        ("expected_reassigned" = Option<usize>, Query, description = "refuse (409) unless the change moves this many agents to another configuration, as a dry run said"),
     ),
     request_body = ConfigurationPutDto,
     responses(
         (status = 200, description = "the change, stored (or, in a dry run, what it would be)", body = ConfigurationPutResultDto),
         (status = 400, description = "a name, body, selector, file or query it does not take; an empty configuration; a new configuration without files", body = ErrorDto),
-        (status = 409, description = "the configuration has as many versions as it may", body = ErrorDto),
+        (status = 409, description = "the configuration has as many versions as it may, or the change moves another number of agents than expected_reassigned", body = ErrorDto),
         (status = 500, description = "the configuration could not be stored", body = ErrorDto),
         (status = 503, description = "the server is shutting down", body = ErrorDto),
     ),
@@ -69,7 +70,16 @@ pub(super) async fn put_configuration(
     RawQuery(query): RawQuery,
     body: Result<Json<ConfigurationPutDto>, JsonRejection>,
 ) -> Result<Json<ConfigurationPutResultDto>, ApiError> {
-    let dry_run = flag(query.as_deref(), "dry_run")?;
+    let params = query_params(query.as_deref(), &["dry_run", "expected_reassigned"])?;
+    let dry_run = flag(&params, "dry_run")?;
+    let expected = params
+        .get("expected_reassigned")
+        .map(|n| {
+            n.parse::<usize>().map_err(|_| {
+                ApiError::BadRequest(format!("expected_reassigned is a count, not {n:?}"))
+            })
+        })
+        .transpose()?;
     let body = json(body)?;
     let selector = body
         .selector
@@ -89,19 +99,28 @@ pub(super) async fn put_configuration(
             })
             .collect(),
     });
+    let spec = ConfigurationSpec {
+        name: name.clone(),
+        selector,
+        priority: body.priority,
+        files,
+    };
+    if let Some(expected) = expected {
+        // What the admin confirmed must still be what happens.
+        let before = state.controller.view();
+        let preview = state
+            .controller
+            .put_configuration(spec.clone(), true)
+            .await?;
+        let moved = change_dto(&state, &before, &preview, true).reassigned_count;
+        if moved != expected {
+            return Err(ApiError::Conflict(format!(
+                "the change now moves {moved} agents to another configuration, not {expected}: look at it again"
+            )));
+        }
+    }
     let before = state.controller.view();
-    let change = state
-        .controller
-        .put_configuration(
-            ConfigurationSpec {
-                name: name.clone(),
-                selector,
-                priority: body.priority,
-                files,
-            },
-            dry_run,
-        )
-        .await?;
+    let change = state.controller.put_configuration(spec, dry_run).await?;
     Ok(Json(change_dto(&state, &before, &change, dry_run)))
 }
 
@@ -166,26 +185,40 @@ fn change_dto(
     }
 }
 
-/// A `true`/`false` query flag (absent: false); any other parameter is refused.
-fn flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
-    let mut value = false;
-    for (key, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if key != name {
+/// A query's parameters, each given at most once, of the names `allowed`; any other, or one
+/// given twice, is refused.
+fn query_params(
+    query: Option<&str>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
             return Err(ApiError::BadRequest(format!(
                 "unknown query parameter {key:?}"
             )));
         }
-        value = match v.as_ref() {
-            "true" | "" => true,
-            "false" => false,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "{name} is true or false, not {other:?}"
-                )));
-            }
-        };
+        if params
+            .insert(key.clone().into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter {key:?} is given twice"
+            )));
+        }
     }
-    Ok(value)
+    Ok(params)
+}
+
+/// A `true`/`false` query flag (absent: false).
+fn flag(params: &BTreeMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name} is true or false, not {other:?}"
+        ))),
+    }
 }
 
 /// Deletes a configuration, its versions and its rollouts
@@ -215,7 +248,7 @@ pub(super) async fn delete_configuration(
     ApiPath(name): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
-    let force = flag(query.as_deref(), "force")?;
+    let force = flag(&query_params(query.as_deref(), &["force"])?, "force")?;
     state.controller.delete_configuration(name, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -487,13 +520,8 @@ pub(super) fn rollout_dto(state: &ApiState, view: &ControlView, r: &Rollout) -> 
     let matched = eligible.saturating_add(u32::try_from(skipped_list.len()).unwrap_or(u32::MAX));
     let by_reason = view.skipped_by_reason(&r.id);
     let mut summary = format!("{matched} agents matched, {eligible} eligible");
-    if !by_reason.is_empty() {
-        let reasons: Vec<String> = by_reason
-            .iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect();
-        summary.push_str(": ");
-        summary.push_str(&reasons.join("; "));
+    for (reason, n) in &by_reason {
+        summary.push_str(&format!(", {n} skipped ({reason})"));
     }
     // An ended rollout has nothing in flight: what was sent or waiting is left out.
     let ended = r.progress.state.is_terminal();

@@ -669,8 +669,8 @@ pub struct RolloutDto {
     pub matched: u32,
     /// Matched agents it does not pass over.
     pub eligible: u32,
-    /// One line on whom it reaches, e.g. "50 agents matched, 0 eligible: 50 agent lacks
-    /// components: exporters/kafka".
+    /// One line on whom it reaches, e.g. "50 agents matched, 0 eligible, 50 skipped (agent
+    /// lacks components: exporters/kafka)".
     pub summary: String,
     /// The agents whose configuration or package failed or timed out, with what they said.
     #[serde(default)]

@@ -242,7 +242,13 @@ impl Task {
                 let _ = reply.send(self.delete_package(&name, &version).await);
             }
             Request::StartRollout { spec, reply } => {
-                let _ = reply.send(self.start_rollout(spec).await);
+                // Answered once its first step is taken, so the answer says whom it reaches.
+                let started = self.start_rollout(spec).await;
+                self.publish();
+                self.control.force_full();
+                self.tick().await;
+                let _ = reply.send(started);
+                return;
             }
             Request::Act { id, action, reply } => {
                 let _ = reply.send(self.act(&id, action).await);

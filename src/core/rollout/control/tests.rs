@@ -101,6 +101,15 @@ fn rule_1_unchanged_content_makes_no_new_version_and_what_is_left_out_stays() {
         priority: None,
         files: files.map(|body| spec("prod", "", body).files.unwrap()),
     };
+    let named_file = |file: &str| {
+        let mut files = spec("prod", "", "x: 1\n").files.unwrap();
+        let body = files.files.remove("c.yaml").unwrap();
+        files.files.insert(file.to_string(), body);
+        ConfigurationSpec {
+            files: Some(files),
+            ..spec("prod", "", "")
+        }
+    };
     let no_files = |name: &str| ConfigurationSpec {
         files: None,
         ..spec(name, "", "")
@@ -136,6 +145,9 @@ fn rule_1_unchanged_content_makes_no_new_version_and_what_is_left_out_stays() {
         ),
         (spec("prod", "", ""), Err("at least one file")),
         (spec("prod", "", " \n\n"), Err("the configuration is empty")),
+        (named_file("../etc/passwd"), Err("without '/'")),
+        (named_file("a\n+++ b"), Err("control characters")),
+        (named_file(".."), Err("not . or ..")),
     ];
     for (request, expected) in cases {
         let name = request.name.clone();
