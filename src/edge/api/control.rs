@@ -15,7 +15,7 @@ use super::dto::{
     RolloutCountsDto, RolloutDto, RolloutErrorDto, RolloutIdDto, RolloutStartDto, RolloutsDto,
     SkippedDto, VersionDto, VersionsDto, rfc3339,
 };
-use super::{ApiError, ApiPath, ApiState, json};
+use super::{ApiError, ApiPath, ApiState, flag, json, query_params};
 use crate::core::config::{
     Configuration, Selector, assign, check_compatible, diff_files, reassigned,
 };
@@ -185,42 +185,6 @@ fn change_dto(
     }
 }
 
-/// A query's parameters, each given at most once, of the names `allowed`; any other, or one
-/// given twice, is refused.
-fn query_params(
-    query: Option<&str>,
-    allowed: &[&str],
-) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut params = BTreeMap::new();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if !allowed.contains(&key.as_ref()) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown query parameter {key:?}"
-            )));
-        }
-        if params
-            .insert(key.clone().into_owned(), value.into_owned())
-            .is_some()
-        {
-            return Err(ApiError::BadRequest(format!(
-                "query parameter {key:?} is given twice"
-            )));
-        }
-    }
-    Ok(params)
-}
-
-/// A `true`/`false` query flag (absent: false).
-fn flag(params: &BTreeMap<String, String>, name: &str) -> Result<bool, ApiError> {
-    match params.get(name).map(String::as_str) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "{name} is true or false, not {other:?}"
-        ))),
-    }
-}
-
 /// Deletes a configuration, its versions and its rollouts
 ///
 /// Refused while agents are assigned to it or one of its rollouts is unfinished, unless
@@ -300,27 +264,17 @@ pub(super) async fn diff_versions(
     ApiPath(name): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<ConfigDiffDto>, ApiError> {
-    let (mut from, mut to) = (None, None);
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let slot = match key.as_ref() {
-            "from" => &mut from,
-            "to" => &mut to,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}"
-                )));
-            }
-        };
-        let n = value.trim_start_matches('v').parse::<u32>().map_err(|_| {
-            ApiError::BadRequest(format!("{key} is a version number, not {value:?}"))
-        })?;
-        *slot = Some(n);
-    }
-    let (Some(from), Some(to)) = (from, to) else {
-        return Err(ApiError::BadRequest(
+    let params = query_params(query.as_deref(), &["from", "to"])?;
+    let number = |key: &str| match params.get(key) {
+        None => Err(ApiError::BadRequest(
             "give both versions, e.g. ?from=3&to=4".into(),
-        ));
+        )),
+        Some(value) => value
+            .trim_start_matches('v')
+            .parse::<u32>()
+            .map_err(|_| ApiError::BadRequest(format!("{key} is a version number, not {value:?}"))),
     };
+    let (from, to) = (number("from")?, number("to")?);
     let view = state.controller.view();
     let config = find_configuration(&view, &name)?;
     let version = |n: u32| {

@@ -392,6 +392,42 @@ pub(super) fn agent_detail(state: &ApiState, agent: &AgentRecord) -> AgentDetail
     dto
 }
 
+/// A query's parameters, each given at most once, of the names `allowed`; any other, or one
+/// given twice, is refused.
+fn query_params(
+    query: Option<&str>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {key:?}"
+            )));
+        }
+        if params
+            .insert(key.clone().into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter {key:?} is given twice"
+            )));
+        }
+    }
+    Ok(params)
+}
+
+/// A `true`/`false` query flag (absent: false).
+pub(super) fn flag(params: &BTreeMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name} is true or false, not {other:?}"
+        ))),
+    }
+}
+
 /// A `configuration=<name>` label must name a configuration that exists.
 pub(super) fn check_pin(
     state: &ApiState,

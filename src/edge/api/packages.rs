@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::dto::{ErrorDto, PackageDto, PackagesDto, rfc3339};
 use super::openapi::AgentUid;
-use super::{ApiError, ApiPath, ApiState, agent, agent_detail};
+use super::{ApiError, ApiPath, ApiState, agent, agent_detail, query_params};
 use crate::core::packages::{Package, validate_field};
 use crate::edge::api::dto::AgentDetailDto;
 use crate::edge::store::BlobError;
@@ -86,21 +86,13 @@ pub(super) async fn upload(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<PackageDto>, ApiError> {
-    let (mut name, mut version, mut platform, mut arch) =
-        (None, None, String::new(), String::new());
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "name" => name = Some(value.into_owned()),
-            "version" => version = Some(value.into_owned()),
-            "platform" => platform = value.into_owned(),
-            "arch" => arch = value.into_owned(),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}"
-                )));
-            }
-        }
-    }
+    let mut params = query_params(query.as_deref(), &["name", "version", "platform", "arch"])?;
+    let mut take = |key: &str| params.remove(key);
+    let (name, version) = (take("name"), take("version"));
+    let (platform, arch) = (
+        take("platform").unwrap_or_default(),
+        take("arch").unwrap_or_default(),
+    );
     let name = name.unwrap_or_default();
     let version = version.ok_or_else(|| {
         ApiError::BadRequest("version is required, e.g. ?version=v0.116.0".into())
@@ -166,18 +158,9 @@ pub(super) async fn delete(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
-    let (mut name, mut version) = (String::new(), None);
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        match key.as_ref() {
-            "name" => name = value.into_owned(),
-            "version" => version = Some(value.into_owned()),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}"
-                )));
-            }
-        }
-    }
+    let mut params = query_params(query.as_deref(), &["name", "version"])?;
+    let name = params.remove("name").unwrap_or_default();
+    let version = params.remove("version");
     let version = version.ok_or_else(|| {
         ApiError::BadRequest("version is required, e.g. ?version=v0.116.0".into())
     })?;
