@@ -93,7 +93,10 @@ async fn no_key_a_bad_one_a_revoked_one_or_an_expired_one_is_401_and_nothing_is_
     loop {
         let (status, body) = call(&server, Some(&expired), "GET", "/api/v1/fleet").await;
         assert_eq!(status, 401);
-        if body["error"].as_str().is_some_and(|e| e.contains("expired")) {
+        if body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("expired"))
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{body}");

@@ -108,7 +108,12 @@ impl TestServer {
         }
     }
 
-    /// A request to the API with no key.
+    /// A client that sends the admin key with every request.
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// A client that sends no key.
     pub fn anonymous(&self) -> reqwest::Client {
         reqwest::Client::new()
     }
