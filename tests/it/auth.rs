@@ -211,9 +211,15 @@ async fn first_start_writes_an_admin_key_once_and_keys_are_kept_hashed() {
     assert_eq!(listed[0]["role"], "admin");
     assert!(listed[0].get("key").is_none(), "a list never shows a key");
     let admin_id = listed[0]["id"].as_str().expect("id").to_string();
-    // The last admin key stays, or nobody could manage keys.
+    // A key does not revoke itself: nobody is locked out by a slip.
     let (status, body) = server.delete(&format!("/api/v1/keys/{admin_id}")).await;
     assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("this request")),
+        "{body}"
+    );
     let (_, viewer) = create_key(&server, "viewer", Some("2999-01-01T00:00:00Z")).await;
     let (status, _) = call(&server, Some(&viewer), "GET", "/api/v1/fleet").await;
     assert_eq!(status, 200);

@@ -151,6 +151,13 @@ impl Entry {
     }
 }
 
+/// Whose key a request was let in with: a request extension for the handlers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: String,
+    pub role: Role,
+}
+
 /// Why a key lets nobody in.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Denied {
@@ -165,6 +172,8 @@ pub enum KeyError {
     NotFound(String),
     #[error("{0} is the last admin key: create another admin key before revoking it")]
     LastAdmin(String),
+    #[error("{0} is the key of this request: revoke it with another key")]
+    OwnKey(String),
     #[error("at most {MAX_KEYS} keys")]
     TooMany,
     #[error("no randomness for a key: {0}")]
@@ -197,8 +206,8 @@ impl Keys {
         }))
     }
 
-    /// The role of the key, if it lets its holder in at `now`; the use is noted.
-    pub fn authenticate(&self, key: &str, now: DateTime<Utc>) -> Result<Role, Denied> {
+    /// Who holds the key, if it lets its holder in at `now`; the use is noted.
+    pub fn authenticate(&self, key: &str, now: DateTime<Utc>) -> Result<Caller, Denied> {
         let entry = self
             .by_hash
             .read()
@@ -211,7 +220,10 @@ impl Keys {
         entry
             .used_ms
             .fetch_max(now.timestamp_millis(), Ordering::Relaxed);
-        Ok(entry.key.role)
+        Ok(Caller {
+            key_id: entry.key.id.clone(),
+            role: entry.key.role,
+        })
     }
 
     /// Reads the store's keys again, unless that was done less than [`RELOAD_EVERY`] ago.
@@ -430,7 +442,11 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// The layer: lets a request through only with a key whose role its route needs.
-pub async fn authorize(State(keys): State<Arc<Keys>>, request: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(keys): State<Arc<Keys>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -454,15 +470,18 @@ pub async fn authorize(State(keys): State<Arc<Keys>>, request: Request, next: Ne
             "the API key is unknown or revoked".into(),
         ),
         Err(Denied::Expired) => refuse(StatusCode::UNAUTHORIZED, "the API key has expired".into()),
-        Ok(role) if !role.allows(required) => refuse(
+        Ok(caller) if !caller.role.allows(required) => refuse(
             StatusCode::FORBIDDEN,
             format!(
                 "a key with role {} may not do this; it needs {}",
-                role.as_str(),
+                caller.role.as_str(),
                 required.as_str()
             ),
         ),
-        Ok(_) => next.run(request).await,
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! The API's keys: create (the key is shown in that answer only), list, revoke.
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 
-use super::auth::KeyError;
+use super::auth::{Caller, KeyError};
 use super::dto::{ErrorDto, KeyCreatedDto, KeyDto, KeyInDto, KeysDto, rfc3339};
 use super::{ApiError, ApiPath, ApiState, json};
 use crate::core::keys::{ApiKey, Role};
@@ -15,7 +15,9 @@ impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         match e {
             KeyError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            KeyError::LastAdmin(_) | KeyError::TooMany => ApiError::Conflict(e.to_string()),
+            KeyError::LastAdmin(_) | KeyError::OwnKey(_) | KeyError::TooMany => {
+                ApiError::Conflict(e.to_string())
+            }
             KeyError::Random(_) => ApiError::Internal(e.to_string()),
             KeyError::Store(e) => e.into(),
         }
@@ -102,7 +104,7 @@ pub(super) async fn create_key(
 /// Revokes an API key
 ///
 /// From this answer on the key lets nobody in. The last admin key that works cannot be
-/// revoked.
+/// revoked, nor the key the request is made with (revoke it with another).
 #[utoipa::path(
     delete,
     path = "/api/v1/keys/{id}",
@@ -111,14 +113,18 @@ pub(super) async fn create_key(
     responses(
         (status = 204, description = "revoked, on disk"),
         (status = 404, description = "no such key", body = ErrorDto),
-        (status = 409, description = "the last admin key", body = ErrorDto),
+        (status = 409, description = "the last admin key, or the key of this request", body = ErrorDto),
         (status = 500, description = "the revocation could not be stored", body = ErrorDto),
     ),
 )]
 pub(super) async fn revoke_key(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    if caller.is_some_and(|Extension(c)| c.key_id == id) {
+        return Err(KeyError::OwnKey(id).into());
+    }
     state.keys.revoke(&id, Utc::now()).await?;
     tracing::info!(%id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
