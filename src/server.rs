@@ -172,6 +172,7 @@ pub async fn serve(
         max_package_size: settings.max_package_size,
         allowed_hosts: api::AllowedHosts(settings.api_allowed_hosts.clone().into()),
         keys,
+        metrics_need_key: settings.metrics_need_key,
     });
     let limits = &settings.limits;
     let opamp_bounds = listener::Bounds {

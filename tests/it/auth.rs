@@ -113,7 +113,7 @@ async fn no_key_a_bad_one_a_revoked_one_or_an_expired_one_is_401_and_nothing_is_
     ];
     for (what, key) in credentials {
         for (method, path, access) in ACCESS {
-            if *access == Access::Open {
+            if matches!(access, Access::Open | Access::Metrics) {
                 continue;
             }
             let (status, body) = call(&server, key, method, &concrete(path)).await;
@@ -381,4 +381,31 @@ async fn admin_create_key_works_offline_and_beside_a_running_server() {
         .filter_map(|k| k["name"].as_str())
         .collect();
     assert_eq!(names, ["admin", "alice", "bob"]);
+}
+
+#[tokio::test]
+async fn metrics_need_a_key_when_the_server_is_told_so() {
+    let open = TestServer::start().await;
+    let (status, _) = call(&open, None, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    let server = TestServer::with(Options {
+        metrics_need_key: Some(true),
+        ..Options::default()
+    })
+    .await;
+    let (status, _) = call(&server, None, "GET", "/metrics").await;
+    assert_eq!(status, 401);
+    let (_, viewer) = create_key(&server, "viewer", None).await;
+    let response = server
+        .anonymous()
+        .get(server.api_url("/metrics"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    for path in ["/healthz", "/api/v1/openapi.json"] {
+        let (status, _) = call(&server, None, "GET", path).await;
+        assert_eq!(status, 200, "{path}");
+    }
 }

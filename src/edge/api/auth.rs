@@ -39,11 +39,13 @@ pub const MAX_KEYS: usize = 1000;
 pub enum Access {
     /// No key.
     Open,
+    /// No key, or a viewer's with `--metrics-need-key`.
+    Metrics,
     /// A key with at least this role.
     Needs(Role),
 }
 
-use Access::{Needs, Open};
+use Access::{Metrics, Needs, Open};
 use Role::{Admin, Operator, Viewer};
 
 /// Every documented operation, by method and route template, with what it needs. Reads need a
@@ -51,7 +53,7 @@ use Role::{Admin, Operator, Viewer};
 /// the document's operations, so a new route cannot be served without a decision here.
 pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Open),
-    ("GET", "/metrics", Open),
+    ("GET", "/metrics", Metrics),
     ("GET", "/api/v1/openapi.json", Open),
     ("GET", "/api/v1/fleet", Needs(Viewer)),
     ("GET", "/api/v1/agents", Needs(Viewer)),
@@ -441,19 +443,25 @@ fn bearer(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
+/// What the layer needs: the keys, and whether `/metrics` needs one.
+#[derive(Clone)]
+pub struct Gate {
+    pub keys: Arc<Keys>,
+    pub metrics_need_key: bool,
+}
+
 /// The layer: lets a request through only with a key whose role its route needs.
-pub async fn authorize(
-    State(keys): State<Arc<Keys>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authorize(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let Needs(required) = access(request.method(), route) else {
-        return next.run(request).await;
+    let required = match access(request.method(), route) {
+        Needs(role) => role,
+        Metrics if gate.metrics_need_key => Viewer,
+        Open | Metrics => return next.run(request).await,
     };
+    let keys = gate.keys;
     let Some(key) = bearer(&request) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
@@ -527,7 +535,9 @@ mod tests {
     #[test]
     fn reads_need_a_viewer_changes_an_operator_keys_an_admin() {
         for (method, path, access) in ACCESS {
-            let expected = if matches!(*path, "/healthz" | "/metrics" | "/api/v1/openapi.json") {
+            let expected = if *path == "/metrics" {
+                Metrics
+            } else if matches!(*path, "/healthz" | "/api/v1/openapi.json") {
                 Open
             } else if path.starts_with("/api/v1/keys") {
                 Needs(Admin)

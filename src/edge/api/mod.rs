@@ -58,6 +58,8 @@ pub struct ApiState {
     pub allowed_hosts: AllowedHosts,
     /// The API keys, by hash.
     pub keys: Arc<auth::Keys>,
+    /// `/metrics` needs a key.
+    pub metrics_need_key: bool,
 }
 
 /// Every route, each taken with its handler's `#[utoipa::path]`: routes are added only this
@@ -132,7 +134,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: ApiState) -> Router {
     let allowed = state.allowed_hosts.clone();
     let fleet = state.fleet.clone();
-    let keys = state.keys.clone();
+    let gate = auth::Gate {
+        keys: state.keys.clone(),
+        metrics_need_key: state.metrics_need_key,
+    };
     let (routes, doc) = routes().split_for_parts();
     let doc = openapi::finish(doc);
     let methods: Arc<BTreeMap<String, String>> = Arc::new(
@@ -157,7 +162,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .with_state(state)
         .layer(Extension(openapi::Document(doc.into())))
-        .layer(axum::middleware::from_fn_with_state(keys, auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
         .layer(axum::middleware::from_fn_with_state(fleet, count_request))
 }

@@ -316,7 +316,10 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
         for (method, operation) in changes {
             let Some(operation) = operation else { continue };
             share(operation, MISDIRECTED, "421");
-            if protect(operation, &method, path, FORBIDDEN_CHANGE) == Access::Open {
+            if matches!(
+                protect(operation, &method, path, FORBIDDEN_CHANGE),
+                Access::Open | Access::Metrics
+            ) {
                 share(operation, CROSS_ORIGIN, "403");
             }
             if operation.request_body.is_some() {
@@ -331,11 +334,27 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
 /// security requirement, and the role it needs to its description.
 fn protect(operation: &mut Operation, method: &Method, path: &str, forbidden: &str) -> Access {
     let access = super::auth::access(method, Some(path));
-    if let Access::Needs(role) = access {
+    let needs = match access {
+        Access::Open => None,
+        Access::Needs(role) => {
+            operation.security = Some(vec![SecurityRequirement::new::<_, _, &str>(BEARER, [])]);
+            Some(format!(
+                "Needs a key with role `{}` or above.",
+                role.as_str()
+            ))
+        }
+        Access::Metrics => {
+            // Either no key or a key: which one, the server's settings say.
+            operation.security = Some(vec![
+                SecurityRequirement::default(),
+                SecurityRequirement::new::<_, _, &str>(BEARER, []),
+            ]);
+            Some("Needs a key (any role) when the server runs with `--metrics-need-key`.".into())
+        }
+    };
+    if let Some(needs) = needs {
         share(operation, UNAUTHORIZED, "401");
         share(operation, forbidden, "403");
-        operation.security = Some(vec![SecurityRequirement::new::<_, _, &str>(BEARER, [])]);
-        let needs = format!("Needs a key with role `{}` or above.", role.as_str());
         operation.description = Some(match operation.description.take() {
             Some(text) if !text.is_empty() => format!("{text}\n\n{needs}"),
             _ => needs,

@@ -1133,6 +1133,6 @@ async fn api_keys_by_id(store: &dyn Store) {
     assert_eq!(loaded[1].last_used_at, None);
     assert!(store.delete_api_key("k1").await.expect("delete"));
     assert!(!store.delete_api_key("k1").await.expect("delete"));
-    assert_eq!(store.load_api_keys().await.expect("load"), [admin.clone()]);
+    assert_eq!(store.load_api_keys().await.expect("load"), [admin]);
     assert!(store.delete_api_key("k2").await.expect("delete"));
 }
