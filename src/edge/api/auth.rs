@@ -496,6 +496,61 @@ pub async fn authorize(State(gate): State<Gate>, mut request: Request, next: Nex
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::store::SqliteStore;
+
+    async fn keys() -> (tempfile::TempDir, Arc<dyn Store>, Arc<Keys>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.expect("store"));
+        let keys = Keys::load(store.clone()).await.expect("keys");
+        (dir, store, keys)
+    }
+
+    #[tokio::test]
+    async fn a_key_lets_in_until_it_expires_or_is_revoked_and_its_use_is_stored() {
+        let (_dir, store, keys) = keys().await;
+        let now = Utc::now();
+        let (admin, admin_secret) = keys.create("a", Admin, None, now).await.expect("create");
+        let soon = now + chrono::Duration::seconds(10);
+        let (viewer, secret) = keys
+            .create("v", Viewer, Some(soon), now)
+            .await
+            .expect("create");
+        let caller = keys.authenticate(&secret, now).expect("let in");
+        assert_eq!((caller.role, caller.key_id), (Viewer, viewer.id.clone()));
+        assert_eq!(keys.authenticate(&secret, soon), Err(Denied::Expired));
+        assert_eq!(keys.authenticate("corral_00", now), Err(Denied::Unknown));
+        keys.store_last_used().await;
+        let stored = store.load_api_keys().await.expect("load");
+        let used = stored.iter().find(|k| k.id == viewer.id).expect("stored");
+        assert_eq!(
+            used.last_used_at.map(|t| t.timestamp_millis()),
+            Some(now.timestamp_millis())
+        );
+        assert!(matches!(
+            keys.revoke(&admin.id, now).await,
+            Err(KeyError::LastAdmin(_))
+        ));
+        keys.revoke(&viewer.id, now).await.expect("revoke");
+        assert_eq!(keys.authenticate(&secret, now), Err(Denied::Unknown));
+        assert!(keys.authenticate(&admin_secret, now).is_ok());
+        assert_eq!(store.load_api_keys().await.expect("load").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_stored_beside_the_server_is_taken_at_a_reload_at_most_once_a_second() {
+        let (_dir, store, keys) = keys().await;
+        let now = Utc::now();
+        let (first, first_secret) = new_key("first", Operator, None, now).expect("key");
+        store.save_api_key(&first).await.expect("save");
+        assert_eq!(keys.authenticate(&first_secret, now), Err(Denied::Unknown));
+        assert!(keys.reload().await);
+        assert!(keys.authenticate(&first_secret, now).is_ok());
+        let (second, second_secret) = new_key("second", Operator, None, now).expect("key");
+        store.save_api_key(&second).await.expect("save");
+        assert!(!keys.reload().await, "read again within a second");
+        assert_eq!(keys.authenticate(&second_secret, now), Err(Denied::Unknown));
+        assert_eq!(keys.list().len(), 1);
+    }
 
     /// Every documented operation has its entry, and every entry is an operation: a route
     /// added without deciding who may call it fails here.
