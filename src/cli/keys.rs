@@ -146,6 +146,12 @@ pub async fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
             crate::core::keys::check_new(&name, expires_at, now)
                 .map_err(|e| anyhow::anyhow!("--name or --expires-at: {e}"))?;
             let dir = data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            if !dir.join("corral.db").exists() {
+                eprintln_note(&format!(
+                    "no store in {} yet: creating one (is --data-dir the server's?)",
+                    dir.display()
+                ));
+            }
             let (key, secret) = crate::edge::api::auth::new_key(&name, role, expires_at, now)?;
             crate::edge::store::SqliteStore::add_api_key(&dir, &key)
                 .await

@@ -1,5 +1,5 @@
-//! Who may call the admin API. Every request but the open ones (`/healthz`, `/metrics`, the
-//! OpenAPI document) carries `Authorization: Bearer <key>`; the key's role must reach the role
+//! Who may call the admin API. Every request but the open ones (`/healthz`, `/metrics` unless
+//! `--metrics-need-key`, the OpenAPI document) carries `Authorization: Bearer <key>`; the key's role must reach the role
 //! [`ACCESS`] names for the route and method, else 401 (no key, or one unknown, revoked or
 //! expired) or 403 (a role that may not). Nothing is done for a refused request.
 //!
@@ -285,15 +285,19 @@ impl Keys {
         now: DateTime<Utc>,
     ) -> Result<(ApiKey, String), KeyError> {
         let (key, secret) = new_key(name, role, expires_at, now)?;
+        self.add(key.clone()).await?;
+        Ok((key, secret))
+    }
+
+    /// Stores a key made with [`new_key`] and lets it in.
+    pub async fn add(&self, key: ApiKey) -> Result<(), KeyError> {
         let _changes = self.changes.lock().await;
         if self.by_hash.read().len() >= MAX_KEYS {
             return Err(KeyError::TooMany);
         }
         self.store.save_api_key(&key).await?;
-        self.by_hash
-            .write()
-            .insert(key.hash, Entry::new(key.clone()));
-        Ok((key, secret))
+        self.by_hash.write().insert(key.hash, Entry::new(key));
+        Ok(())
     }
 
     /// Revokes a key; from the answer on it lets nobody in. The last admin key that works
@@ -396,9 +400,12 @@ pub async fn bootstrap(keys: &Keys, data_dir: &Path) -> anyhow::Result<Option<st
     if keys.has_admin(now) {
         return Ok(None);
     }
-    let (_, secret) = keys.create("admin", Admin, None, now).await?;
+    // The file first: a key stored that nobody can read would stop the next start from
+    // making one, while a file whose key was not stored is replaced at the next start.
+    let (key, secret) = new_key("admin", Admin, None, now)?;
     let path = data_dir.join(ADMIN_KEY_FILE);
     write_secret(&path, &secret)?;
+    keys.add(key).await?;
     Ok(Some(path))
 }
 
