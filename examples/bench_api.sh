@@ -48,9 +48,10 @@ sleep "$SETTLE"
 # time_requests NAME PATH: REQUESTS sequential GETs, one curl each; each time in ms to
 # $OUT/NAME.ms; prints "median p99 bytes".
 time_requests() {
-    local name=$1 path=$2
+    local name=$1 path=$2 auth
+    auth=$(api_auth)
     for _ in $(seq "$REQUESTS"); do
-        curl -s -o /dev/null -w '%{time_total} %{size_download} %{http_code}\n' "http://$API$path"
+        curl -s -o /dev/null -H "$auth" -w '%{time_total} %{size_download} %{http_code}\n' "http://$API$path"
     done > "$OUT/$name.raw"
     if awk '$3 != 200 { bad = 1 } END { exit !bad }' "$OUT/$name.raw"; then
         echo "$name: some requests did not answer 200 (see $OUT/$name.raw)" >&2

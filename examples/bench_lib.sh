@@ -12,7 +12,7 @@
 #   wait_connected N [TIMEOUT]  polls the fleet every 0.1 s until by_status.connected == N;
 #                               fails if the simulator died or TIMEOUT seconds [600] passed
 #   cpu_ticks PID, machine_ticks, rss_kb PID, open_fds PID, connected, messages_in LABEL,
-#   metric_sum PREFIX, now, api METHOD PATH [JSON], json_field NAME (first "NAME": value on stdin),
+#   metric_sum PREFIX, now, api METHOD PATH [JSON] (with the admin key: api_auth), json_field NAME (first "NAME": value on stdin),
 #   percentiles (reads one number per line, prints "median p99" in the same unit)
 #   print_costs LOAD            the costs of a run (ramp, RSS, CPU per message over the idle
 #                               window, the load's CPU, the rest of the machine's) as key=value
@@ -57,17 +57,19 @@ cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 open_fds() { ls "/proc/$1/fd" | wc -l; }
-connected() { curl -s "http://$API/api/v1/fleet" | sed -n 's/.*"connected":\([0-9]*\).*/\1/p'; }
+# The admin API key: CORRAL_API_KEY, else the one the server wrote to DATA on its first start.
+api_auth() { echo "Authorization: Bearer ${CORRAL_API_KEY:-$(cat "$DATA/admin.key" 2> /dev/null)}"; }
+connected() { curl -s -H "$(api_auth)" "http://$API/api/v1/fleet" | sed -n 's/.*"connected":\([0-9]*\).*/\1/p'; }
 messages_in() { curl -s "http://$API/metrics" | awk -v l="$1" '$1 == "corral_messages_in_total{transport=\"" l "\"}" { print $2 }'; }
 metric_sum() { curl -s "http://$API/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { print s + 0 }'; }
 now() { date +%s.%N; }
 
-# api METHOD PATH [JSON]: the response body on stdout; fails on an HTTP error.
+# api METHOD PATH [JSON]: the response body on stdout, with the admin key; fails on an HTTP error.
 api() {
     if [ $# -ge 3 ]; then
-        curl -sf -X "$1" -H 'Content-Type: application/json' --data-binary "$3" "http://$API$2"
+        curl -sf -X "$1" -H "$(api_auth)" -H 'Content-Type: application/json' --data-binary "$3" "http://$API$2"
     else
-        curl -sf -X "$1" "http://$API$2"
+        curl -sf -X "$1" -H "$(api_auth)" "http://$API$2"
     fi
 }
 

@@ -153,6 +153,16 @@ pub async fn serve(
         shutdown.clone(),
         tracker.clone(),
     ));
+    let keys = api::auth::Keys::load(store.clone())
+        .await
+        .context("cannot load API keys")?;
+    if let Some(path) = api::auth::bootstrap(&keys, &settings.data_dir)
+        .await
+        .context("cannot create the first admin API key")?
+    {
+        tracing::info!(path = %path.display(), "no admin API key was stored: created one, in this file (mode 0600)");
+    }
+    tracker.spawn(api::auth::keep_last_used(keys.clone(), shutdown.clone()));
     let api = api::router(ApiState {
         fleet: fleet.clone(),
         store,
@@ -161,6 +171,8 @@ pub async fn serve(
         blobs,
         max_package_size: settings.max_package_size,
         allowed_hosts: api::AllowedHosts(settings.api_allowed_hosts.clone().into()),
+        keys,
+        metrics_need_key: settings.metrics_need_key,
     });
     let limits = &settings.limits;
     let opamp_bounds = listener::Bounds {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Effective configs larger than this are kept as their hash and size only.
     pub max_effective_config: usize,
+    /// `/metrics` needs an API key (any role), like the rest of the API.
+    pub metrics_need_key: bool,
 }
 
 /// Bounds on what clients hold of the listeners: connections, time, and the pace of new ones.
@@ -186,6 +188,10 @@ pub struct Partial {
     /// only [default: 1048576]
     #[arg(long, env = "CORRAL_MAX_EFFECTIVE_CONFIG")]
     pub max_effective_config: Option<usize>,
+    /// /metrics needs an API key (any role), like the rest of the API; /healthz and the
+    /// OpenAPI document stay open [default: false]
+    #[arg(long, env = "CORRAL_METRICS_NEED_KEY", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_need_key: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +336,10 @@ impl Partial {
                 .max_effective_config
                 .or(file.max_effective_config)
                 .unwrap_or(DEFAULT_MAX_EFFECTIVE_CONFIG),
+            metrics_need_key: self
+                .metrics_need_key
+                .or(file.metrics_need_key)
+                .unwrap_or(false),
         };
         for (name, value) in [
             ("public-url", &settings.public_url),

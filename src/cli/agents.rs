@@ -99,8 +99,7 @@ pub enum SortBy {
     LastSeen,
 }
 
-pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn run(cmd: AgentsCommand, client: reqwest::Client) -> anyhow::Result<()> {
     match cmd {
         AgentsCommand::List {
             status,
@@ -157,7 +156,7 @@ pub async fn run(cmd: AgentsCommand) -> anyhow::Result<()> {
             changes,
             server,
         } => label(&client, &server, &uid, &changes).await?,
-        AgentsCommand::Lifecycle(cmd) => return super::lifecycle::run(cmd).await,
+        AgentsCommand::Lifecycle(cmd) => return super::lifecycle::run(cmd, client).await,
         AgentsCommand::RetryConfig { uid, server } => {
             let url = server.at(&["api", "v1", "agents", &uid, "retry-config"])?;
             let agent: AgentDetailDto = get_json(client.post(&url)).await?;

@@ -189,8 +189,7 @@ fn content_type(path: &std::path::Path) -> &'static str {
     }
 }
 
-pub async fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn config(cmd: ConfigCommand, client: reqwest::Client) -> anyhow::Result<()> {
     match cmd {
         ConfigCommand::Apply {
             name,
@@ -510,8 +509,7 @@ fn print_configuration(c: &ConfigurationDto) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn rollout(cmd: RolloutCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn rollout(cmd: RolloutCommand, client: reqwest::Client) -> anyhow::Result<()> {
     match cmd {
         RolloutCommand::Start {
             configuration,

@@ -14,8 +14,7 @@ pub struct FleetArgs {
     server: ServerArg,
 }
 
-pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn run(args: FleetArgs, client: reqwest::Client) -> anyhow::Result<()> {
     let raw: Value = get_json(client.get(args.server.url("/api/v1/fleet"))).await?;
     if super::output::structured(args.output.output, &raw)? {
         return Ok(());

@@ -98,8 +98,7 @@ fn pairs(given: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String
         .collect()
 }
 
-pub async fn run(cmd: LifecycleCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn run(cmd: LifecycleCommand, client: reqwest::Client) -> anyhow::Result<()> {
     match cmd {
         LifecycleCommand::Approve(t) | LifecycleCommand::Manage(t) => {
             move_agents(&client, t, "managed").await

@@ -3,6 +3,7 @@
 mod agents;
 mod control;
 mod fleet;
+mod keys;
 mod lifecycle;
 pub mod output;
 mod packages;
@@ -21,6 +22,10 @@ use crate::settings::{DEFAULT_API_LISTEN, Partial};
     about = "OpAMP fleet management for OpenTelemetry collectors"
 )]
 pub struct Cli {
+    /// API key for the admin commands [default: the server's admin.key in
+    /// $CORRAL_DATA_DIR or ./corral-data, when it is there]
+    #[arg(long, global = true, env = "CORRAL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +48,12 @@ enum Command {
     Package(packages::PackageCommand),
     /// How many agents there are, by status and by admin state.
     Fleet(fleet::FleetArgs),
+    /// Create, list and revoke API keys (needs an admin key).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Commands run on the server's machine against its data directory, without the API.
+    #[command(subcommand)]
+    Admin(keys::AdminCommand),
     /// Print a shell completion script, e.g. `corral completions bash > /etc/bash_completion.d/corral`.
     Completions {
         /// The shell to complete for
@@ -74,14 +85,18 @@ pub fn run() -> anyhow::Result<()> {
         output::quiet_when_the_reader_leaves();
     }
     let runtime = tokio::runtime::Runtime::new()?;
+    let key = cli.api_key;
     let result = runtime.block_on(async move {
+        let client = || api_client(key);
         match cli.command {
             Command::Serve(args) => serve(*args).await,
-            Command::Agents(cmd) => agents::run(cmd).await,
-            Command::Config(cmd) => control::config(cmd).await,
-            Command::Rollout(cmd) => control::rollout(cmd).await,
-            Command::Package(cmd) => packages::run(cmd).await,
-            Command::Fleet(args) => fleet::run(args).await,
+            Command::Agents(cmd) => agents::run(cmd, client()?).await,
+            Command::Config(cmd) => control::config(cmd, client()?).await,
+            Command::Rollout(cmd) => control::rollout(cmd, client()?).await,
+            Command::Package(cmd) => packages::run(cmd, client()?).await,
+            Command::Fleet(args) => fleet::run(args, client()?).await,
+            Command::Keys(cmd) => keys::run(cmd, client()?).await,
+            Command::Admin(cmd) => keys::admin(cmd).await,
             Command::Completions { shell } => completions(shell),
         }
     });
@@ -162,6 +177,35 @@ impl Signals {
     }
 }
 
+/// The key admin commands send: `--api-key` or `CORRAL_API_KEY`, else the key the server
+/// wrote when it first started on its data directory (`$CORRAL_DATA_DIR`, or the default one
+/// under the current directory), so that the CLI works on the server's machine without
+/// setting anything up.
+fn find_key(given: Option<String>) -> Option<String> {
+    if let Some(key) = given.filter(|k| !k.trim().is_empty()) {
+        return Some(key.trim().to_string());
+    }
+    let dir = std::env::var_os("CORRAL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::settings::DEFAULT_DATA_DIR));
+    let key = std::fs::read_to_string(dir.join(crate::edge::api::auth::ADMIN_KEY_FILE)).ok()?;
+    Some(key.trim().to_string()).filter(|k| !k.is_empty())
+}
+
+/// The HTTP client of admin commands: every request carries the key, when there is one.
+fn api_client(given: Option<String>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = find_key(given) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| anyhow::anyhow!("the API key holds characters no key has"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 impl ServerArg {
     /// The API's base URL: `http://` is assumed when no scheme is given.
     pub fn base(&self) -> String {
@@ -221,6 +265,15 @@ pub async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Respo
         );
     }
     let body = response.bytes().await.unwrap_or_default();
+    if status == reqwest::StatusCode::UNAUTHORIZED
+        && let Ok(e) = serde_json::from_slice::<crate::edge::api::dto::ErrorDto>(&body)
+    {
+        anyhow::bail!(
+            "{status}: {}; give a key with --api-key or CORRAL_API_KEY (the server writes an \
+             admin key to admin.key in its data directory when it first starts)",
+            e.error
+        );
+    }
     match serde_json::from_slice::<crate::edge::api::dto::ErrorDto>(&body) {
         Ok(e) => match e.allowed {
             Some(allowed) if !allowed.is_empty() => {

@@ -49,8 +49,7 @@ pub enum PackageCommand {
     },
 }
 
-pub async fn run(cmd: PackageCommand) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+pub async fn run(cmd: PackageCommand, client: reqwest::Client) -> anyhow::Result<()> {
     match cmd {
         PackageCommand::Delete {
             version,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod domain;
+pub mod keys;
 pub mod lifecycle;
 pub mod packages;
 pub mod rollout;

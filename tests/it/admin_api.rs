@@ -7,7 +7,7 @@ use crate::common::*;
 #[tokio::test]
 async fn a_method_or_path_no_route_takes_gets_a_json_error() {
     let server = TestServer::start().await;
-    let http = reqwest::Client::new();
+    let http = server.client();
     let response = http
         .delete(server.api_url("/api/v1/fleet"))
         .send()

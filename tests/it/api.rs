@@ -142,9 +142,11 @@ async fn the_cli_lists_and_shows_agents() {
     let bin = env!("CARGO_BIN_EXE_corral");
     let run = |args: Vec<String>| {
         let api = api.clone();
+        let key = server.key.clone();
         async move {
             tokio::task::spawn_blocking(move || {
                 Command::new(bin)
+                    .env("CORRAL_API_KEY", key)
                     .args(&args)
                     .arg("--server")
                     .arg(api)
@@ -232,7 +234,7 @@ async fn a_half_sent_request_does_not_hold_the_server_up() {
 #[tokio::test]
 async fn requests_by_a_foreign_name_or_from_another_origin_are_refused() {
     let server = TestServer::start().await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     let rebound = client
         .get(server.api_url("/api/v1/fleet"))
         .header("host", "attacker.example:4321")

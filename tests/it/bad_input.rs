@@ -212,7 +212,7 @@ async fn http_gzip_bomb_is_413_not_memory() {
 #[tokio::test]
 async fn unknown_path_is_404_and_wrong_method_is_405() {
     let server = TestServer::start().await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     let response = client
         .post(format!("http://{}/v2/opamp", server.opamp))
         .header("content-type", "application/x-protobuf")
@@ -234,7 +234,7 @@ async fn unknown_path_is_404_and_wrong_method_is_405() {
 #[tokio::test]
 async fn a_bad_websocket_handshake_is_refused_with_the_reason() {
     let server = TestServer::start().await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     let plain = client.get(server.http_url()).send().await.unwrap();
     assert_eq!(plain.status(), 400);
     assert!(plain.text().await.unwrap().contains("upgrade"));
@@ -536,7 +536,10 @@ async fn an_agent_json_stays_under_256_kib_whatever_it_sends() {
         });
         server.poll(&flip).await;
     }
-    let response = reqwest::get(server.api_url(&format!("/api/v1/agents/{}", uuid_str(&uid))))
+    let response = server
+        .client()
+        .get(server.api_url(&format!("/api/v1/agents/{}", uuid_str(&uid))))
+        .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);

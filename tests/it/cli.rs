@@ -138,7 +138,14 @@ async fn a_reader_that_goes_away_ends_every_command_quietly() {
 async fn server_takes_host_port_and_says_what_it_reached() {
     let server = TestServer::start().await;
     // No scheme: http:// is assumed.
-    let out = corral(&["fleet", "--server", &server.api.to_string()]).await;
+    let out = corral(&[
+        "fleet",
+        "--server",
+        &server.api.to_string(),
+        "--api-key",
+        &server.key,
+    ])
+    .await;
     assert!(out.ok, "{}", out.stderr);
     assert!(out.stdout.contains("connected"), "{}", out.stdout);
 

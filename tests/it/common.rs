@@ -31,6 +31,8 @@ pub struct TestServer {
     cancel: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     http: reqwest::Client,
+    /// The admin key the server wrote to its data directory, which every request sends.
+    pub key: String,
 }
 
 /// The server's settings as a test gives them; what is left out takes its default.
@@ -87,14 +89,33 @@ impl TestServer {
         let (opamp_addr, api_addr) = (opamp.local_addr().unwrap(), api.local_addr().unwrap());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(serve(Listeners { opamp, api }, settings, cancel.clone()));
+        let key = admin_key(dir.path(), &task).await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(value) = format!("Bearer {key}").parse() {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Self {
             opamp: opamp_addr,
             api: api_addr,
             dir,
             cancel,
             task,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("client"),
+            key,
         }
+    }
+
+    /// A client that sends the admin key with every request.
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// A client that sends no key.
+    pub fn anonymous(&self) -> reqwest::Client {
+        reqwest::Client::new()
     }
 
     /// Stops the server gracefully and hands back its data directory.
@@ -278,22 +299,21 @@ impl TestServer {
         }
     }
 
-    /// Runs the `corral` CLI against this server's API.
+    /// Runs the `corral` CLI against this server's API, with its admin key.
     pub async fn cli(&self, args: &[&str]) -> CliOutput {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command.env("CORRAL_API_KEY", &self.key);
+        self.run_cli(command, args).await
+    }
+
+    /// Runs `command` (the `corral` CLI, set up by the caller) against this server's API.
+    pub async fn run_cli(&self, mut command: std::process::Command, args: &[&str]) -> CliOutput {
         command
             .args(args)
             .arg("--server")
             .arg(format!("http://{}", self.api))
             .stdin(std::process::Stdio::null());
-        let out = tokio::task::spawn_blocking(move || command.output().expect("run corral"))
-            .await
-            .expect("cli task");
-        CliOutput {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run(command).await
     }
 
     /// One plain-HTTP exchange.
@@ -304,6 +324,34 @@ impl TestServer {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "application/x-protobuf");
         proto::ServerToAgent::decode(response.bytes().await.expect("body")).expect("reply")
+    }
+}
+
+/// Runs a command and takes its output.
+pub async fn run(mut command: std::process::Command) -> CliOutput {
+    let out = tokio::task::spawn_blocking(move || command.output().expect("run corral"))
+        .await
+        .expect("cli task");
+    CliOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The admin key the server writes to its data directory on first start (read at once after
+/// a restart): waited for, unless the server stops first (then there is none).
+async fn admin_key(dir: &std::path::Path, task: &JoinHandle<anyhow::Result<()>>) -> String {
+    let file = dir.join("admin.key");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(key) = std::fs::read_to_string(&file) {
+            return key.trim().to_string();
+        }
+        if task.is_finished() || tokio::time::Instant::now() > deadline {
+            return String::new();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -179,7 +179,8 @@ async fn roll_out_to(program: &str, script: &str, service: &str) {
         .await;
     assert_eq!(status, 200, "{put}");
     let hash = put["hash"].as_str().unwrap().to_string();
-    let rollout: Value = reqwest::Client::new()
+    let rollout: Value = server
+        .client()
         .post(server.api_url("/api/v1/rollouts"))
         .json(&serde_json::json!({"configuration": "interop", "initial": 1, "multiplier": 2}))
         .send()

@@ -394,7 +394,8 @@ async fn a_download_slower_than_the_idle_timeout_completes_while_it_moves() {
     let server = impatient().await;
     let size = 32 << 20;
     let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let uploaded: serde_json::Value = reqwest::Client::new()
+    let uploaded: serde_json::Value = server
+        .client()
         .post(server.api_url("/api/v1/packages?name=big&version=v1.0.0"))
         .header("content-type", "application/octet-stream")
         .body(bytes)

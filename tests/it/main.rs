@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod api;
+mod auth;
 mod bad_input;
 mod cli;
 mod common;

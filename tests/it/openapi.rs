@@ -18,8 +18,9 @@ fn fill(path: &str) -> String {
 #[tokio::test]
 async fn the_document_is_openapi_3_1_and_every_operation_in_it_is_served() {
     let server = TestServer::start().await;
-    let http = reqwest::Client::new();
-    let response = http
+    let http = server.client();
+    let response = server
+        .anonymous()
         .get(server.api_url("/api/v1/openapi.json"))
         .send()
         .await
@@ -59,6 +60,13 @@ async fn the_document_is_openapi_3_1_and_every_operation_in_it_is_served() {
                     .any(|s| s.starts_with('2') || s.starts_with('3')),
                 "{method} {path}: a success"
             );
+            // `/metrics` is open unless the server is told otherwise: both are documented.
+            let open = ["/healthz", "/api/v1/openapi.json"].contains(&path.as_str());
+            assert_eq!(
+                responses.contains_key("401") && responses.contains_key("403"),
+                !open,
+                "{method} {path}: 401 and 403 where a key is needed"
+            );
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let mut request = http.request(method.clone(), server.api_url(&fill(path)));
             if operation.get("requestBody").is_some() {
@@ -76,7 +84,7 @@ async fn the_document_is_openapi_3_1_and_every_operation_in_it_is_served() {
         }
     }
     // Every route of README's table, and the document itself.
-    assert_eq!(operations, 37, "operations documented");
+    assert_eq!(operations, 40, "operations documented");
 }
 
 #[tokio::test]
@@ -118,7 +126,12 @@ async fn every_status_an_operation_answers_is_documented_with_its_body() {
     );
     assert_eq!(
         doc["paths"]["/api/v1/agents"]["post"]["responses"]["403"]["$ref"],
-        "#/components/responses/CrossOrigin"
+        "#/components/responses/ForbiddenChange",
+        "the role's 403 and the guard's, in one"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/agents"]["post"]["responses"]["401"]["$ref"],
+        "#/components/responses/Unauthorized"
     );
     assert!(doc["components"]["responses"]["Misdirected"].is_object());
 }

@@ -224,7 +224,7 @@ async fn pause_holds_the_next_wave_and_resume_finishes() {
     let id = server
         .start_rollout(json!({"configuration": "prod", "initial": 2, "multiplier": 2}))
         .await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     let paused: Value = client
         .post(server.api_url(&format!("/api/v1/rollouts/{id}/pause")))
         .send()
@@ -410,7 +410,8 @@ async fn configurations_are_versioned_idempotently_and_validated() {
         assert_eq!(status, 400, "{name} {body}: {reply}");
         assert!(reply["error"].is_string());
     }
-    let response = reqwest::Client::new()
+    let response = server
+        .client()
         .post(server.api_url("/api/v1/rollouts"))
         .json(&json!({"configuration": "nope"}))
         .send()
@@ -532,7 +533,7 @@ async fn a_failed_version_is_sent_again_only_when_an_admin_asks() {
         );
     }
     let path = format!("/api/v1/agents/{}/retry-config", uuid_str(&uid));
-    let client = reqwest::Client::new();
+    let client = server.client();
     let response = client.post(server.api_url(&path)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let again = agent.recv().await.remote_config.expect("sent once more");

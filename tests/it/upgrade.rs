@@ -15,7 +15,8 @@ fn artifact(len: usize, seed: u8) -> Vec<u8> {
 }
 
 async fn upload(server: &TestServer, bytes: Vec<u8>, query: &str) -> Value {
-    let response = reqwest::Client::new()
+    let response = server
+        .client()
         .post(server.api_url(&format!("/api/v1/packages?{query}")))
         .header("content-type", "application/octet-stream")
         .body(bytes)
@@ -219,7 +220,7 @@ async fn downloads_support_range_requests_to_resume() {
         server.opamp,
         package["sha256"].as_str().unwrap()
     );
-    let client = reqwest::Client::new();
+    let client = server.client();
     let head: Vec<u8> = client
         .get(&url)
         .header("range", "bytes=0-39999")
@@ -280,7 +281,7 @@ async fn downloads_support_range_requests_to_resume() {
 #[tokio::test]
 async fn bad_uploads_are_refused_with_a_clear_error() {
     let server = TestServer::start().await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     for (query, body) in [
         ("name=x", vec![1u8]),
         ("version=v1&name=a%20b", vec![1]),
@@ -313,7 +314,7 @@ async fn the_restart_command_round_trips_and_needs_the_capability() {
     let http = SimAgent::spawn_with(&server, Via::Http, "otelcol", upgradable(&[]));
     let plain = SimAgent::spawn(&server, Via::WebSocket, "otelcol", &[], None);
     server.wait_connected(3).await;
-    let client = reqwest::Client::new();
+    let client = server.client();
     for agent in [&ws, &http] {
         let path = format!("/api/v1/agents/{}/restart", uuid_str(&agent.uid));
         let response = client.post(server.api_url(&path)).send().await.unwrap();
@@ -506,7 +507,8 @@ async fn a_package_version_never_changes_under_its_agents() {
         again["sha256"], first["sha256"],
         "the same bytes again: the same package"
     );
-    let response = reqwest::Client::new()
+    let response = server
+        .client()
         .post(server.api_url("/api/v1/packages?version=v2.0.0"))
         .header("content-type", "application/octet-stream")
         .body(b"other build".to_vec())

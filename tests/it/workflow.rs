@@ -266,7 +266,8 @@ async fn deletes_are_refused_while_in_use_unless_forced() {
 
     // A package version: refused while a rollout offers it, deleted once none does.
     for version in ["v9.9.9", "v9.9.10"] {
-        let response = reqwest::Client::new()
+        let response = server
+            .client()
             .post(server.api_url(&format!("/api/v1/packages?version={version}")))
             .body(vec![7u8; 1000])
             .send()

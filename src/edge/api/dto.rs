@@ -745,3 +745,60 @@ pub struct AgentPackageDto {
     pub download_percent: Option<f64>,
     pub error: String,
 }
+
+names!(
+    /// What an API key may do: `viewer` reads; `operator` also changes the fleet (rollouts,
+    /// upgrades, restarts, lifecycle moves, labels, configurations, packages); `admin` also
+    /// manages keys.
+    RoleName = crate::core::keys::Role::ALL.map(crate::core::keys::Role::as_str)
+);
+
+/// A key to create.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci", "role": "operator", "expires_at": "2027-01-01T00:00:00Z"}))]
+pub struct KeyInDto {
+    pub name: String,
+    #[schema(value_type = RoleName)]
+    pub role: String,
+    /// When the key stops working (RFC 3339); never when left out.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+}
+
+/// A key as listed: never the key itself.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct KeyDto {
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = RoleName)]
+    pub role: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// When it was last used, to within a few seconds.
+    #[schema(format = DateTime)]
+    pub last_used_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct KeysDto {
+    pub keys: Vec<KeyDto>,
+}
+
+/// A key just created, with the key itself: shown this once.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, ToSchema)]
+pub struct KeyCreatedDto {
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = RoleName)]
+    pub role: String,
+    /// The key, for `Authorization: Bearer <key>`; it cannot be shown again.
+    pub key: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+}

@@ -1,10 +1,13 @@
 //! The admin API: JSON over HTTP on the API listener, plus `/metrics`, `/healthz` and its
-//! OpenAPI document at `/api/v1/openapi.json`.
+//! OpenAPI document at `/api/v1/openapi.json`. Every other route needs an API key
+//! (`auth.rs`).
 
+pub mod auth;
 mod control;
 pub mod dto;
 mod error;
 mod guard;
+mod keys;
 mod lifecycle;
 mod openapi;
 mod packages;
@@ -53,6 +56,10 @@ pub struct ApiState {
     pub max_package_size: u64,
     /// Names besides IP addresses and `localhost` that requests may address the API by.
     pub allowed_hosts: AllowedHosts,
+    /// The API keys, by hash.
+    pub keys: Arc<auth::Keys>,
+    /// `/metrics` needs a key.
+    pub metrics_need_key: bool,
 }
 
 /// Every route, each taken with its handler's `#[utoipa::path]`: routes are added only this
@@ -101,6 +108,8 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(one_path(routes!(metrics)))
         .routes(one_path(routes!(healthz)))
         .routes(one_path(routes!(openapi::document)))
+        .routes(one_path(routes!(keys::list_keys, keys::create_key)))
+        .routes(one_path(routes!(keys::revoke_key)))
 }
 
 /// One path per `routes!`: given handlers of several paths, it would route each of those paths
@@ -125,6 +134,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: ApiState) -> Router {
     let allowed = state.allowed_hosts.clone();
     let fleet = state.fleet.clone();
+    let gate = auth::Gate {
+        keys: state.keys.clone(),
+        metrics_need_key: state.metrics_need_key,
+    };
     let (routes, doc) = routes().split_for_parts();
     let doc = openapi::finish(doc);
     let methods: Arc<BTreeMap<String, String>> = Arc::new(
@@ -149,6 +162,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .with_state(state)
         .layer(Extension(openapi::Document(doc.into())))
+        .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
         .layer(axum::middleware::from_fn_with_state(allowed, guard::guard))
         .layer(axum::middleware::from_fn_with_state(fleet, count_request))
 }

@@ -11,6 +11,10 @@ use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
 use utoipa::{IntoParams, OpenApi as _};
 
+use axum::http::Method;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+
+use super::auth::Access;
 use super::dto::ErrorDto;
 
 #[derive(utoipa::OpenApi)]
@@ -18,7 +22,10 @@ use super::dto::ErrorDto;
     info(
         title = "Corral admin API",
         description = "Manage a fleet of OpenTelemetry collectors over OpAMP. Errors are \
-            `{\"error\": \"message\"}`; a write is answered once it is on disk.",
+            `{\"error\": \"message\"}`; a write is answered once it is on disk. Every \
+            operation but health, metrics and this document needs an API key \
+            (`Authorization: Bearer <key>`) whose role may do it: `viewer` reads, `operator` \
+            also changes the fleet, `admin` also manages keys.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(ErrorDto)),
@@ -28,7 +35,8 @@ use super::dto::ErrorDto;
         (name = "configurations", description = "Configurations and their versions"),
         (name = "rollouts", description = "Configuration and package rollouts in waves"),
         (name = "packages", description = "Collector builds agents can be upgraded to"),
-        (name = "server", description = "Health, metrics and this document"),
+        (name = "keys", description = "API keys and their roles (admin only)"),
+        (name = "server", description = "Health, metrics and this document: no key needed"),
     )
 )]
 struct ApiDoc;
@@ -49,11 +57,17 @@ pub(super) struct AgentUid {
 }
 
 /// The responses every operation shares, by the name they have under `components/responses`:
-/// the Host/Origin guard's (421 for every request, 403 for changes) and the body limit's (413
-/// for operations that take a body).
+/// the Host/Origin guard's (421 for every request, 403 for changes), the key check's (401, and
+/// 403 for a role that may not: one 403 for reads, one that also names the guard's for
+/// changes) and the body limit's (413 for operations that take a body).
 const MISDIRECTED: &str = "Misdirected";
 const CROSS_ORIGIN: &str = "CrossOrigin";
+const UNAUTHORIZED: &str = "Unauthorized";
+const FORBIDDEN: &str = "Forbidden";
+const FORBIDDEN_CHANGE: &str = "ForbiddenChange";
 const TOO_LARGE: &str = "TooLarge";
+/// The security scheme's name: a bearer API key.
+const BEARER: &str = "bearer";
 
 fn error_response(description: &str) -> RefOr<Response> {
     ResponseBuilder::new()
@@ -135,6 +149,12 @@ const SOURCES: &[Source] = &[
         from: "start_rollout",
         status: "200",
         to: "/api/v1/rollouts/{id}",
+        params: &[("id", "/id")],
+    },
+    Source {
+        from: "create_key",
+        status: "201",
+        to: "/api/v1/keys/{id}",
         params: &[("id", "/id")],
     },
     Source {
@@ -250,26 +270,97 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
         TOO_LARGE.into(),
         error_response("the body is larger than the API takes (2 MiB of JSON)"),
     );
-    for item in doc.paths.paths.values_mut() {
-        let reads = [&mut item.get, &mut item.head, &mut item.options];
-        for operation in reads.into_iter().flatten() {
+    components.responses.insert(
+        UNAUTHORIZED.into(),
+        error_response("no API key, or one unknown, revoked or expired: nothing was done"),
+    );
+    components.responses.insert(
+        FORBIDDEN.into(),
+        error_response("the API key's role may not do this"),
+    );
+    components.responses.insert(
+        FORBIDDEN_CHANGE.into(),
+        error_response(
+            "the API key's role may not do this, or the change's Origin is not the API's own",
+        ),
+    );
+    components.add_security_scheme(
+        BEARER,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "an API key (`corral_...`): `corral keys create`, or the admin.key file \
+                     the server writes in its data directory on first start",
+                ))
+                .build(),
+        ),
+    );
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let reads = [
+            (Method::GET, &mut item.get),
+            (Method::HEAD, &mut item.head),
+            (Method::OPTIONS, &mut item.options),
+        ];
+        for (method, operation) in reads {
+            let Some(operation) = operation else { continue };
             share(operation, MISDIRECTED, "421");
+            protect(operation, &method, path, FORBIDDEN);
         }
         let changes = [
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-            &mut item.patch,
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
         ];
-        for operation in changes.into_iter().flatten() {
+        for (method, operation) in changes {
+            let Some(operation) = operation else { continue };
             share(operation, MISDIRECTED, "421");
-            share(operation, CROSS_ORIGIN, "403");
+            if matches!(
+                protect(operation, &method, path, FORBIDDEN_CHANGE),
+                Access::Open | Access::Metrics
+            ) {
+                share(operation, CROSS_ORIGIN, "403");
+            }
             if operation.request_body.is_some() {
                 share(operation, TOO_LARGE, "413");
             }
         }
     }
     doc
+}
+
+/// Adds what an operation that needs a key answers (401, and `forbidden` as its 403), the
+/// security requirement, and the role it needs to its description.
+fn protect(operation: &mut Operation, method: &Method, path: &str, forbidden: &str) -> Access {
+    let access = super::auth::access(method, Some(path));
+    let needs = match access {
+        Access::Open => None,
+        Access::Needs(role) => {
+            operation.security = Some(vec![SecurityRequirement::new::<_, _, &str>(BEARER, [])]);
+            Some(format!(
+                "Needs a key with role `{}` or above.",
+                role.as_str()
+            ))
+        }
+        Access::Metrics => {
+            // Either no key or a key: which one, the server's settings say.
+            operation.security = Some(vec![
+                SecurityRequirement::default(),
+                SecurityRequirement::new::<_, _, &str>(BEARER, []),
+            ]);
+            Some("Needs a key (any role) when the server runs with `--metrics-need-key`.".into())
+        }
+    };
+    if let Some(needs) = needs {
+        share(operation, UNAUTHORIZED, "401");
+        share(operation, forbidden, "403");
+        operation.description = Some(match operation.description.take() {
+            Some(text) if !text.is_empty() => format!("{text}\n\n{needs}"),
+            _ => needs,
+        });
+    }
+    access
 }
 
 /// Adds the shared response `name` under `status`, unless the operation says more about it.
@@ -320,6 +411,8 @@ mod tests {
             ("control.rs", include_str!("control.rs")),
             ("lifecycle.rs", include_str!("lifecycle.rs")),
             ("packages.rs", include_str!("packages.rs")),
+            ("keys.rs", include_str!("keys.rs")),
+            ("auth.rs", include_str!("auth.rs")),
             ("openapi.rs", include_str!("openapi.rs")),
         ];
         // Split so that this test does not find itself.
@@ -383,9 +476,24 @@ mod tests {
         let responses = |method: &str, path: &str| json["paths"][path][method]["responses"].clone();
         let fleet = responses("get", "/api/v1/fleet");
         assert_eq!(fleet["421"]["$ref"], "#/components/responses/Misdirected");
-        assert!(fleet["403"].is_null(), "a read carries no Origin check");
+        assert_eq!(fleet["401"]["$ref"], "#/components/responses/Unauthorized");
+        assert_eq!(
+            fleet["403"]["$ref"], "#/components/responses/Forbidden",
+            "a read carries no Origin check, only the role's"
+        );
         let delete = responses("delete", "/api/v1/agents/{uid}");
-        assert_eq!(delete["403"]["$ref"], "#/components/responses/CrossOrigin");
+        assert_eq!(
+            delete["403"]["$ref"],
+            "#/components/responses/ForbiddenChange"
+        );
+        assert_eq!(
+            json["paths"]["/api/v1/agents/{uid}"]["delete"]["security"][0]["bearer"],
+            serde_json::json!([])
+        );
+        let health = responses("get", "/healthz");
+        assert!(health["401"].is_null() && health["403"].is_null(), "open");
+        assert!(json["paths"]["/healthz"]["get"]["security"].is_null());
+        assert!(json["components"]["securitySchemes"]["bearer"].is_object());
         assert!(delete["413"].is_null(), "no body, no body limit");
         let labels = responses("put", "/api/v1/agents/{uid}/labels");
         assert_eq!(labels["413"]["$ref"], "#/components/responses/TooLarge");

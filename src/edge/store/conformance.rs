@@ -16,6 +16,7 @@ use crate::core::domain::{
     ContentHash, HISTORY_LIMIT, Health, HistoryEntry, InstanceUid, KeptConfig, RemoteConfigState,
     RemoteConfigStatus, StrMap, Transport,
 };
+use crate::core::keys::{ApiKey, KeyHash, Role};
 use crate::core::lifecycle::{AdminState, Expected, IgnoreRule, Resume};
 use crate::core::packages::Package;
 use crate::core::rollout::{
@@ -54,6 +55,7 @@ pub async fn run(store: &dyn Store, probe: &dyn Probe) {
     sync_waits_until_the_writes_are_stored(store).await;
     expected_agents_by_id(store).await;
     ignore_rules_by_id(store).await;
+    api_keys_by_id(store).await;
 }
 
 fn at(secs: i64) -> DateTime<Utc> {
@@ -1083,4 +1085,54 @@ async fn ignore_rules_by_id(store: &dyn Store) {
             .expect("delete")
     );
     assert_eq!(store.load_ignore_rules().await.expect("load"), vec![ci]);
+}
+
+async fn api_keys_by_id(store: &dyn Store) {
+    let key = |id: &str, role: Role, n: u8| ApiKey {
+        id: id.into(),
+        name: format!("{id} key"),
+        role,
+        hash: KeyHash([n; 32]),
+        created_at: at(n.into()),
+        expires_at: (n == 2).then(|| at(100)),
+        last_used_at: None,
+    };
+    assert!(store.load_api_keys().await.expect("load").is_empty());
+    let (viewer, admin) = (key("k1", Role::Viewer, 1), key("k2", Role::Admin, 2));
+    store.save_api_key(&admin).await.expect("save");
+    store.save_api_key(&viewer).await.expect("save");
+    assert_eq!(
+        store.load_api_keys().await.expect("load"),
+        [viewer.clone(), admin.clone()],
+        "oldest first, every field kept"
+    );
+    assert!(
+        store
+            .save_api_key(&key("k3", Role::Operator, 1))
+            .await
+            .is_err(),
+        "two keys with one hash"
+    );
+    assert!(
+        store
+            .save_api_key(&key("k1", Role::Operator, 3))
+            .await
+            .is_err(),
+        "two keys with one id"
+    );
+    store
+        .touch_api_keys(&[("k1".into(), at(50)), ("gone".into(), at(50))])
+        .await
+        .expect("touch");
+    store
+        .touch_api_keys(&[("k1".into(), at(40))])
+        .await
+        .expect("an earlier use does not move it back");
+    let loaded = store.load_api_keys().await.expect("load");
+    assert_eq!(loaded[0].last_used_at, Some(at(50)));
+    assert_eq!(loaded[1].last_used_at, None);
+    assert!(store.delete_api_key("k1").await.expect("delete"));
+    assert!(!store.delete_api_key("k1").await.expect("delete"));
+    assert_eq!(store.load_api_keys().await.expect("load"), [admin]);
+    assert!(store.delete_api_key("k2").await.expect("delete"));
 }

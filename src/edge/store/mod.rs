@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use crate::core::config::{ComponentSet, ConfigVersion, Configuration};
 use crate::core::domain::{AgentRecord, ContentHash, HistoryEntry, InstanceUid, KeptConfig};
+use crate::core::keys::ApiKey;
 use crate::core::lifecycle::{Expected, IgnoreRule};
 use crate::core::packages::Package;
 use crate::core::rollout::{Phase, Rollout};
@@ -162,4 +163,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns whether there was one with this id.
     async fn delete_ignore_rule(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Admin API keys (without the keys: their hashes), oldest first.
+    async fn load_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Adds a key; its id and its hash are each unique.
+    async fn save_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// Revokes a key. Returns whether there was one with this id.
+    async fn delete_api_key(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Records when keys were last used; an id no longer stored is passed over.
+    async fn touch_api_keys(
+        &self,
+        used: &[(String, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), StoreError>;
 }

@@ -15,6 +15,7 @@ use crate::core::domain::{
     AgentCapabilities, AgentRecord, ContentHash, HISTORY_LIMIT, HistoryEntry, InstanceUid,
     KeptConfig, RemoteConfigState, RemoteConfigStatus, Transport,
 };
+use crate::core::keys::{ApiKey, KeyHash, Role};
 use crate::core::lifecycle::{AdminState, Expected, IgnoreRule};
 use crate::core::packages::Package;
 use crate::core::rollout::{
@@ -46,6 +47,18 @@ impl SqliteStore {
     /// Opens the database in `data_dir` and brings its schema up to date. A new data directory
     /// gets a new store; an existing database file must be a Corral store.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        match Self::lock(data_dir)? {
+            Some(lock) => Self::open_locked(data_dir, lock).await,
+            None => Err(StoreError::Foreign(format!(
+                "another Corral server is using {}",
+                data_dir.display()
+            ))),
+        }
+    }
+
+    /// Takes the data directory's lock, creating the directory if need be; `None` when another
+    /// process holds it.
+    fn lock(data_dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
         let dir_error = |source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
@@ -57,15 +70,14 @@ impl SqliteStore {
             .write(true)
             .open(data_dir.join(LOCK_FILE))
             .map_err(dir_error)?;
-        if let Err(e) = lock.try_lock() {
-            return Err(match e {
-                std::fs::TryLockError::WouldBlock => StoreError::Foreign(format!(
-                    "another Corral server is using {}",
-                    data_dir.display()
-                )),
-                std::fs::TryLockError::Error(source) => dir_error(source),
-            });
+        match lock.try_lock() {
+            Ok(()) => Ok(Some(lock)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => Err(dir_error(source)),
         }
+    }
+
+    async fn open_locked(data_dir: &Path, lock: std::fs::File) -> Result<Self, StoreError> {
         let file = data_dir.join(DB_FILE);
         let existed = match std::fs::metadata(&file) {
             Ok(meta) if meta.len() == 0 => {
@@ -114,6 +126,60 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
         Ok(Self { pool, _lock: lock })
     }
+
+    /// Adds an API key to the store in `data_dir` from outside the server, whether or not a
+    /// server has it open. With no server there, the store is opened as a server opens it
+    /// (lock, migrations). With one there, the key is written beside it through a connection
+    /// of its own, without the directory's lock: SQLite serializes the two writers, and the
+    /// server learns of the key when it is first used (see `Keys::reload` in the API).
+    pub async fn add_api_key(data_dir: &Path, key: &ApiKey) -> Result<(), StoreError> {
+        if let Some(lock) = Self::lock(data_dir)? {
+            let store = Self::open_locked(data_dir, lock).await?;
+            store.save_api_key(key).await?;
+            store.pool.close().await;
+            return Ok(());
+        }
+        let file = data_dir.join(DB_FILE);
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&file)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'api_keys'",
+        )
+        .fetch_optional(&pool)
+        .await?;
+        if table.is_none() {
+            pool.close().await;
+            return Err(StoreError::Foreign(format!(
+                "the server using {} has no API keys (an older version): stop it and try again",
+                data_dir.display()
+            )));
+        }
+        let saved = insert_api_key(&pool, key).await;
+        pool.close().await;
+        saved
+    }
+}
+
+async fn insert_api_key(pool: &SqlitePool, key: &ApiKey) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, name, role, key_hash, created_at_ms, expires_at_ms,
+            last_used_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&key.id)
+    .bind(&key.name)
+    .bind(key.role.as_str())
+    .bind(key.hash.0.to_vec())
+    .bind(millis(key.created_at))
+    .bind(key.expires_at.map(millis))
+    .bind(key.last_used_at.map(millis))
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 fn component_set_json(set: &ComponentSet) -> String {
@@ -952,6 +1018,65 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn load_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM api_keys ORDER BY created_at_ms, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let role: &str = row.try_get("role")?;
+                let hash: Vec<u8> = row.try_get("key_hash")?;
+                let expires: Option<i64> = row.try_get("expires_at_ms")?;
+                let used: Option<i64> = row.try_get("last_used_at_ms")?;
+                Ok(ApiKey {
+                    role: Role::parse(role)
+                        .ok_or_else(|| corrupt(id.as_bytes(), format!("unknown role {role:?}")))?,
+                    hash: KeyHash(
+                        hash.try_into()
+                            .map_err(|_| corrupt(id.as_bytes(), "key hash is not 32 bytes"))?,
+                    ),
+                    name: row.try_get("name")?,
+                    created_at: from_millis(row.try_get("created_at_ms")?),
+                    expires_at: expires.map(from_millis),
+                    last_used_at: used.map(from_millis),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        insert_api_key(&self.pool, key).await
+    }
+
+    async fn delete_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in used {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at_ms = max(coalesce(last_used_at_ms, 0), ?)
+                 WHERE id = ?",
+            )
+            .bind(millis(*at))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
