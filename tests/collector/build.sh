@@ -8,8 +8,15 @@
 # rebuild after a small change is quick too.
 #
 # Run from the repository root. Build output goes to stderr; the last two lines of stdout are
-# the collector's path, then the supervisor's.
+# the collector's path, then the supervisor's. With --cached it builds nothing: it prints the
+# paths if the binaries for the current sources are there, and exits 3 if they are not.
 set -euo pipefail
+cached_only=false
+case "${1:-}" in
+    "") ;;
+    --cached) cached_only=true ;;
+    *) echo "usage: tests/collector/build.sh [--cached]" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "$0")/../.."
 src=tests/collector
@@ -33,6 +40,9 @@ supervisor="$out/opampsupervisor"
 
 if [ -x "$collector" ] && [ -x "$supervisor" ]; then
     echo "collector build: up to date in $out" >&2
+elif $cached_only; then
+    echo "collector build: not built for these sources (run tests/collector/build.sh)" >&2
+    exit 3
 else
     mkdir -p "$root"
     # Build into a fresh directory and move it into place whole, so an interrupted build never

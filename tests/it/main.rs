@@ -6,6 +6,7 @@ mod admin_api;
 mod api;
 mod bad_input;
 mod cli;
+mod collector;
 mod common;
 mod http;
 mod identity;
