@@ -22,7 +22,6 @@ const SERVICE: &str = "otelcol-corral";
 /// The collector and the supervisor, as built by `tests/collector/build.sh`.
 struct Binaries {
     collector: PathBuf,
-    #[allow(dead_code)] // for the supervisor scenarios
     supervisor: PathBuf,
 }
 
@@ -116,7 +115,7 @@ service:
     )
 }
 
-/// A running collector; its log is printed if the test fails while it is held.
+/// A running collector (or supervisor); its log is printed if the test fails while it is held.
 struct Collector {
     child: Child,
     log: PathBuf,
@@ -125,7 +124,10 @@ struct Collector {
 
 impl Collector {
     fn start(binary: &Path, config: &str) -> Self {
-        let dir = TempDir::new().expect("tempdir");
+        Self::start_in(TempDir::new().expect("tempdir"), binary, config)
+    }
+
+    fn start_in(dir: TempDir, binary: &Path, config: &str) -> Self {
         let config_path = dir.path().join("collector.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("collector.log");
@@ -384,4 +386,166 @@ async fn collector_over_websocket_connects_reports_and_disconnects() {
 #[tokio::test]
 async fn collector_over_http_connects_reports_and_disconnects() {
     scenario_connects_and_stops(Transport::Http).await;
+}
+
+/// The supervisor's configuration: remote configuration accepted and reported, components
+/// reported, state kept in `storage`.
+fn supervisor_config(server: &TestServer, collector: &Path, storage: &Path) -> String {
+    format!(
+        "server:
+  endpoint: {}
+  tls:
+    insecure: true
+capabilities:
+  accepts_remote_config: true
+  reports_remote_config: true
+  reports_effective_config: true
+  reports_health: true
+  reports_available_components: true
+  reports_own_metrics: false
+agent:
+  executable: {}
+storage:
+  directory: {}
+",
+        server.ws_url(),
+        collector.display(),
+        storage.display()
+    )
+}
+
+/// What the supervisor is sent: a pipeline that binds no port, and no metrics port either.
+const REMOTE: &str = "receivers:
+  nop:
+exporters:
+  debug:
+    verbosity: basic
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [nop]
+      exporters: [debug]
+";
+
+/// Scenario 2: the OpAMP supervisor runs the collector; a rollout of a configuration reaches
+/// it (applying, then applied), a version needing a component it lacks is held back, and a
+/// SIGTERM leaves it disconnected.
+#[tokio::test]
+async fn supervisor_takes_a_rolled_out_configuration() {
+    let Some(bin) = binaries() else { return };
+    let server = TestServer::start().await;
+    let dir = TempDir::new().expect("tempdir");
+    let storage = dir.path().join("storage");
+    let config = supervisor_config(&server, &bin.collector, &storage);
+    let mut supervisor = Collector::start_in(dir, &bin.supervisor, &config);
+
+    // The supervisor picks the instance uid and keeps it in its storage.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let uid = loop {
+        let (_, list) = server.get("/api/v1/agents").await;
+        if let Some(uid) = list["agents"][0]["instance_uid"].as_str() {
+            break *uuid::Uuid::parse_str(uid).expect("uuid").as_bytes();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the supervisor never connected:\n{}",
+            supervisor.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let a = server
+        .wait_agent(&uid, |a| {
+            settled(a, "websocket")
+                && a.agent.configuration.is_none()
+                && a.agent
+                    .capabilities
+                    .iter()
+                    .any(|c| c == "AcceptsRemoteConfig")
+        })
+        .await
+        .agent;
+    assert_eq!(a.identifying_attributes["service.name"], SERVICE, "{a:?}");
+    assert_eq!(
+        a.identifying_attributes["service.instance.id"],
+        uuid_str(&uid)
+    );
+
+    let request = json!({
+        "selector": format!("service.name={SERVICE}"),
+        "files": {"collector.yaml": {"body": REMOTE, "content_type": "text/yaml"}},
+    });
+    let (status, reply) = server
+        .put("/api/v1/configurations/fleet", &request.to_string())
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let id = server
+        .start_rollout(json!({"configuration": "fleet"}))
+        .await;
+    let r = server.wait_rollout(&id, "stable").await;
+    assert_eq!(r["counts"]["completed"], 1, "{r}");
+    let a = server
+        .wait_agent(&uid, |a| {
+            settled(a, "websocket")
+                && a.agent
+                    .configuration
+                    .as_ref()
+                    .is_some_and(|c| c.current_version == Some(1))
+        })
+        .await;
+    let remote = a
+        .agent
+        .remote_config
+        .as_ref()
+        .expect("remote config status");
+    assert_eq!(remote.status, "applied", "{a:?}");
+    assert!(
+        a.history.iter().any(|h| h.to == "configuring"),
+        "applying, then applied: {:?}",
+        a.history
+    );
+    let (_, effective) = server
+        .get(&format!(
+            "/api/v1/agents/{}/effective-config",
+            uuid_str(&uid)
+        ))
+        .await;
+    let files = effective["files"].as_object().expect("files");
+    assert!(
+        files
+            .values()
+            .any(|f| f["body"].as_str().is_some_and(|b| b.contains("debug"))),
+        "{effective}"
+    );
+
+    // A version that needs a component the collector lacks is not sent.
+    let request = json!({
+        "files": {"collector.yaml": {"body": NEEDS_KAFKA, "content_type": "text/yaml"}},
+    });
+    let (status, reply) = server
+        .put("/api/v1/configurations/fleet", &request.to_string())
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let id = server
+        .start_rollout(json!({"configuration": "fleet"}))
+        .await;
+    let r = server.wait_rollout(&id, "stable").await;
+    assert_eq!(
+        r["counts"]["skipped"],
+        json!({"agent lacks components: exporters/kafka": 1}),
+        "{r}"
+    );
+    let a = server.wait_status(&uid, "incompatible").await.agent;
+    assert_eq!(
+        a.configuration.and_then(|c| c.current_version),
+        Some(1),
+        "it keeps running version 1"
+    );
+
+    supervisor.terminate().await;
+    let a = server.wait_status(&uid, "disconnected").await.agent;
+    assert_eq!(a.status_reason, "agent disconnected", "{a:?}");
+    server.stop().await;
 }
