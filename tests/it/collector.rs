@@ -389,7 +389,8 @@ async fn collector_over_http_connects_reports_and_disconnects() {
 }
 
 /// The supervisor's configuration: remote configuration accepted and reported, components
-/// reported, state kept in `storage`.
+/// reported, state kept in `storage`. The collector's own metrics are off in every run, the
+/// supervisor's bootstrap run included (it would bind port 8888, and fail if that is taken).
 fn supervisor_config(server: &TestServer, collector: &Path, storage: &Path) -> String {
     format!(
         "server:
@@ -405,6 +406,7 @@ capabilities:
   reports_own_metrics: false
 agent:
   executable: {}
+  args: [\"--set=service.telemetry.metrics.level=none\"]
 storage:
   directory: {}
 ",
