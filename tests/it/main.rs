@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod cli;
+mod collector;
 mod common;
 mod http;
 mod identity;

@@ -457,10 +457,17 @@ async fn an_unknown_component_hash_is_asked_for_once_and_remembered() {
     agent.exchange(&full).await;
     put_config(&server, "prod", "", NEEDS_KAFKA).await;
     let a = server.agent(&uid).await.unwrap().agent;
+    let config = a.configuration.unwrap();
     assert_eq!(
-        a.configuration.unwrap().compatibility,
-        "incompatible",
+        config.compatibility, "incompatible",
         "judged against the latest version before any rollout"
+    );
+    assert_eq!(
+        config.incompatible_reason.as_deref(),
+        Some(
+            "configuration prod v1 needs components the agent lacks: exporters/kafka, receivers/otlp"
+        ),
+        "an incompatible configuration always says why"
     );
 
     // Another agent with the same set sends only the hash: it is known now.

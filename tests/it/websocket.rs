@@ -153,6 +153,29 @@ async fn closing_the_socket_disconnects_at_once() {
     assert_eq!(server.fleet().await.by_status["disconnected"], 1);
 }
 
+/// The Go client (the collector's opamp extension) says goodbye, closes with 1000 and waits for
+/// the server's close frame; without one it logs an abnormal closure on every shutdown.
+#[tokio::test]
+async fn an_agents_close_frame_is_answered_with_one() {
+    let server = TestServer::start().await;
+    let uid = new_uid();
+    let mut agent = WsAgent::connect(&server.ws_url()).await;
+    agent.exchange(&full_report(&uid, 1, "otelcol")).await;
+    let mut bye = heartbeat(&uid, 2);
+    bye.agent_disconnect = Some(proto::AgentDisconnect {});
+    agent.exchange(&bye).await;
+    agent
+        .send_raw(WsMessage::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "".into(),
+            },
+        )))
+        .await;
+    assert_eq!(agent.closed_with().await, 1000);
+    server.wait_status(&uid, "disconnected").await;
+}
+
 #[tokio::test]
 async fn agent_disconnect_message_disconnects_at_once() {
     let server = TestServer::start().await;

@@ -43,6 +43,22 @@ impl Directive {
     }
 }
 
+/// Why `version` of `config` cannot run on an agent with the `available` components, if it
+/// cannot.
+pub fn incompatibility(
+    config: &Configuration,
+    version: &ConfigVersion,
+    available: Option<&ComponentSet>,
+) -> Option<String> {
+    let missing = check_compatible(version, available).err()?;
+    Some(format!(
+        "configuration {} v{} needs components the agent lacks: {}",
+        config.name,
+        version.version,
+        missing.join(", ")
+    ))
+}
+
 /// The directive for `agent`, assigned to `config`, given the configuration's latest rollout.
 /// Before any rollout the agent is left alone; after a stable one it runs that version; during
 /// or after an unfinished one, agents the rollout reached run its version (the previous one
@@ -106,15 +122,8 @@ pub fn directive(
         ..Directive::default()
     };
     for version in [&headed, &desired].into_iter().flatten() {
-        if let Err(missing) = check_compatible(version, available) {
-            directive.incompatible.get_or_insert_with(|| {
-                format!(
-                    "configuration {} v{} needs components the agent lacks: {}",
-                    config.name,
-                    version.version,
-                    missing.join(", ")
-                )
-            });
+        if directive.incompatible.is_none() {
+            directive.incompatible = incompatibility(config, version, available);
         }
     }
     directive.version = desired.filter(|v| check_compatible(v, available).is_ok());

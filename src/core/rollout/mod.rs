@@ -21,7 +21,8 @@ pub use control::{
     RolloutSpec, RolloutTarget, Skipped, Tell, Update,
 };
 pub use directive::{
-    Directive, DirectiveKey, WAVE_PENDING, directive, package_directive, runs_package,
+    Directive, DirectiveKey, WAVE_PENDING, directive, incompatibility, package_directive,
+    runs_package,
 };
 pub use plan::{Tick, plan};
 pub use planner::{Counts, Params, Phase, Progress, State};

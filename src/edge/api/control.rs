@@ -16,14 +16,12 @@ use super::dto::{
     SkippedDto, VersionDto, VersionsDto, rfc3339,
 };
 use super::{ApiError, ApiPath, ApiState, flag, json, query_params};
-use crate::core::config::{
-    Configuration, Selector, assign, check_compatible, diff_files, reassigned,
-};
+use crate::core::config::{Configuration, Selector, assign, diff_files, reassigned};
 use crate::core::domain::{AgentRecord, ConfigFile, ConfigMap};
 use crate::core::rollout::{
     Action, ConfigChange, ConfigurationSpec, ControlView, DEFAULT_INITIAL, DEFAULT_MAX_ERRORS,
     DEFAULT_MAXIMUM, DEFAULT_MULTIPLIER, DEFAULT_WAVE_TIMEOUT_SECS, Params, Phase, Rollout,
-    RolloutSpec, RolloutTarget, directive,
+    RolloutSpec, RolloutTarget, directive, incompatibility,
 };
 use crate::tasks::controller::ControlError;
 
@@ -767,10 +765,13 @@ pub(super) fn agent_config(
     );
     // Judged against what the agent is headed to, else the latest version.
     let judged = directive.version.as_ref().or(config.latest());
-    let compatibility = match (&available, judged) {
+    let incompatible = directive.incompatible.or_else(|| {
+        let (set, version) = (available.as_deref()?, judged?);
+        incompatibility(config, version, Some(set))
+    });
+    let compatibility = match (&available, &incompatible) {
         (None, _) => "unknown",
-        _ if directive.incompatible.is_some() => "incompatible",
-        (Some(set), Some(v)) if check_compatible(v, Some(set)).is_err() => "incompatible",
+        (_, Some(_)) => "incompatible",
         _ => "compatible",
     };
     Some(AgentConfigDto {
@@ -779,6 +780,6 @@ pub(super) fn agent_config(
         pending_version: pending,
         target_version: directive.version.as_ref().map(|v| v.version),
         compatibility: compatibility.to_string(),
-        incompatible_reason: directive.incompatible,
+        incompatible_reason: incompatible,
     })
 }

@@ -87,6 +87,8 @@ pub(super) async fn upgrade(State(state): State<OpampState>, mut request: Reques
 /// Why a connection ended: a close to send (if any) and the reason the agent is disconnected.
 struct Ending {
     close: Option<u16>,
+    /// The agent closed: the reply to its close frame, queued by the codec, is still to send.
+    answer_close: bool,
     reason: String,
 }
 
@@ -94,6 +96,7 @@ impl Ending {
     fn closed(reason: impl Into<String>) -> Self {
         Self {
             close: None,
+            answer_close: false,
             reason: reason.into(),
         }
     }
@@ -101,7 +104,15 @@ impl Ending {
     fn close(code: u16, reason: impl Into<String>) -> Self {
         Self {
             close: Some(code),
+            answer_close: false,
             reason: reason.into(),
+        }
+    }
+
+    fn closed_by_agent() -> Self {
+        Self {
+            answer_close: true,
+            ..Self::closed("websocket closed by agent")
         }
     }
 }
@@ -251,7 +262,7 @@ async fn serve_connection(
                     metrics.decode_error("text_frame");
                     break Ending::close(UNSUPPORTED_DATA, "OpAMP uses binary frames");
                 }
-                Some(Ok(Message::Close(_))) => break Ending::closed("websocket closed by agent"),
+                Some(Ok(Message::Close(_))) => break Ending::closed_by_agent(),
                 Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
                     heard(&mut watch);
                     received += socket::min_frame_len(payload.len());
@@ -296,6 +307,11 @@ async fn serve_connection(
             socket.send(Message::Close(Some(frame))),
         ))
         .await;
+    }
+    if ending.answer_close {
+        // Without the reply an agent sees its own clean close end abnormally (the Go client
+        // logs "close 1006 (abnormal closure)" on every collector shutdown).
+        let _ = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, socket.flush())).await;
     }
     let agents = speakers.agents;
     if !agents.is_empty() {
