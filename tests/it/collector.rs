@@ -283,7 +283,14 @@ async fn scenario_connects_and_stops(transport: Transport) {
         heard_polls(&server, &uid, 4).await;
     }
     collector.terminate().await;
-    let a = server.wait_status(&uid, "disconnected").await.agent;
+    let detail = server.wait_status(&uid, "disconnected").await;
+    // Starting and stopping are reported unhealthy without an error: no pass through Error.
+    assert!(
+        detail.history.iter().all(|h| h.to != "error"),
+        "{:?}",
+        detail.history
+    );
+    let a = detail.agent;
     if transport == Transport::WebSocket {
         // Over WebSocket the extension says goodbye; over HTTP its last request is cancelled
         // by its own shutdown, and the server notices the silence.

@@ -163,6 +163,10 @@ async fn apply_keeps_what_it_leaves_out_and_asks_before_moving_agents_which_then
 
     // A rollout of prod takes them, in waves, with the prod agents still on v1.
     let out = succeeded(server.cli(&["rollout", "start", "prod"]).await);
+    assert!(
+        out.contains("7 agents matched, 7 eligible"),
+        "the answer says whom it reaches: {out}"
+    );
     let id = out.split_whitespace().nth(1).unwrap().to_string();
     let r = server.wait_rollout(&id, "stable").await;
     assert_eq!(r["counts"]["completed"], 7, "{r}");

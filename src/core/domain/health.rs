@@ -30,9 +30,21 @@ impl Health {
     /// The first reason this tree is unhealthy, depth first: the agent's own error, or the
     /// path of the first unhealthy component with its error. `None` when all is healthy.
     /// Each node is looked at once at most: the cost is linear in the tree.
+    /// A node that is starting, stopping or not ready without an error is no problem: the
+    /// collector reports `StatusStarting` and `StatusStopping` as unhealthy, and its opamp
+    /// extension a bare `healthy: false` (no status, error or components) while it is not
+    /// ready, at start and at shutdown; every restart would otherwise pass through Error.
     pub fn problem(&self) -> Option<String> {
         self.first_unhealthy_component()
-            .or_else(|| (!self.healthy).then(|| self.own_error()))
+            .or_else(|| self.is_bad().then(|| self.own_error()))
+    }
+
+    /// Unhealthy, and not merely starting, stopping or not ready.
+    fn is_bad(&self) -> bool {
+        let not_ready = self.status.is_empty() && self.components.is_empty();
+        let passing = self.last_error.is_empty()
+            && (not_ready || matches!(self.status.as_str(), "StatusStarting" | "StatusStopping"));
+        !self.healthy && !passing
     }
 
     fn own_error(&self) -> String {
@@ -51,7 +63,7 @@ impl Health {
             .iter()
             .find_map(|(name, child)| match child.first_unhealthy_component() {
                 Some(inner) => Some(format!("{name}/{inner}")),
-                None if !child.healthy => Some(format!("{name}: {}", child.own_error())),
+                None if child.is_bad() => Some(format!("{name}: {}", child.own_error())),
                 None => None,
             })
     }
@@ -77,10 +89,41 @@ mod tests {
 
     #[test]
     fn unhealthy_agent_without_message_gets_a_reason() {
+        let failing = Health {
+            status: "StatusRecoverableError".into(),
+            ..Health::default()
+        };
         assert_eq!(
-            Health::default().problem().as_deref(),
+            failing.problem().as_deref(),
             Some("agent reports unhealthy")
         );
+        assert_eq!(
+            Health::default().problem(),
+            None,
+            "a bare report: not ready yet"
+        );
+    }
+
+    #[test]
+    fn starting_or_stopping_without_an_error_is_no_problem() {
+        let passing = |status: &str, error: &str| Health {
+            status: status.into(),
+            last_error: error.into(),
+            ..Health::default()
+        };
+        let mut root = passing("StatusStarting", "");
+        root.components
+            .insert("extension:opamp".into(), passing("StatusStopping", ""));
+        assert_eq!(root.problem(), None);
+        root.components.insert(
+            "receiver:otlp".into(),
+            passing("StatusStarting", "port in use"),
+        );
+        assert_eq!(
+            root.problem().as_deref(),
+            Some("receiver:otlp: port in use")
+        );
+        assert!(passing("StatusPermanentError", "").problem().is_some());
     }
 
     /// A chain of unhealthy components, `depth` deep.

@@ -639,11 +639,10 @@ pub(super) async fn start_rollout(
             rollback: body.rollback_on_failure.unwrap_or(false),
         })
         .await?;
-    Ok(Json(rollout_dto(
-        &state,
-        &state.controller.view(),
-        &rollout,
-    )))
+    // The controller answers once its first step is taken: show the rollout as it is now.
+    let view = state.controller.view();
+    let rollout = view.rollout(&rollout.id).unwrap_or(&rollout);
+    Ok(Json(rollout_dto(&state, &view, rollout)))
 }
 
 /// The rollouts, newest first
