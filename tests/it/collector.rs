@@ -291,6 +291,7 @@ async fn scenario_connects_and_stops(transport: Transport) {
         detail.history
     );
     let a = detail.agent;
+    assert_eq!(a.transport, None, "not connected any more");
     if transport == Transport::WebSocket {
         // Over WebSocket the extension says goodbye; over HTTP its last request is cancelled
         // by its own shutdown, and the server notices the silence.

@@ -394,7 +394,11 @@ impl From<&AgentRecord> for AgentDto {
                 _ => None,
             },
             pre_registered: a.pre_registered,
-            transport: a.transport.map(|t| t.as_str().to_string()),
+            // How it is connected, if it is.
+            transport: a
+                .transport
+                .filter(|_| a.status != Status::Disconnected)
+                .map(|t| t.as_str().to_string()),
             labels: a.labels.clone(),
             identifying_attributes: attributes(&a.description.identifying),
             non_identifying_attributes: attributes(&a.description.non_identifying),
