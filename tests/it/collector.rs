@@ -124,10 +124,7 @@ struct Collector {
 
 impl Collector {
     fn start(binary: &Path, config: &str) -> Self {
-        Self::start_in(TempDir::new().expect("tempdir"), binary, config)
-    }
-
-    fn start_in(dir: TempDir, binary: &Path, config: &str) -> Self {
+        let dir = TempDir::new().expect("tempdir");
         let config_path = dir.path().join("collector.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log = dir.path().join("collector.log");
@@ -135,6 +132,8 @@ impl Collector {
         let child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
+            // Its own process group: a supervisor's collector goes down with it (see `kill`).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
@@ -166,12 +165,41 @@ impl Collector {
             .expect("collector exit status");
         assert!(exit.success(), "collector exited with {exit}");
     }
+
+    /// SIGSTOP to its process group: it hangs, its connection stays open and silent.
+    fn freeze(&self) {
+        assert!(self.signal_group("STOP"), "collector running");
+    }
+
+    /// SIGKILL to its process group, as a container's end takes it: no goodbye. The group,
+    /// since a supervisor killed alone leaves its collector running.
+    async fn kill(&mut self) {
+        assert!(self.signal_group("KILL"), "collector running");
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("killed in time")
+            .expect("exit status");
+    }
+
+    fn signal_group(&self, signal: &str) -> bool {
+        self.child.id().is_some_and(|pid| {
+            std::process::Command::new("kill")
+                .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- collector log ----\n{}", self.log());
+        }
+        // Whatever it started goes too (`kill_on_drop` reaches only the process itself).
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal_group("KILL");
         }
     }
 }
@@ -396,9 +424,12 @@ async fn collector_over_http_connects_reports_and_disconnects() {
     scenario_connects_and_stops(Transport::Http).await;
 }
 
-/// The supervisor's configuration: remote configuration accepted and reported, components
-/// reported, state kept in `storage`. The collector's own metrics are off in every run, the
-/// supervisor's bootstrap run included (it would bind port 8888, and fail if that is taken).
+/// The supervisor's configuration, the one README shows: remote configuration accepted and
+/// reported, components and heartbeats reported, connection settings accepted (Corral offers
+/// its heartbeat interval only to agents that take them), state kept in `storage`. The
+/// collector's own metrics are off in every run, the supervisor's bootstrap run included (it
+/// would bind port 8888, and fail if that is taken). It logs at debug level, so a test can
+/// read what it was sent (README leaves that out).
 fn supervisor_config(server: &TestServer, collector: &Path, storage: &Path) -> String {
     format!(
         "server:
@@ -411,18 +442,103 @@ capabilities:
   reports_effective_config: true
   reports_health: true
   reports_available_components: true
+  reports_heartbeat: true
+  accepts_opamp_connection_settings: true
   reports_own_metrics: false
 agent:
   executable: {}
   args: [\"--set=service.telemetry.metrics.level=none\"]
 storage:
   directory: {}
+telemetry:
+  logs:
+    level: debug
 ",
         server.ws_url(),
         collector.display(),
         storage.display()
     )
 }
+
+/// A supervisor run against `server`, its state in `storage` (which outlives the run).
+fn start_supervisor(bin: &Binaries, server: &TestServer, storage: &Path) -> Collector {
+    Collector::start(
+        &bin.supervisor,
+        &supervisor_config(server, &bin.collector, storage),
+    )
+}
+
+/// The instance uid the supervisor picked (it keeps it in its storage), once it is connected
+/// with everything reported and takes remote configuration.
+async fn supervised_agent(server: &TestServer, supervisor: &Collector) -> [u8; 16] {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let uid = loop {
+        let (_, list) = server.get("/api/v1/agents").await;
+        if let Some(uid) = list["agents"][0]["instance_uid"].as_str() {
+            break *uuid::Uuid::parse_str(uid).expect("uuid").as_bytes();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the supervisor never connected:\n{}",
+            supervisor.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    server
+        .wait_agent(&uid, |a| {
+            settled(a, "websocket")
+                && a.agent
+                    .capabilities
+                    .iter()
+                    .any(|c| c == "AcceptsRemoteConfig")
+        })
+        .await;
+    uid
+}
+
+/// Puts a new version of the configuration `name` for this distribution.
+async fn put_configuration(server: &TestServer, name: &str, body: &str) {
+    let request = json!({
+        "selector": format!("service.name={SERVICE}"),
+        "files": {"collector.yaml": {"body": body, "content_type": "text/yaml"}},
+    });
+    let (status, reply) = server
+        .put(
+            &format!("/api/v1/configurations/{name}"),
+            &request.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// Rolls out version 1 of `fleet` ([`REMOTE`]) and waits until the supervisor runs it.
+async fn roll_out_version_1(server: &TestServer, uid: &[u8]) -> AgentDetailDto {
+    put_configuration(server, "fleet", REMOTE).await;
+    let id = server
+        .start_rollout(json!({"configuration": "fleet"}))
+        .await;
+    let r = server.wait_rollout(&id, "stable").await;
+    assert_eq!(r["version"], 1, "{r}");
+    assert_eq!(r["counts"]["completed"], 1, "{r}");
+    server.wait_agent(uid, on_version_1).await
+}
+
+/// Settled, having applied version 1.
+fn on_version_1(a: &AgentDetailDto) -> bool {
+    let agent = &a.agent;
+    settled(a, "websocket")
+        && agent
+            .configuration
+            .as_ref()
+            .is_some_and(|c| c.current_version == Some(1))
+        && agent
+            .remote_config
+            .as_ref()
+            .is_some_and(|r| r.status == "applied")
+}
+
+/// What the supervisor logs (at debug level) when it is sent a configuration.
+const RECEIVED: &str = "Received remote config from server";
 
 /// What the supervisor is sent: a pipeline that binds no port, and no metrics port either.
 const REMOTE: &str = "receivers:
@@ -440,6 +556,22 @@ service:
       exporters: [debug]
 ";
 
+/// A pipeline naming a receiver it does not define: the collector has every component, yet
+/// cannot start.
+const BROKEN: &str = "receivers:
+  nop:
+exporters:
+  debug:
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [nop/missing]
+      exporters: [debug]
+";
+
 /// Scenario 2: the OpAMP supervisor runs the collector; a rollout of a configuration reaches
 /// it (applying, then applied), a version needing a component it lacks is held back, and a
 /// SIGTERM leaves it disconnected.
@@ -447,70 +579,18 @@ service:
 async fn supervisor_takes_a_rolled_out_configuration() {
     let Some(bin) = binaries() else { return };
     let server = TestServer::start().await;
-    let dir = TempDir::new().expect("tempdir");
-    let storage = dir.path().join("storage");
-    let config = supervisor_config(&server, &bin.collector, &storage);
-    let mut supervisor = Collector::start_in(dir, &bin.supervisor, &config);
-
-    // The supervisor picks the instance uid and keeps it in its storage.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let uid = loop {
-        let (_, list) = server.get("/api/v1/agents").await;
-        if let Some(uid) = list["agents"][0]["instance_uid"].as_str() {
-            break *uuid::Uuid::parse_str(uid).expect("uuid").as_bytes();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the supervisor never connected:\n{}",
-            supervisor.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let a = server
-        .wait_agent(&uid, |a| {
-            settled(a, "websocket")
-                && a.agent.configuration.is_none()
-                && a.agent
-                    .capabilities
-                    .iter()
-                    .any(|c| c == "AcceptsRemoteConfig")
-        })
-        .await
-        .agent;
+    let storage = TempDir::new().expect("tempdir");
+    let mut supervisor = start_supervisor(&bin, &server, storage.path());
+    let uid = supervised_agent(&server, &supervisor).await;
+    let a = server.agent(&uid).await.expect("agent").agent;
+    assert_eq!(a.configuration, None, "{a:?}");
     assert_eq!(a.identifying_attributes["service.name"], SERVICE, "{a:?}");
     assert_eq!(
         a.identifying_attributes["service.instance.id"],
         uuid_str(&uid)
     );
 
-    let request = json!({
-        "selector": format!("service.name={SERVICE}"),
-        "files": {"collector.yaml": {"body": REMOTE, "content_type": "text/yaml"}},
-    });
-    let (status, reply) = server
-        .put("/api/v1/configurations/fleet", &request.to_string())
-        .await;
-    assert_eq!(status, 200, "{reply}");
-    let id = server
-        .start_rollout(json!({"configuration": "fleet"}))
-        .await;
-    let r = server.wait_rollout(&id, "stable").await;
-    assert_eq!(r["counts"]["completed"], 1, "{r}");
-    let a = server
-        .wait_agent(&uid, |a| {
-            settled(a, "websocket")
-                && a.agent
-                    .configuration
-                    .as_ref()
-                    .is_some_and(|c| c.current_version == Some(1))
-        })
-        .await;
-    let remote = a
-        .agent
-        .remote_config
-        .as_ref()
-        .expect("remote config status");
-    assert_eq!(remote.status, "applied", "{a:?}");
+    let a = roll_out_version_1(&server, &uid).await;
     assert!(
         a.history.iter().any(|h| h.to == "configuring"),
         "applying, then applied: {:?}",
@@ -531,13 +611,7 @@ async fn supervisor_takes_a_rolled_out_configuration() {
     );
 
     // A version that needs a component the collector lacks is not sent.
-    let request = json!({
-        "files": {"collector.yaml": {"body": NEEDS_KAFKA, "content_type": "text/yaml"}},
-    });
-    let (status, reply) = server
-        .put("/api/v1/configurations/fleet", &request.to_string())
-        .await;
-    assert_eq!(status, 200, "{reply}");
+    put_configuration(&server, "fleet", NEEDS_KAFKA).await;
     let id = server
         .start_rollout(json!({"configuration": "fleet"}))
         .await;
@@ -557,5 +631,137 @@ async fn supervisor_takes_a_rolled_out_configuration() {
     supervisor.terminate().await;
     let a = server.wait_status(&uid, "disconnected").await.agent;
     assert_eq!(a.status_reason, "agent disconnected", "{a:?}");
+    server.stop().await;
+}
+
+/// Scenario 3: a version the collector cannot start, rolled out with no error tolerated and
+/// rollback on: the supervisor reports it failed, Corral shows the agent in error with the
+/// supervisor's message and stops the rollout, and the agent gets version 1 back and runs it
+/// as before.
+#[tokio::test]
+async fn supervisor_fails_a_broken_configuration_and_is_rolled_back() {
+    let Some(bin) = binaries() else { return };
+    let server = TestServer::start().await;
+    let storage = TempDir::new().expect("tempdir");
+    let supervisor = start_supervisor(&bin, &server, storage.path());
+    let uid = supervised_agent(&server, &supervisor).await;
+    let good = roll_out_version_1(&server, &uid).await.agent;
+
+    put_configuration(&server, "fleet", BROKEN).await;
+    let id = server
+        .start_rollout(json!({
+            "configuration": "fleet",
+            "max_errors": 0,
+            "rollback_on_failure": true,
+        }))
+        .await;
+    let r = server.wait_rollout(&id, "error").await;
+    assert_eq!(r["version"], 2, "{r}");
+    assert_eq!(r["previous_version"], 1, "{r}");
+    assert_eq!(r["counts"]["errors"], 1, "{r}");
+    let error = &r["errors"][0];
+    assert_eq!(error["instance_uid"], uuid_str(&uid), "{r}");
+    assert_eq!(error["phase"], "failed", "{r}");
+    // The supervisor's own message is in the agent's history (below); the rollout reads the
+    // agent's current status instead, which the rollback has already cleared.
+
+    // Version 1 again, the same collector configuration running, healthy.
+    let back = server
+        .wait_agent(&uid, |a| {
+            on_version_1(a)
+                && a.agent.effective_config_hash == good.effective_config_hash
+                && a.agent
+                    .configuration
+                    .as_ref()
+                    .is_some_and(|c| c.target_version == Some(1))
+        })
+        .await;
+    // In between: applying version 2, its failure with what the supervisor said, and back.
+    let since: Vec<_> = back
+        .history
+        .iter()
+        .skip_while(|h| h.to != "error")
+        .collect();
+    let failed = since.first().expect("an error in the history");
+    assert_eq!(failed.from.as_deref(), Some("configuring"), "{failed:?}");
+    assert!(
+        failed.reason.starts_with("remote config failed: ")
+            && failed.reason.contains("exited unexpectedly"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        since.iter().map(|h| h.to.as_str()).collect::<Vec<_>>(),
+        ["error", "configuring", "connected"],
+        "{:?}",
+        back.history
+    );
+    server.stop().await;
+}
+
+/// Scenario 5: the supervisor keeps the heartbeat interval Corral offers; hung, it is found
+/// gone by its silence; killed and started again on the same storage, it is the same agent,
+/// with its history, and the configuration it already runs is not sent again.
+#[tokio::test]
+async fn supervisor_keeps_the_offered_heartbeat_and_comes_back_after_a_kill() {
+    let Some(bin) = binaries() else { return };
+    let server = TestServer::with(Options {
+        heartbeat_interval: Some(1),
+        ..Options::default()
+    })
+    .await;
+    let storage = TempDir::new().expect("tempdir");
+    let mut supervisor = start_supervisor(&bin, &server, storage.path());
+    let uid = supervised_agent(&server, &supervisor).await;
+    let before = roll_out_version_1(&server, &uid).await;
+    for cap in ["AcceptsOpAMPConnectionSettings", "ReportsHeartbeat"] {
+        assert!(before.agent.capabilities.iter().any(|c| c == cap), "{cap}");
+    }
+
+    // Every second, as offered, instead of the protocol's 30 s: five heartbeats (four gaps)
+    // take about four seconds.
+    let start = tokio::time::Instant::now();
+    heard_polls(&server, &uid, 5).await;
+    let pace = start.elapsed();
+    assert!(
+        pace > std::time::Duration::from_millis(2500),
+        "faster than offered: {pace:?}"
+    );
+
+    // Hung, its connection open: Corral holds it to the interval it accepted.
+    supervisor.freeze();
+    let gone = server.wait_status(&uid, "disconnected").await.agent;
+    assert_eq!(
+        gone.status_reason, "no message for 3s (expected every 1s)",
+        "{gone:?}"
+    );
+    supervisor.kill().await;
+    assert!(supervisor.log().contains(RECEIVED), "{}", supervisor.log());
+
+    let supervisor = start_supervisor(&bin, &server, storage.path());
+    let back = server
+        .wait_agent(&uid, |a| {
+            a.agent.connected_at != before.agent.connected_at && on_version_1(a)
+        })
+        .await;
+    let (_, list) = server.get("/api/v1/agents").await;
+    assert_eq!(list["total"], 1, "the same agent: {list}");
+    assert_eq!(back.agent.remote_config, before.agent.remote_config);
+    // Its history goes on from where it was, and nothing was applied again: the supervisor
+    // told Corral the hash it runs, and was not sent the configuration.
+    assert!(!supervisor.log().contains(RECEIVED), "{}", supervisor.log());
+    assert!(
+        back.history.starts_with(&before.history),
+        "{:?}",
+        back.history
+    );
+    assert_eq!(
+        back.history[before.history.len()..]
+            .iter()
+            .map(|h| h.to.as_str())
+            .collect::<Vec<_>>(),
+        ["disconnected", "connected"],
+        "{:?}",
+        back.history
+    );
     server.stop().await;
 }
