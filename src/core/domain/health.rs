@@ -30,20 +30,26 @@ impl Health {
     /// The first reason this tree is unhealthy, depth first: the agent's own error, or the
     /// path of the first unhealthy component with its error. `None` when all is healthy.
     /// Each node is looked at once at most: the cost is linear in the tree.
-    /// A node that is starting, stopping or not ready without an error is no problem: the
-    /// collector reports `StatusStarting` and `StatusStopping` as unhealthy, and its opamp
-    /// extension a bare `healthy: false` (no status, error or components) while it is not
-    /// ready, at start and at shutdown; every restart would otherwise pass through Error.
+    /// A node that is starting, stopping, stopped or not ready without an error is no problem:
+    /// the collector reports `StatusStarting`, `StatusStopping` and `StatusStopped` as
+    /// unhealthy (at shutdown its pipelines stop before its opamp extension says goodbye),
+    /// and its opamp extension a bare `healthy: false` (no status, error or components) while
+    /// it is not ready, at start and at shutdown; every restart would otherwise pass through
+    /// Error.
     pub fn problem(&self) -> Option<String> {
         self.first_unhealthy_component()
             .or_else(|| self.is_bad().then(|| self.own_error()))
     }
 
-    /// Unhealthy, and not merely starting, stopping or not ready.
+    /// Unhealthy, and not merely starting, stopping, stopped or not ready.
     fn is_bad(&self) -> bool {
         let not_ready = self.status.is_empty() && self.components.is_empty();
         let passing = self.last_error.is_empty()
-            && (not_ready || matches!(self.status.as_str(), "StatusStarting" | "StatusStopping"));
+            && (not_ready
+                || matches!(
+                    self.status.as_str(),
+                    "StatusStarting" | "StatusStopping" | "StatusStopped"
+                ));
         !self.healthy && !passing
     }
 
@@ -104,6 +110,8 @@ mod tests {
         );
     }
 
+    /// Regression: a collector stopping with a pipeline already `StatusStopped` (it stops
+    /// pipelines before its opamp extension says goodbye) passed through Error.
     #[test]
     fn starting_or_stopping_without_an_error_is_no_problem() {
         let passing = |status: &str, error: &str| Health {
@@ -114,6 +122,11 @@ mod tests {
         let mut root = passing("StatusStarting", "");
         root.components
             .insert("extension:opamp".into(), passing("StatusStopping", ""));
+        let mut pipeline = healthy();
+        pipeline
+            .components
+            .insert("exporter:nop".into(), passing("StatusStopped", ""));
+        root.components.insert("pipeline:traces".into(), pipeline);
         assert_eq!(root.problem(), None);
         root.components.insert(
             "receiver:otlp".into(),
