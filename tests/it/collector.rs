@@ -662,8 +662,9 @@ async fn supervisor_fails_a_broken_configuration_and_is_rolled_back() {
     let error = &r["errors"][0];
     assert_eq!(error["instance_uid"], uuid_str(&uid), "{r}");
     assert_eq!(error["phase"], "failed", "{r}");
-    // The supervisor's own message is in the agent's history (below); the rollout reads the
-    // agent's current status instead, which the rollback has already cleared.
+    // What the supervisor said, kept with the failure although the rollback clears it.
+    let said = error["message"].as_str().unwrap_or_default();
+    assert!(said.contains("exited unexpectedly"), "{r}");
 
     // Version 1 again, the same collector configuration running, healthy.
     let back = server

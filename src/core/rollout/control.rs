@@ -39,6 +39,9 @@ use crate::core::packages::Package;
 /// The matching agents a rollout passes over, and why.
 pub type Skipped = BTreeMap<InstanceUid, String>;
 
+/// What the agents a rollout failed on said.
+pub type Failures = BTreeMap<InstanceUid, String>;
+
 /// Which agents a tick looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -56,6 +59,8 @@ pub struct Update {
     pub diff: Vec<(InstanceUid, Option<Phase>)>,
     /// The agents its new wave goes to, in id order.
     pub sent: Vec<InstanceUid>,
+    /// What each agent that failed in this update said.
+    pub failures: Vec<(InstanceUid, String)>,
 }
 
 /// A directive to hand to one agent's actor.
@@ -141,6 +146,9 @@ pub struct ControlView {
     pub packages: Vec<Arc<Package>>,
     /// Per rollout id, the matching agents it passes over and why.
     pub skipped: HashMap<String, Arc<Skipped>>,
+    /// Per rollout id, what its failed agents said when they failed (since this process
+    /// started).
+    pub failures: HashMap<String, Arc<Failures>>,
 }
 
 impl ControlView {
@@ -237,6 +245,8 @@ pub struct Control {
     pub(super) packages: Vec<Arc<Package>>,
     /// Per rollout, the matching agents it passes over and why (as of its last step).
     pub(super) skipped: HashMap<String, Arc<Skipped>>,
+    /// Per rollout, what its failed agents said when they failed.
+    pub(super) failures: HashMap<String, Arc<Failures>>,
     /// The directive each agent was last handed, to tell it only changes.
     pub(super) told: HashMap<InstanceUid, DirectiveKey>,
     /// Rollouts created before this were restored from the store.
@@ -280,6 +290,7 @@ impl Control {
             rollouts,
             packages,
             skipped: HashMap::new(),
+            failures: HashMap::new(),
             told: HashMap::new(),
             started,
             seen_changes: None,
@@ -293,6 +304,7 @@ impl Control {
             rollouts: self.rollouts.clone(),
             packages: self.packages.clone(),
             skipped: self.skipped.clone(),
+            failures: self.failures.clone(),
         }
     }
 
@@ -322,6 +334,10 @@ impl Control {
         let mut changed = !plan.skipped.is_empty();
         for update in plan.updates {
             if !unstored.contains(&update.rollout.id) {
+                if !update.failures.is_empty() {
+                    let kept = self.failures.entry(update.rollout.id.clone()).or_default();
+                    Arc::make_mut(kept).extend(update.failures);
+                }
                 self.commit(update.rollout);
                 changed = true;
             }
@@ -602,6 +618,7 @@ impl Control {
         self.rollouts = kept;
         for r in gone {
             self.skipped.remove(&r.id);
+            self.failures.remove(&r.id);
         }
         // What agents were told of it no longer holds.
         self.told.clear();

@@ -115,8 +115,10 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
                         updated_at: tick.now,
                         ..(**slot).clone()
                     });
+                    let diff = diff(&slot.progress, &updated.progress);
                     plan.updates.push(Update {
-                        diff: diff(&slot.progress, &updated.progress),
+                        failures: failures(&diff, &by_uid, slot),
+                        diff,
                         rollout: updated.clone(),
                         sent: Vec::new(),
                     });
@@ -144,8 +146,10 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
                 updated_at: tick.now,
                 ..(**slot).clone()
             });
+            let diff = diff(&slot.progress, &updated.progress);
             plan.updates.push(Update {
-                diff: diff(&slot.progress, &updated.progress),
+                failures: failures(&diff, &by_uid, slot),
+                diff,
                 rollout: updated.clone(),
                 sent: step.send,
             });
@@ -215,6 +219,28 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
     // Rule 9: a fleet's order is its registry's, which says nothing.
     plan.tells.sort_by_key(|t| t.uid);
     plan
+}
+
+/// What the agents that just failed `rollout` said, kept with the failure: a rollback clears
+/// the agent's own error moments later.
+fn failures(
+    diff: &[(InstanceUid, Option<Phase>)],
+    by_uid: &HashMap<InstanceUid, &AgentRecord>,
+    rollout: &Rollout,
+) -> Vec<(InstanceUid, String)> {
+    diff.iter()
+        .filter(|(_, phase)| *phase == Some(Phase::Failed))
+        .filter_map(|(uid, _)| {
+            let agent = by_uid.get(uid)?;
+            let config_error = rollout
+                .config()
+                .and(agent.remote_config.as_ref())
+                .map(|rc| rc.error.clone())
+                .filter(|e| !e.is_empty());
+            let said = config_error.unwrap_or_else(|| agent.status_reason.clone());
+            Some((*uid, said))
+        })
+        .collect()
 }
 
 /// The fleet as a full pass sees it.

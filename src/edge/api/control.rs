@@ -493,7 +493,7 @@ pub(super) fn rollout_dto(state: &ApiState, view: &ControlView, r: &Rollout) -> 
         matched,
         eligible,
         summary,
-        errors: rollout_errors(state, r),
+        errors: rollout_errors(state, view, r),
         state: r.progress.state.as_str().to_string(),
         wave: r.progress.wave,
         wave_sizes: wave_sizes(r, reached, if ended { 0 } else { counts.pending }),
@@ -544,14 +544,15 @@ fn wave_sizes(r: &Rollout, reached: u32, waiting: u32) -> Vec<u32> {
 }
 
 /// The agents a rollout failed on, with what each said (or that it did not answer).
-fn rollout_errors(state: &ApiState, r: &Rollout) -> Vec<RolloutErrorDto> {
+fn rollout_errors(state: &ApiState, view: &ControlView, r: &Rollout) -> Vec<RolloutErrorDto> {
     r.progress
         .agents
         .iter()
         .filter(|(_, phase)| matches!(phase, Phase::Failed | Phase::TimedOut))
         .map(|(uid, phase)| {
+            let kept = view.failures.get(&r.id).and_then(|f| f.get(uid)).cloned();
             let record = state.fleet.get(uid).map(|h| h.record());
-            let said = record.as_ref().and_then(|a| match r.config() {
+            let now = record.as_ref().and_then(|a| match r.config() {
                 Some(_) => a
                     .remote_config
                     .as_ref()
@@ -559,6 +560,9 @@ fn rollout_errors(state: &ApiState, r: &Rollout) -> Vec<RolloutErrorDto> {
                     .filter(|e| !e.is_empty()),
                 None => Some(a.status_reason.clone()).filter(|s| !s.is_empty()),
             });
+            // What it said when it failed; else (a failure from before a restart) what it
+            // says now.
+            let said = kept.filter(|s| !s.is_empty()).or(now);
             let message = match (phase, said) {
                 (_, Some(said)) => said,
                 (Phase::TimedOut, None) => format!(
