@@ -106,43 +106,31 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
             let Some((candidates, skipped)) = fleet.candidates(control, slot) else {
                 continue;
             };
-            if tick.grace && slot.created_at < control.started {
+            let (progress, sent) = if tick.grace && slot.created_at < control.started {
                 // Rule 7: only what agents report counts while the others reconnect.
                 let progress = planner::record_outcomes(&slot.progress, &candidates);
-                if progress != slot.progress {
-                    let updated = Arc::new(Rollout {
-                        progress,
-                        updated_at: tick.now,
-                        ..(**slot).clone()
-                    });
-                    let diff = diff(&slot.progress, &updated.progress);
-                    plan.updates.push(Update {
-                        failures: failures(&diff, &by_uid, slot),
-                        diff,
-                        rollout: updated.clone(),
-                        sent: Vec::new(),
-                    });
-                    *slot = updated;
+                (progress, Vec::new())
+            } else {
+                if control.skipped.get(&slot.id).map(|s| &**s) != Some(&skipped) {
+                    plan.skipped.push((slot.id.clone(), skipped));
                 }
-                continue;
-            }
-            if control.skipped.get(&slot.id).map(|s| &**s) != Some(&skipped) {
-                plan.skipped.push((slot.id.clone(), skipped));
-            }
-            // Rule 2: an agent that is not managed leaves the progress unless it completed; a
-            // deleted one (no longer in the fleet) leaves it whatever its phase.
-            let mut previous = slot.progress.clone();
-            previous.agents.retain(|uid, phase| {
-                by_uid
-                    .get(uid)
-                    .is_some_and(|a| *phase == Phase::Completed || a.admin_state.is_managed())
-            });
-            let step = planner::step(&slot.params, &previous, &candidates, now_ms);
-            if step.progress == slot.progress {
+                // Rule 2: an agent that is not managed leaves the progress unless it
+                // completed; a deleted one (no longer in the fleet) leaves it whatever its
+                // phase.
+                let mut previous = slot.progress.clone();
+                previous.agents.retain(|uid, phase| {
+                    by_uid
+                        .get(uid)
+                        .is_some_and(|a| *phase == Phase::Completed || a.admin_state.is_managed())
+                });
+                let step = planner::step(&slot.params, &previous, &candidates, now_ms);
+                (step.progress, step.send)
+            };
+            if progress == slot.progress {
                 continue;
             }
             let updated = Arc::new(Rollout {
-                progress: step.progress,
+                progress,
                 updated_at: tick.now,
                 ..(**slot).clone()
             });
@@ -151,7 +139,7 @@ pub fn plan(control: &Control, tick: &Tick<'_>) -> Plan {
                 failures: failures(&diff, &by_uid, slot),
                 diff,
                 rollout: updated.clone(),
-                sent: step.send,
+                sent,
             });
             *slot = updated;
         }
@@ -342,11 +330,13 @@ fn available(
 /// A disconnected agent the rollout has not sent anything is passed over until it is back
 /// (rule 3).
 fn disconnected(agent: &AgentRecord, rollout: &Rollout) -> Option<String> {
-    let untouched = matches!(
-        rollout.progress.agents.get(&agent.uid),
-        None | Some(Phase::Waiting)
-    );
-    (agent.status == Status::Disconnected && untouched).then(|| "disconnected".to_string())
+    let untouched = || {
+        matches!(
+            rollout.progress.agents.get(&agent.uid),
+            None | Some(Phase::Waiting)
+        )
+    };
+    (agent.status == Status::Disconnected && untouched()).then(|| "disconnected".to_string())
 }
 
 /// Why no rollout reaches an agent in `state`, if none does (rule 2).
