@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::*;
-use crate::sim::{FAIL_MARKER, SimAgent, SimOptions, Via};
+use crate::sim::{FAIL_MARKER, SimAgent, Via};
 
 const GOOD: &str = "receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n";
 
@@ -31,6 +31,21 @@ fn spawn(server: &TestServer, n: usize, labels: &[(&str, &str)]) -> Vec<SimAgent
     (0..n)
         .map(|_| SimAgent::spawn(server, Via::WebSocket, "otelcol", labels, None))
         .collect()
+}
+
+/// `n` WebSocket agents labelled env=prod, connected, and a configuration prod (one version,
+/// no rollout yet) assigned to them.
+async fn prod_fleet(server: &TestServer, n: usize) -> Vec<SimAgent> {
+    let agents = spawn(server, n, &[("env", "prod")]);
+    server.wait_connected(n as i64).await;
+    let (status, body) = put(
+        server,
+        "prod",
+        json!({"selector": "env=prod", "files": files(GOOD)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    agents
 }
 
 /// Waits until `check` holds for the value `read` gives, or fails with the last value.
@@ -223,15 +238,7 @@ async fn configurations_that_cannot_be_used_are_refused() {
 #[tokio::test]
 async fn deletes_are_refused_while_in_use_unless_forced() {
     let server = TestServer::start().await;
-    let agents = spawn(&server, 2, &[("env", "prod")]);
-    server.wait_connected(2).await;
-    let (status, _) = put(
-        &server,
-        "prod",
-        json!({"selector": "env=prod", "files": files(GOOD)}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let agents = prod_fleet(&server, 2).await;
     let (status, _) = put(
         &server,
         "unused",
@@ -435,15 +442,7 @@ async fn resuming_an_errored_rollout_sends_one_agent_first() {
 #[tokio::test]
 async fn a_cancelled_rollout_has_nothing_in_flight_and_no_next_wave() {
     let server = TestServer::start().await;
-    let _agents = spawn(&server, 6, &[("env", "prod")]);
-    server.wait_connected(6).await;
-    let (status, _) = put(
-        &server,
-        "prod",
-        json!({"selector": "env=prod", "files": files(GOOD)}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let _agents = prod_fleet(&server, 6).await;
     let id = server
         .start_rollout(json!({"configuration": "prod", "initial": 2, "multiplier": 1}))
         .await;
@@ -491,23 +490,7 @@ async fn a_cancelled_rollout_has_nothing_in_flight_and_no_next_wave() {
 async fn after_a_restart_agents_that_applied_count_before_the_grace_ends() {
     // The default heartbeat: restored rollouts wait 75 s before they step again.
     let server = TestServer::start().await;
-    let agents: Vec<_> = (0..6)
-        .map(|_| {
-            let options = SimOptions {
-                labels: [("env".to_string(), "prod".to_string())].into(),
-                ..SimOptions::default()
-            };
-            SimAgent::spawn_with(&server, Via::WebSocket, "otelcol", options)
-        })
-        .collect();
-    server.wait_connected(6).await;
-    let (status, _) = put(
-        &server,
-        "prod",
-        json!({"selector": "env=prod", "files": files(GOOD)}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let agents = prod_fleet(&server, 6).await;
     let id = server
         .start_rollout(
             json!({"configuration": "prod", "initial": 3, "multiplier": 1, "maximum": 3}),
@@ -575,15 +558,7 @@ async fn rollout_flags_the_server_would_refuse_are_named_as_typed() {
 #[tokio::test]
 async fn names_reach_only_their_own_route_and_a_confirmed_change_must_still_hold() {
     let server = TestServer::start().await;
-    let agent = SimAgent::spawn(&server, Via::WebSocket, "otelcol", &[("env", "prod")], None);
-    server.wait_connected(1).await;
-    let (status, _) = put(
-        &server,
-        "prod",
-        json!({"selector": "env=prod", "files": files(GOOD)}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let agent = prod_fleet(&server, 1).await.remove(0);
     let uid = uuid_str(&agent.uid);
     for name in [
         "prod?force=true",
