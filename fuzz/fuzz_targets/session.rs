@@ -184,7 +184,7 @@ fn run(data: &[u8]) {
                     0 => None,
                     n => Some(fx0.versions[usize::from(n) - 1].clone()),
                 },
-                pending: (arg & 0x4 != 0).then(|| "queued for a later rollout wave".to_string()),
+                pending: (arg & 0x4 != 0).then_some("queued for a later rollout wave".into()),
                 incompatible: (arg & 0x8 != 0).then(|| "exporters/kafka".into()),
                 package: (arg & 0x10 != 0).then(|| fx0.package.clone()),
             }),

@@ -2,6 +2,7 @@
 //! upgrade offers it, whether it waits for a wave and whether it is incompatible. Pure: a
 //! function of the configuration, the rollouts and the agent's record.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::{Phase, Rollout, State};
@@ -17,7 +18,7 @@ pub struct Directive {
     pub version: Option<Arc<ConfigVersion>>,
     /// Why the agent waits for a rollout: queued for a later wave, or assigned to this
     /// configuration while it runs another's and no rollout of this one has reached it yet.
-    pub pending: Option<String>,
+    pub pending: Option<Cow<'static, str>>,
     /// The version it is headed to needs components it lacks.
     pub incompatible: Option<String>,
     /// The package (variant for its platform) an upgrade rollout offers it.
@@ -27,7 +28,7 @@ pub struct Directive {
 /// What identifies a directive, to tell an agent only when it changes.
 pub type DirectiveKey = (
     Option<ContentHash>,
-    Option<String>,
+    Option<Cow<'static, str>>,
     Option<String>,
     Option<ContentHash>,
 );
@@ -118,7 +119,7 @@ pub fn directive(
     };
     let mut directive = Directive {
         pending: (rollout.is_active() && phase == Some(Phase::Waiting))
-            .then(|| WAVE_PENDING.to_string()),
+            .then_some(Cow::Borrowed(WAVE_PENDING)),
         ..Directive::default()
     };
     for version in [&headed, &desired].into_iter().flatten() {
@@ -131,10 +132,10 @@ pub fn directive(
     if moved_in && directive.version.is_some() {
         directive.version = None;
         directive.pending.get_or_insert_with(|| {
-            format!(
+            Cow::Owned(format!(
                 "assigned to configuration {} while running another; waits for a rollout of {}",
                 config.name, config.name
-            )
+            ))
         });
     }
     directive
@@ -148,7 +149,7 @@ pub fn package_directive(
     rollout: &Rollout,
     agent: &AgentRecord,
     packages: &[Arc<Package>],
-) -> (Option<Arc<Package>>, Option<String>) {
+) -> (Option<Arc<Package>>, Option<Cow<'static, str>>) {
     let Some(payload) = rollout.package() else {
         return (None, None);
     };
@@ -164,7 +165,8 @@ pub fn package_directive(
         .flatten();
     (
         package,
-        (rollout.is_active() && phase == Some(Phase::Waiting)).then(|| WAVE_PENDING.to_string()),
+        (rollout.is_active() && phase == Some(Phase::Waiting))
+            .then_some(Cow::Borrowed(WAVE_PENDING)),
     )
 }
 

@@ -118,7 +118,7 @@ pub struct Observation {
     /// Why the configuration the agent is headed to cannot run on it, if it cannot.
     pub incompatible: Option<String>,
     /// Why the agent waits for a rollout, if it does.
-    pub pending: Option<String>,
+    pub pending: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl Observation {
@@ -165,7 +165,7 @@ pub fn derive(obs: &Observation) -> (Status, String) {
         return (Status::Incompatible, reason.clone());
     }
     if let Some(reason) = &obs.pending {
-        return (Status::Pending, reason.clone());
+        return (Status::Pending, reason.to_string());
     }
     (Status::Connected, CONNECTED_REASON.to_string())
 }
